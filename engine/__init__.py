@@ -1,0 +1,34 @@
+"""Streamwise: a streaming-first, stateful ML inference engine."""
+
+from .features import (
+    EventFeature,
+    FeatureSet,
+    FeatureVector,
+    ProfileFeature,
+    SinceLastFeature,
+    WindowFeature,
+)
+from .policy import Rules, Thresholds, Verdict
+from .topology import Profiles, TimeSettings, Topology
+from .windows import Hopping, Sliding, TileTable, Tumbling
+
+__all__ = [
+    "EventFeature",
+    "FeatureSet",
+    "FeatureVector",
+    "Hopping",
+    "ProfileFeature",
+    "Profiles",
+    "Rules",
+    "SinceLastFeature",
+    "Sliding",
+    "Thresholds",
+    "TileTable",
+    "TimeSettings",
+    "Topology",
+    "Tumbling",
+    "Verdict",
+    "WindowFeature",
+]
+
+__version__ = "0.1.0"

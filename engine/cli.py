@@ -1,0 +1,165 @@
+"""`streamwise`: the one entry point. Flags, then STREAMWISE_* environment, then defaults."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from .config import ApiConfig, EngineConfig, KafkaConfig, StateConfig
+from .errors import EngineError
+
+__all__ = ["main"]
+
+ENV_PREFIX = "STREAMWISE_"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(ENV_PREFIX + name, default)
+
+
+def _add_kafka_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--broker", default=_env("BROKER", os.environ.get("KAFKA_BOOTSTRAP_SERVERS")),
+                   help="bootstrap HOST:PORT (env STREAMWISE_BROKER or KAFKA_BOOTSTRAP_SERVERS; "
+                        "default 127.0.0.1:9092)")
+    p.add_argument("--topic-prefix", default=_env("TOPIC_PREFIX", ""),
+                   help="prefix for every topic and group name (isolates test runs)")
+    p.add_argument("--partitions", type=int, default=_env("PARTITIONS"),
+                   help="partitions of the topology's topics (default: the topology's, 8)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="streamwise", description=__doc__)
+    ap.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    k = sub.add_parser("kafka", help="the local single-node Apache Kafka for development")
+    k.add_argument("action", choices=["up", "down", "status", "logs"])
+
+    w = sub.add_parser("worker", help="run a stream worker of a topology")
+    w.add_argument("topology")
+    _add_kafka_flags(w)
+    w.add_argument("--web-host", default=_env("WEB_HOST", "127.0.0.1"))
+    w.add_argument("--web-port", type=int, default=int(_env("WEB_PORT", "6066")))
+    w.add_argument("--data-dir", default=_env("DATA_DIR", "data"),
+                   help="RocksDB state directory (one per worker)")
+    w.add_argument("--api-token", default=_env("API_TOKEN"), help=argparse.SUPPRESS)
+    w.add_argument("--max-batch", type=int, default=int(_env("MAX_BATCH", "2000")),
+                   help="max records per pipeline batch")
+    w.add_argument("--fetch-max-wait-ms", type=int,
+                   default=int(_env("FETCH_MAX_WAIT_MS", "20")))
+
+    pr = sub.add_parser("produce", help="produce the reference workload (or a file) to a topology")
+    pr.add_argument("topology")
+    _add_kafka_flags(pr)
+    pr.add_argument("--events", type=int, default=10_000)
+    pr.add_argument("--rate", type=float, default=0.0, help="events/s (0: as fast as possible)")
+    pr.add_argument("--seed", type=int, default=7)
+    pr.add_argument("--duplicates", type=float, default=0.02)
+    pr.add_argument("--disorder", type=float, default=0.05)
+    pr.add_argument("--late", type=float, default=0.005)
+    pr.add_argument("--file", help="JSONL file of events to produce instead of the generator")
+    pr.add_argument("--no-profiles", action="store_true", help="do not (re)load profiles")
+
+    d = sub.add_parser("demo", help="the README's main job: Kafka, a worker, events, a report")
+    d.add_argument("--events", type=int, default=10_000)
+    d.add_argument("--keep", action="store_true", help="leave Kafka and the worker running")
+    d.add_argument("--web-port", type=int, default=6066)
+    return ap
+
+
+def _config(args: argparse.Namespace) -> EngineConfig:
+    kafka = KafkaConfig(bootstrap=args.broker or "127.0.0.1:9092",
+                        topic_prefix=args.topic_prefix or "",
+                        partitions=int(args.partitions) if args.partitions else None,
+                        **({"max_batch_records": args.max_batch,
+                            "fetch_max_wait_ms": args.fetch_max_wait_ms}
+                           if args.command == "worker" else {}))
+    if args.command != "worker":
+        return EngineConfig(kafka=kafka)
+    return EngineConfig(kafka=kafka, state=StateConfig(data_dir=Path(args.data_dir)),
+                        api=ApiConfig(host=args.web_host, port=args.web_port,
+                                      token=args.api_token or None),
+                        log_level=args.log_level)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    try:
+        if args.command == "kafka":
+            return _kafka(args.action)
+        if args.command == "demo":
+            from .demo import run_demo
+            return run_demo(events=args.events, keep=args.keep, web_port=args.web_port)
+        cfg = _config(args)
+        import topologies
+        topology = topologies.get(args.topology)
+        if args.command == "worker":
+            return asyncio.run(_worker(cfg, topology))
+        if args.command == "produce":
+            from .produce import produce
+            return asyncio.run(produce(cfg, topology, args))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        print(f"streamwise: invalid {'.'.join(map(str, err['loc']))}: {err['msg']}",
+              file=sys.stderr)
+        return 2
+    except EngineError as exc:
+        print(f"streamwise: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _kafka(action: str) -> int:
+    script = REPO_ROOT / "scripts" / "kafka-local.sh"
+    if not script.exists():
+        print("streamwise: the local Kafka needs a source checkout (scripts/kafka-local.sh)",
+              file=sys.stderr)
+        return 2
+    verb = {"up": "start", "down": "stop", "status": "status", "logs": "logs"}[action]
+    return subprocess.call(["bash", str(script), verb])
+
+
+async def _worker(cfg: EngineConfig, topology) -> int:
+    from aiohttp import web
+
+    from .api import build_app
+    from .kafka_io import connect_check
+    from .policy import RulesOnly
+    from .worker import Worker
+
+    await connect_check(cfg.kafka.bootstrap)
+    decider = RulesOnly(topology.rules, topology.features.versioned_name)
+    worker = Worker(cfg, topology, decider)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stop)
+    runner = web.AppRunner(build_app(worker), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, cfg.api.host, cfg.api.port)
+    await site.start()
+    logging.getLogger("streamwise").info("worker %s: http://%s:%d, topics %s*, group %s",
+                                         topology.name, cfg.api.host, cfg.api.port,
+                                         worker.topics.events.rsplit(".", 1)[0],
+                                         worker.topics.group)
+    try:
+        await worker.start()
+        await worker.run()
+    finally:
+        await worker.close()
+        await runner.cleanup()
+    return 0

@@ -1,0 +1,138 @@
+"""Feature sets: a named, versioned mapping from windows, profiles and the event to numbers."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .windows import EntityTiles, TileTable, Window
+
+__all__ = [
+    "EventFeature",
+    "FeatureSet",
+    "FeatureVector",
+    "ProfileFeature",
+    "SinceLastFeature",
+    "WindowFeature",
+]
+
+Aggregation = Literal["count", "sum", "mean", "min", "max", "last", "distinct_count"]
+FeatureVector = dict[str, float | int | None]
+
+
+@dataclass(frozen=True)
+class WindowFeature:
+    """An aggregation of a table over a window placed relative to the event's time."""
+
+    name: str
+    table: str
+    agg: Aggregation
+    window: Window
+
+
+@dataclass(frozen=True)
+class SinceLastFeature:
+    """Seconds from the entity's newest *earlier* accepted event to this one; -1 for the first.
+
+    Negative when this event is older than that one (out-of-order arrival).
+    """
+
+    name: str
+    table: str
+
+
+@dataclass(frozen=True)
+class ProfileFeature:
+    """A value from the entity's batch-precomputed profile; None when there is no profile."""
+
+    name: str
+    compute: Callable[[Any, Mapping[str, Any]], float | int | None]
+
+
+@dataclass(frozen=True)
+class EventFeature:
+    """A value computed from the event alone (request features)."""
+
+    name: str
+    compute: Callable[[Any], float | int | None]
+
+
+Feature = WindowFeature | SinceLastFeature | ProfileFeature | EventFeature
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """Named, versioned features in model input order.
+
+    `critical` names the features without which the model must not be trusted: a missing (None)
+    or non-finite critical feature sends the event down the fallback chain.
+    """
+
+    name: str
+    version: int
+    features: tuple[Feature, ...]
+    critical: tuple[str, ...] = ()
+    _plan: tuple = field(default=(), init=False, repr=False, compare=False)
+    _names: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.features)
+
+    @property
+    def versioned_name(self) -> str:
+        return f"{self.name}:v{self.version}"
+
+    def tables_used(self) -> set[str]:
+        return {f.table for f in self.features if isinstance(f, WindowFeature | SinceLastFeature)}
+
+    def compile(self, tables: Mapping[str, TileTable]) -> FeatureSet:
+        """Group window features by (table, window) so each window is merged once per event."""
+        groups: dict[tuple[str, Window], list[tuple[str, str]]] = {}
+        others = []
+        for f in self.features:
+            if isinstance(f, WindowFeature):
+                groups.setdefault((f.table, f.window), []).append((f.name, f.agg))
+            else:
+                others.append(f)
+        plan = (tuple((tables[t], w, tuple(aggs)) for (t, w), aggs in groups.items()),
+                tuple(others))
+        object.__setattr__(self, "_plan", plan)
+        object.__setattr__(self, "_names", self.names)
+        return self
+
+    def compute(self, event: Any, ts_ms: int, entities: Mapping[str, EntityTiles],
+                previous_ts_ms: Mapping[str, int | None],
+                profile: Mapping[str, Any] | None) -> FeatureVector:
+        """The feature vector for `event` given its entities' tiles as they stand now.
+
+        `previous_ts_ms[table]` is the entity's newest accepted event time *before* this event
+        was folded in. Names are in model order; missing values are None.
+        """
+        values: dict[str, float | int | None] = {}
+        window_groups, others = self._plan
+        for table, window, aggs in window_groups:
+            start, end = window.bounds(ts_ms, table.tile_ms)
+            agg = entities[table.name].aggregate(start, end)
+            for name, how in aggs:
+                values[name] = agg.mean if how == "mean" else getattr(agg, how)
+        for f in others:
+            if isinstance(f, SinceLastFeature):
+                prev = previous_ts_ms.get(f.table)
+                values[f.name] = -1.0 if prev is None else (ts_ms - prev) / 1000
+            elif isinstance(f, ProfileFeature):
+                values[f.name] = None if profile is None else f.compute(event, profile)
+            else:
+                values[f.name] = f.compute(event)
+        return {name: values[name] for name in self._names}
+
+    def missing_critical(self, vector: FeatureVector) -> list[str]:
+        """Critical features that are None, NaN or infinite."""
+        bad = []
+        for name in self.critical:
+            v = vector.get(name)
+            if v is None or (isinstance(v, float) and not math.isfinite(v)):
+                bad.append(name)
+        return bad

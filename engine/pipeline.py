@@ -1,0 +1,370 @@
+"""The batch pipeline: validate → dedup → event time → windows → features → score → policy.
+
+Framework-free. The live worker, replay and the online path all call `PartitionPipeline.process`
+with a batch of records of one input partition; state reads go through a `Store` port and state
+writes come back as one change set per batch, so the adapter can write them with one RocksDB
+write batch and one changelog flush.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from .clock import Clock
+from .dedup import Dedup
+from .features import FeatureVector
+from .ordering import Lateness, ReorderBuffer, Watermark
+from .policy import Verdict
+from .schemas import EventDecoder, Rejection, decision_id
+from .topology import Topology
+from .windows import EntityTiles
+
+__all__ = ["LATEST_DECISION_PREFIX", "BatchResult", "Decider", "PartitionPipeline", "Record",
+           "SideRecord", "Store"]
+
+_WATERMARK_KEY = b"m/max_ts"
+LATEST_DECISION_PREFIX = b"l/"
+_STAGES = ("validate", "dedup", "features", "inference", "policy", "total")
+
+
+class Store(Protocol):
+    """Read side of one partition's state (the adapter applies `BatchResult.changes`)."""
+
+    def get(self, key: bytes) -> bytes | None: ...
+
+    def items_between(self, lo: bytes, hi: bytes) -> Iterable[tuple[bytes, bytes]]:
+        """Key/value pairs with ``lo <= key < hi`` in key order."""
+        ...
+
+
+class Decider(Protocol):
+    """Scores a batch of feature vectors; one call per pipeline batch."""
+
+    def decide_many(self, keys: Sequence[str], vectors: Sequence[FeatureVector],
+                    late: Sequence[bool]) -> list[Verdict]: ...
+
+    @property
+    def feature_set(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One consumed input record."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int
+
+
+@dataclass(slots=True)
+class SideRecord:
+    """A record for the dead-letter or late topic: raw bytes plus string headers."""
+
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+@dataclass
+class BatchResult:
+    """Everything one batch produced. Decisions are (key, encoded JSON) in input order."""
+
+    decisions: list[tuple[bytes, bytes]] = field(default_factory=list)
+    dlq: list[SideRecord] = field(default_factory=list)
+    late: list[SideRecord] = field(default_factory=list)
+    changes: dict[bytes, bytes | None] = field(default_factory=dict)
+    commit_offset: int | None = None
+    accepted: int = 0
+    duplicates: int = 0
+    stage_ms: dict[str, float] = field(default_factory=dict)
+    dlq_reasons: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Pending:
+    record: Record
+    event: Any
+    key: str
+    event_id: str
+    ts_ms: int
+    late: bool
+    vector: FeatureVector | None = None
+    decision: bytes | None = None
+    waiting_duplicates: int = 0
+
+
+class PartitionPipeline:
+    """The pipeline for one input partition: owns its watermark and reorder buffer.
+
+    Build one per assigned partition (after its state is restored) and drop it on revoke.
+    """
+
+    DLQ_TRUNCATE_BYTES = 64 * 1024
+    ENTITY_CACHE_SIZE = 50_000  # decoded entities kept across batches (this pipeline is their
+    # only writer, so the cache cannot go stale)
+
+    def __init__(self, topology: Topology, partition: int, store: Store, decider: Decider,
+                 clock: Clock, dedup_sweep_every_ms: int = 60_000) -> None:
+        self.topology = topology
+        self.partition = partition
+        self._store = store
+        self._decider = decider
+        self._clock = clock
+        self._decoder = EventDecoder(topology.schema,
+                                     (topology.key_field, topology.event_id_field),
+                                     topology.max_record_bytes)
+        self._dedup = Dedup(topology.dedup_ttl_ms)
+        t = topology.time
+        raw_max = store.get(_WATERMARK_KEY)
+        self._persisted_max_ts = int(raw_max) if raw_max is not None else None
+        self.watermark = Watermark(t.max_out_of_orderness_ms, t.allowed_lateness_ms,
+                                   self._persisted_max_ts)
+        self._reorder: ReorderBuffer[_Pending] | None = (
+            ReorderBuffer(t.reorder_capacity) if t.ordering == "event_time" else None)
+        self._buffered: dict[str, _Pending] = {}
+        self._sweep_every_ms = dedup_sweep_every_ms
+        self._tile_sweep_every_ms = min(tb.retain_ms for tb in topology.tables) // 4 or 1
+        self._last_dedup_sweep: int | None = None
+        self._last_tile_sweep: int | None = None
+        self._entity_cache: dict[bytes, EntityTiles] = {}
+
+    # -- the batch -------------------------------------------------------------------------
+
+    def process(self, records: Sequence[Record],
+                profiles: Mapping[str, Mapping[str, Any]]) -> BatchResult:
+        """Run one batch of this partition's records, in offset order."""
+        out = BatchResult()
+        if not records:
+            return out
+        topo = self.topology
+        clock = time.perf_counter
+        t0 = clock()
+        overlay = out.changes
+
+        # 1. validate
+        decoded = []
+        decode = self._decoder.decode
+        for rec in records:
+            ev = decode(rec.value)
+            if type(ev) is Rejection:
+                self._dead_letter(rec, ev, out)
+            else:
+                decoded.append((rec, ev))
+        t1 = clock()
+
+        # 2. dedup, then lateness against the watermark of accepted events before this one
+        key_f, id_f, ts_f = topo.key_field, topo.event_id_field, topo.time_field
+        wm = self.watermark
+        reorder = self._reorder
+        in_batch: dict[str, _Pending] = {}
+        duplicates: list[tuple[Record, _Pending | bytes]] = []
+        ordered: list[_Pending] = []   # arrival mode: on-time and scored late, arrival order
+        late_scored: list[_Pending] = []  # event_time mode: late ones, scored after released
+        for rec, ev in decoded:
+            eid = getattr(ev, id_f)
+            original = in_batch.get(eid) or self._buffered.get(eid)
+            if original is None:
+                original = self._get(self._dedup.seen_key(eid), overlay)
+            if original is not None:
+                duplicates.append((rec, original))
+                continue
+            ts = getattr(ev, ts_f)
+            late = wm.verdict(ts) is Lateness.LATE
+            p = _Pending(rec, ev, getattr(ev, key_f), eid, ts, late)
+            in_batch[eid] = p
+            if late:
+                out.late.append(self._late_record(rec, ts))
+                if not topo.score_late:
+                    overlay[self._dedup.seen_key(eid)] = b""
+                elif reorder is None:
+                    ordered.append(p)
+                else:
+                    late_scored.append(p)
+                continue
+            wm.observe(ts)
+            out.accepted += 1
+            if reorder is None:
+                ordered.append(p)
+            else:
+                reorder.push(ts, rec.offset, p)
+                self._buffered[eid] = p
+        if reorder is not None:
+            ordered = reorder.release(wm.watermark_ms)
+            for p in ordered:
+                del self._buffered[p.event_id]
+            ordered += late_scored
+        t2 = clock()
+
+        # 3. windows and features, in processing order (late events see state without themselves)
+        scored = self._features(ordered, profiles, overlay)
+        t3 = clock()
+
+        # 4. one scoring call for the whole batch
+        verdicts = self._decider.decide_many([p.key for p in scored],
+                                             [p.vector for p in scored],
+                                             [p.late for p in scored]) if scored else []
+        t4 = clock()
+
+        # 5. policy → decisions; remember each decision under its event id for re-delivery
+        stage = {"validate": _ms(t1 - t0), "dedup": _ms(t2 - t1), "features": _ms(t3 - t2),
+                 "inference": _ms(t4 - t3)}
+        fs = self._decider.feature_set
+        now_ms = self._clock.now_ms()
+        dumps = orjson.dumps
+        docs = []
+        for p, v in zip(scored, verdicts, strict=True):
+            reasons = ("late_event", *v.reasons) if p.late else v.reasons
+            docs.append({
+                "decision_id": decision_id(p.event_id, v.model, fs),
+                "event_id": p.event_id, "key": p.key, "score": v.score,
+                "decision": v.decision, "model": v.model, "path": v.path,
+                "reasons": list(reasons), "features": p.vector, "stage_ms": stage,
+                "event_ts_ms": p.ts_ms, "decided_at_ms": now_ms,
+            })
+        t5 = clock()
+        stage["policy"] = _ms(t5 - t4)
+        stage["total"] = _ms(t5 - t0)
+        seen_key, index_key = self._dedup.seen_key, self._dedup.index_key
+        for p, doc in zip(scored, docs, strict=True):
+            p.decision = body = dumps(doc)
+            key = p.key.encode()
+            overlay[seen_key(p.event_id)] = body
+            overlay[index_key(p.ts_ms, p.event_id)] = b""
+            overlay[LATEST_DECISION_PREFIX + key] = body
+            out.decisions.append((key, body))
+            # Duplicates that arrived while this event sat in the reorder buffer.
+            out.decisions.extend((key, body) for _ in range(p.waiting_duplicates))
+        for rec, original in duplicates:
+            if isinstance(original, bytes):
+                if original:  # b"": a late event that was not scored
+                    out.decisions.append((rec.key or b"", original))
+            elif original.decision is not None:
+                out.decisions.append((rec.key or b"", original.decision))
+            elif original.event_id in self._buffered:
+                original.waiting_duplicates += 1
+        out.duplicates = len(duplicates)
+        out.stage_ms = stage
+
+        if wm.max_ts_ms != self._persisted_max_ts:
+            overlay[_WATERMARK_KEY] = str(wm.max_ts_ms).encode()
+            self._persisted_max_ts = wm.max_ts_ms
+        self._sweep(overlay)
+        last = records[-1].offset + 1
+        held = self._reorder.min_offset if self._reorder is not None else None
+        out.commit_offset = min(last, held) if held is not None else last
+        return out
+
+    # -- stages ------------------------------------------------------------------------------
+
+    def _features(self, order: list[_Pending], profiles: Mapping[str, Mapping[str, Any]],
+                  overlay: dict[bytes, bytes | None]) -> list[_Pending]:
+        """Fold accepted events into their tiles and compute every event's vector, in order."""
+        fs = self.topology.features
+        tables = self.topology.tables
+        entities: dict[bytes, EntityTiles] = {}
+        cache = self._entity_cache
+        for p in order:
+            ev = p.event
+            per_table: dict[str, EntityTiles] = {}
+            previous: dict[str, int | None] = {}
+            for tb in tables:
+                skey = tb.state_prefix + p.key.encode()
+                ent = entities.get(skey)
+                if ent is None:
+                    ent = cache.pop(skey, None)
+                    if ent is None:
+                        raw = self._get(skey, overlay)
+                        ent = EntityTiles.from_json(orjson.loads(raw)) if raw else EntityTiles()
+                    entities[skey] = ent
+                per_table[tb.name] = ent
+                previous[tb.name] = ent.last_ts_ms
+                if not p.late:
+                    distinct = getattr(ev, tb.distinct_field) if tb.distinct_field else None
+                    ent.add(p.ts_ms, getattr(ev, tb.value_field), distinct, tb.tile_ms)
+            p.vector = fs.compute(ev, p.ts_ms, per_table, previous, profiles.get(p.key))
+        horizon = self._tile_horizon()
+        for skey, ent in entities.items():
+            if horizon is not None:
+                ent.expire(horizon, self._tile_ms_of(skey))
+            overlay[skey] = orjson.dumps(ent.to_json())
+            cache[skey] = ent  # re-inserted last: the dict's order is least recently used first
+        while len(cache) > self.ENTITY_CACHE_SIZE:
+            del cache[next(iter(cache))]
+        return order
+
+    def _tile_ms_of(self, skey: bytes) -> int:
+        for tb in self.topology.tables:
+            if skey.startswith(tb.state_prefix):
+                return tb.tile_ms
+        raise KeyError(skey)
+
+    def _dead_letter(self, rec: Record, why: Rejection, out: BatchResult) -> None:
+        raw = rec.value or b""
+        out.dlq.append(SideRecord(rec.key, raw[: self.DLQ_TRUNCATE_BYTES], [
+            ("streamwise.reason", why.reason.encode()),
+            ("streamwise.detail", why.detail.encode()),
+            ("streamwise.topic", rec.topic.encode()),
+            ("streamwise.partition", str(rec.partition).encode()),
+            ("streamwise.offset", str(rec.offset).encode()),
+            ("streamwise.received_at_ms", str(self._clock.now_ms()).encode()),
+            ("streamwise.size", str(len(raw)).encode()),
+        ]))
+        out.dlq_reasons.append(why.reason)
+
+    def _late_record(self, rec: Record, ts_ms: int) -> SideRecord:
+        return SideRecord(rec.key, rec.value or b"", [
+            ("streamwise.watermark_ms", str(self.watermark.watermark_ms).encode()),
+            ("streamwise.event_ts_ms", str(ts_ms).encode()),
+            ("streamwise.topic", rec.topic.encode()),
+            ("streamwise.partition", str(rec.partition).encode()),
+            ("streamwise.offset", str(rec.offset).encode()),
+        ])
+
+    # -- state -------------------------------------------------------------------------------
+
+    def _get(self, key: bytes, overlay: Mapping[bytes, bytes | None]) -> bytes | None:
+        if key in overlay:
+            return overlay[key]
+        return self._store.get(key)
+
+    def _tile_horizon(self) -> int | None:
+        """Tiles ending at or before this are expired (None before the first event)."""
+        cutoff = self.watermark.late_before_ms
+        if cutoff is None:
+            return None
+        return cutoff - max(tb.retain_ms for tb in self.topology.tables)
+
+    def _sweep(self, overlay: dict[bytes, bytes | None]) -> None:
+        """Expire dedup ids and idle entities' tiles, in event time, now and then."""
+        wm = self.watermark.watermark_ms
+        if wm is None:
+            return
+        if self._last_dedup_sweep is None or wm - self._last_dedup_sweep >= self._sweep_every_ms:
+            self._last_dedup_sweep = wm
+            lo, hi = self._dedup.expiry_range(wm)
+            for ikey, _ in list(self._store.items_between(lo, hi)):
+                overlay[ikey] = None
+                overlay[self._dedup.seen_key(self._dedup.event_id_of_index(ikey))] = None
+        if self._last_tile_sweep is None or wm - self._last_tile_sweep >= self._tile_sweep_every_ms:
+            self._last_tile_sweep = wm
+            horizon = self._tile_horizon()
+            for tb in self.topology.tables:
+                lo = tb.state_prefix
+                for skey, raw in list(self._store.items_between(lo, lo + b"\xff")):
+                    if skey in overlay:
+                        continue
+                    ent = self._entity_cache.get(skey) or EntityTiles.from_json(orjson.loads(raw))
+                    if ent.expire(horizon, tb.tile_ms):
+                        overlay[skey] = orjson.dumps(ent.to_json())
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)

@@ -1,0 +1,80 @@
+"""From scores and rules to decisions: thresholds and the verdict every path returns."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+from .features import FeatureVector
+
+__all__ = ["Outcome", "Rules", "RulesOnly", "Thresholds", "Verdict", "abstain"]
+
+Outcome = Literal["approve", "review", "decline"]
+
+
+class Verdict(NamedTuple):
+    """What one scoring path concluded for one event."""
+
+    score: float | None
+    decision: Outcome
+    model: str
+    path: str
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Score → outcome: ``score >= decline_at`` declines, ``score >= review_at`` reviews."""
+
+    review_at: float
+    decline_at: float
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.review_at <= self.decline_at <= 1.0:
+            raise ValueError("thresholds need 0 <= review_at <= decline_at <= 1")
+
+    def outcome(self, score: float) -> Outcome:
+        if score >= self.decline_at:
+            return "decline"
+        return "review" if score >= self.review_at else "approve"
+
+
+@dataclass(frozen=True)
+class Rules:
+    """Deterministic rules: the last scoring path before abstaining.
+
+    `evaluate` returns a score in [0, 1] and the names of the rules that fired; missing features
+    must be handled by the function itself (it sees None).
+    """
+
+    version: str
+    evaluate: Callable[[FeatureVector], tuple[float, tuple[str, ...]]]
+    thresholds: Thresholds
+
+    @property
+    def model_name(self) -> str:
+        return f"rules:{self.version}"
+
+    def decide(self, vector: FeatureVector, why: tuple[str, ...] = ()) -> Verdict:
+        score, fired = self.evaluate(vector)
+        return Verdict(score, self.thresholds.outcome(score), self.model_name,
+                       "fallback:rules", (*why, *fired))
+
+
+def abstain(why: tuple[str, ...]) -> Verdict:
+    """No path could decide: send the event to human review."""
+    return Verdict(None, "review", "none", "abstain", why)
+
+
+class RulesOnly:
+    """A decider that always takes the rules path (no model loaded yet)."""
+
+    def __init__(self, rules: Rules, feature_set: str) -> None:
+        self._rules = rules
+        self.feature_set = feature_set
+
+    def decide_many(self, keys: Sequence[str], vectors: Sequence[FeatureVector],
+                    late: Sequence[bool]) -> list[Verdict]:
+        decide = self._rules.decide
+        return [decide(v, ("no_model",)) for v in vectors]

@@ -1,0 +1,147 @@
+"""Topology: the frozen, declarative description of one deployment, validated at load."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import BaseModel
+
+from .errors import TopologyError
+from .features import FeatureSet, SinceLastFeature, WindowFeature
+from .policy import Rules
+from .windows import Hopping, Sliding, TileTable, Tumbling
+
+__all__ = ["Profiles", "TimeSettings", "Topology", "TopicNames"]
+
+Ordering = Literal["arrival", "event_time"]
+
+
+@dataclass(frozen=True)
+class TimeSettings:
+    """Event-time settings, in ms. See `engine.ordering.Watermark` for the exact rule."""
+
+    max_out_of_orderness_ms: int
+    allowed_lateness_ms: int
+    ordering: Ordering = "arrival"
+    reorder_capacity: int = 10_000
+
+
+@dataclass(frozen=True)
+class Profiles:
+    """Batch-precomputed entity profiles read from the compacted ``T.profiles`` topic.
+
+    Values are JSON objects keyed by the entity key; every worker holds all of them.
+    """
+
+    fields: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TopicNames:
+    """Kafka topic and group names of a topology, with an optional prefix for isolation."""
+
+    events: str
+    decisions: str
+    dlq: str
+    late: str
+    profiles: str
+    control: str
+    changelog: str
+    members: str
+    group: str
+
+    @classmethod
+    def of(cls, name: str, prefix: str = "") -> TopicNames:
+        base = f"{prefix}{name}"
+        return cls(events=f"{base}.events", decisions=f"{base}.decisions", dlq=f"{base}.dlq",
+                   late=f"{base}.late", profiles=f"{base}.profiles", control=f"{base}.control",
+                   changelog=f"{base}.changelog", members=f"{base}.members",
+                   group=f"{prefix}streamwise-{name}")
+
+
+@dataclass(frozen=True)
+class Topology:
+    """One deployment: input contract, key, dedup, time, tables, features, rules.
+
+    `score_late`: late events still get a decision (scored with aggregates as they stand,
+    without themselves); they never change an aggregate either way.
+    """
+
+    name: str
+    schema: type[BaseModel]
+    key_field: str
+    event_id_field: str
+    time_field: str
+    dedup_ttl_ms: int
+    time: TimeSettings
+    tables: tuple[TileTable, ...]
+    features: FeatureSet
+    rules: Rules
+    profiles: Profiles | None = None
+    score_late: bool = True
+    max_record_bytes: int = 1 << 20
+    default_partitions: int = 8
+    description: str = ""
+    _tables_by_name: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._validate()
+        object.__setattr__(self, "_tables_by_name", {t.name: t for t in self.tables})
+        self.features.compile(self._tables_by_name)
+
+    def table(self, name: str) -> TileTable:
+        return self._tables_by_name[name]
+
+    def topics(self, prefix: str = "") -> TopicNames:
+        return TopicNames.of(self.name, prefix)
+
+    def _validate(self) -> None:
+        def fail(msg: str) -> None:
+            raise TopologyError(f"topology {self.name!r}: {msg}")
+
+        if not self.name.replace("_", "").isalnum():
+            fail("name must be alphanumeric or underscore")
+        fields = self.schema.model_fields
+        for what in ("key_field", "event_id_field", "time_field"):
+            if getattr(self, what) not in fields:
+                fail(f"{what}={getattr(self, what)!r} is not a field of {self.schema.__name__}")
+        if self.schema.model_config.get("allow_inf_nan", True):
+            fail(f"{self.schema.__name__} must set allow_inf_nan=False")
+        if self.dedup_ttl_ms <= 0:
+            fail("dedup_ttl_ms must be > 0")
+        t = self.time
+        if t.max_out_of_orderness_ms < 0 or t.allowed_lateness_ms < 0:
+            fail("out-of-orderness and allowed lateness must be >= 0")
+        if t.ordering not in ("arrival", "event_time"):
+            fail(f"ordering must be 'arrival' or 'event_time', not {t.ordering!r}")
+        names = [tb.name for tb in self.tables]
+        if len(set(names)) != len(names):
+            fail("table names must be unique")
+        tables = {tb.name: tb for tb in self.tables}
+        for tb in self.tables:
+            if tb.tile_ms <= 0:
+                fail(f"table {tb.name}: tile_ms must be > 0")
+            for f in (tb.value_field, tb.distinct_field):
+                if f is not None and f not in fields:
+                    fail(f"table {tb.name}: {f!r} is not a field of the schema")
+        seen = set()
+        for f in self.features.features:
+            if f.name in seen:
+                fail(f"feature {f.name!r} defined twice")
+            seen.add(f.name)
+            if isinstance(f, WindowFeature | SinceLastFeature) and f.table not in tables:
+                fail(f"feature {f.name}: unknown table {f.table!r}")
+            if isinstance(f, WindowFeature):
+                tb = tables[f.table]
+                w = f.window
+                sizes = [w.duration_ms] + ([w.step_ms] if isinstance(w, Hopping) else [])
+                if any(s <= 0 or s % tb.tile_ms for s in sizes):
+                    fail(f"feature {f.name}: window sizes must be positive multiples of "
+                         f"the table's tile ({tb.tile_ms} ms)")
+                if isinstance(w, Sliding | Tumbling | Hopping) and w.duration_ms > tb.retain_ms:
+                    fail(f"feature {f.name}: window {w.duration_ms} ms is longer than table "
+                         f"{tb.name}'s retain_ms {tb.retain_ms}")
+        unknown = set(self.features.critical) - seen
+        if unknown:
+            fail(f"critical features not defined: {sorted(unknown)}")

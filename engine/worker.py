@@ -1,0 +1,303 @@
+"""The stream worker: consumes, runs the batch pipeline, writes state, produces, commits.
+
+The hot path sits below any framework `Stream`: aiokafka `getmany` hands whole batches to
+`PartitionPipeline.process`; each poll ends with one changelog flush, one RocksDB write batch
+per partition, one batch produce per output topic and partition, and one offset commit. The
+consumer group of this loop is the single source of truth for partition ownership.
+
+Per poll, in this order (so a crash at any point loses nothing and double-counts nothing):
+1. changelog records of the state changes, awaited;
+2. RocksDB write batch with the changes and the changelog offset they were written at;
+3. decisions, DLQ and late records, awaited;
+4. input offsets committed.
+A crash after 1 leaves the changelog ahead of local state: restore replays it. A crash after
+2 or 3 re-delivers the input: dedup finds every event and re-emits its stored decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from prometheus_client import CollectorRegistry
+
+from .clock import Clock, SystemClock
+from .config import EngineConfig
+from .kafka_io import TopicSpec, ensure_topics, read_to_end, send_records
+from .metrics import EngineMetrics
+from .pipeline import BatchResult, Decider, PartitionPipeline, Record
+from .state import RocksStore
+from .topology import TopicNames, Topology
+
+__all__ = ["Worker", "topic_specs"]
+
+log = logging.getLogger("streamwise.worker")
+
+
+def topic_specs(t: TopicNames, partitions: int) -> list[TopicSpec]:
+    """Every topic of a topology. Outputs and changelog are co-partitioned with the input."""
+    big = {"max.message.bytes": str(8 << 20)}  # oversized input must reach us to be DLQ'd
+    compact = {"cleanup.policy": "compact"}
+    n = partitions
+    return [TopicSpec(t.events, n, big), TopicSpec(t.decisions, n, {}), TopicSpec(t.dlq, n, {}),
+            TopicSpec(t.late, n, {}), TopicSpec(t.profiles, n, compact),
+            TopicSpec(t.control, 1, compact), TopicSpec(t.changelog, n, compact)]
+
+
+class Worker:
+    """One worker of a topology: a member of the topology's consumer group."""
+
+    def __init__(self, cfg: EngineConfig, topology: Topology, decider: Decider,
+                 clock: Clock | None = None, registry: CollectorRegistry | None = None) -> None:
+        self.cfg = cfg
+        self.topology = topology
+        self.topics = topology.topics(cfg.kafka.topic_prefix)
+        self.partitions = cfg.kafka.partitions or topology.default_partitions
+        self.decider = decider
+        self.clock = clock or SystemClock()
+        self.registry = registry or CollectorRegistry()
+        self.metrics = EngineMetrics.create(self.registry, topology.name)
+        self.state_dir = Path(cfg.state.data_dir) / topology.name
+        self.profiles: dict[str, Mapping[str, Any]] = {}
+        self._profile_positions: dict[int, int] = {}
+        self.stores: dict[int, RocksStore] = {}
+        self.pipelines: dict[int, PartitionPipeline] = {}
+        self.profiles_loaded = False
+        self.assigned_once = False
+        self._lock = asyncio.Lock()
+        self._stopping = asyncio.Event()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._tasks: list[asyncio.Task] = []
+        self.decided = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        k = self.cfg.kafka
+        await ensure_topics(k.bootstrap, topic_specs(self.topics, self.partitions),
+                            k.replication_factor)
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=k.bootstrap, acks="all", enable_idempotence=True,
+            max_batch_size=1 << 20, max_request_size=4 << 20, linger_ms=0)
+        await self._producer.start()
+        await self._load_profiles()
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=k.bootstrap, group_id=self.topics.group,
+            enable_auto_commit=False, auto_offset_reset="earliest",
+            fetch_max_wait_ms=k.fetch_max_wait_ms, max_partition_fetch_bytes=4 << 20,
+            session_timeout_ms=10_000, heartbeat_interval_ms=2_000)
+        self._consumer.subscribe([self.topics.events], listener=_Listener(self))
+        await self._consumer.start()
+        self._tasks.append(asyncio.create_task(self._tail_profiles(), name="profiles"))
+
+    async def run(self) -> None:
+        """Process until `stop()`; the batch in flight is finished, then `close()` is due."""
+        assert self._consumer is not None
+        k = self.cfg.kafka
+        while not self._stopping.is_set():
+            batches = await self._consumer.getmany(timeout_ms=200,
+                                                   max_records=k.max_batch_records)
+            if batches:
+                async with self._lock:
+                    await self._process(batches)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def close(self) -> None:
+        """Leave the group, flush the producer, close the stores. Safe to call twice."""
+        for task in self._tasks:
+            task.cancel()
+        if self._consumer is not None:
+            await self._consumer.stop()  # leaves the group: partitions move on at once
+            self._consumer = None
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+        for p in list(self.stores):
+            self._close_partition(p)
+
+    @property
+    def ready(self) -> tuple[bool, str]:
+        if not self.profiles_loaded:
+            return False, "loading profiles"
+        if not self.assigned_once:
+            return False, "waiting for partition assignment"
+        return True, "ready"
+
+    # -- the hot path ----------------------------------------------------------------------
+
+    async def _process(self, batches: Mapping[TopicPartition, list]) -> None:
+        results: dict[int, BatchResult] = {}
+        for tp, msgs in batches.items():
+            pipe = self.pipelines.get(tp.partition)
+            if pipe is None or not msgs:
+                continue  # revoked while the poll was in flight
+            records = [Record(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp)
+                       for m in msgs]
+            results[tp.partition] = pipe.process(records, self.profiles)
+        if not results:
+            return
+        producer = self._producer
+        assert producer is not None
+        t = self.topics
+        # 1. changelog first, awaited
+        pending = {p: await send_records(producer, t.changelog, p,
+                                         ((k, v, []) for k, v in r.changes.items()))
+                   for p, r in results.items() if r.changes}
+        for p, sent in pending.items():
+            metas = await asyncio.gather(*(fut for fut, _ in sent))
+            last_offset = metas[-1].offset + sent[-1][1] - 1
+            # 2. local state, atomically with the changelog offset it corresponds to
+            self.stores[p].apply(results[p].changes, changelog_offset=last_offset)
+        # 3. outputs
+        futures = []
+        for p, r in results.items():
+            futures += await send_records(producer, t.decisions, p,
+                                          ((k, v, []) for k, v in r.decisions))
+            if r.dlq:
+                futures += await send_records(producer, t.dlq, p,
+                                              ((d.key, d.value, d.headers) for d in r.dlq))
+            if r.late:
+                futures += await send_records(producer, t.late, p,
+                                              ((d.key, d.value, d.headers) for d in r.late))
+        await asyncio.gather(*(fut for fut, _ in futures))
+        # 4. commit
+        offsets = {TopicPartition(t.events, p): r.commit_offset for p, r in results.items()
+                   if r.commit_offset is not None}
+        try:
+            await self._consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+            # Rebalance in progress: the new owner re-reads these records and dedup re-emits
+            # their decisions. Nothing is lost.
+            log.warning("offset commit skipped (%s); records will be re-delivered", exc)
+        self._observe(results)
+
+    def _observe(self, results: Mapping[int, BatchResult]) -> None:
+        m, name = self.metrics, self.topology.name
+        for p, r in results.items():
+            m.batch_records.labels(name).observe(len(r.decisions) + len(r.dlq))
+            m.events.labels(name, "accepted").inc(r.accepted)
+            m.events.labels(name, "duplicate").inc(r.duplicates)
+            m.events.labels(name, "late").inc(len(r.late))
+            m.events.labels(name, "dlq").inc(len(r.dlq))
+            for reason in r.dlq_reasons:
+                m.dlq.labels(name, reason).inc()
+            for stage, ms in r.stage_ms.items():
+                m.stage_seconds.labels(name, stage).observe(ms / 1000)
+            wm = self.pipelines[p].watermark.watermark_ms if p in self.pipelines else None
+            if wm is not None:
+                m.watermark_ms.labels(name, str(p)).set(wm)
+            self.decided += len(r.decisions)
+
+    # -- partitions ------------------------------------------------------------------------
+
+    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        async with self._lock:
+            for tp in sorted(assigned):
+                if tp.partition not in self.pipelines:
+                    await self._open_partition(tp.partition)
+            self.metrics.assigned_partitions.labels(self.topology.name).set(len(self.pipelines))
+            self.assigned_once = True
+            log.info("assigned partitions %s", sorted(self.pipelines))
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        async with self._lock:  # waits for the batch in flight to be fully written
+            for tp in revoked:
+                self._close_partition(tp.partition)
+            log.info("revoked partitions %s", sorted(tp.partition for tp in revoked))
+
+    async def _open_partition(self, p: int) -> None:
+        store = RocksStore(self.state_dir / f"p{p:04d}")
+        restored = await self._restore(p, store)
+        self.stores[p] = store
+        self.pipelines[p] = PartitionPipeline(self.topology, p, store, self.decider, self.clock)
+        log.info("partition %d ready (%d changelog records restored)", p, restored)
+
+    def _close_partition(self, p: int) -> None:
+        self.pipelines.pop(p, None)
+        store = self.stores.pop(p, None)
+        if store is not None:
+            store.close()
+
+    async def _restore(self, p: int, store: RocksStore) -> int:
+        """Bring local state up to the end of the partition's changelog."""
+        local = store.changelog_offset
+        start = {p: local + 1} if local is not None else None
+        applied = 0
+        async for chunk in read_to_end(self.cfg.kafka.bootstrap, self.topics.changelog,
+                                       [p], start_offsets=start):
+            store.apply({m.key: m.value for m in chunk}, changelog_offset=chunk[-1].offset)
+            applied += len(chunk)
+        self.metrics.restored_records.labels(self.topology.name).inc(applied)
+        return applied
+
+    # -- profiles --------------------------------------------------------------------------
+
+    async def _load_profiles(self) -> None:
+        async for chunk in read_to_end(self.cfg.kafka.bootstrap, self.topics.profiles):
+            self._apply_profiles(chunk)
+        self.profiles_loaded = True
+        log.info("loaded %d profiles", len(self.profiles))
+
+    async def _tail_profiles(self) -> None:
+        """Keep profiles current after start (a batch job may republish them at any time)."""
+        while not self._stopping.is_set():
+            try:
+                await asyncio.sleep(1.0)
+                async for chunk in read_to_end(self.cfg.kafka.bootstrap, self.topics.profiles,
+                                               start_offsets=dict(self._profile_positions)):
+                    self._apply_profiles(chunk)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # never let a bad profile stop the stream
+                log.exception("profile refresh failed; retrying")
+
+    def _apply_profiles(self, chunk: list) -> None:
+        for m in chunk:
+            self._profile_positions[m.partition] = m.offset + 1
+            if m.key is None:
+                continue
+            key = m.key.decode("utf-8", "replace")
+            if m.value is None:
+                self.profiles.pop(key, None)
+                continue
+            try:
+                value = orjson.loads(m.value)
+            except orjson.JSONDecodeError:
+                log.warning("profile for %s is not JSON; ignored", key)
+                continue
+            if isinstance(value, dict):
+                self.profiles[key] = value
+
+    # -- reads for the API -----------------------------------------------------------------
+
+    def owns(self, partition: int) -> bool:
+        return partition in self.stores
+
+    def read(self, partition: int, key: bytes) -> bytes | None:
+        store = self.stores.get(partition)
+        return None if store is None else store.get(key)
+
+    @property
+    def worker_id(self) -> str:
+        return f"{self.cfg.api.host}:{self.cfg.api.port}/pid{os.getpid()}"
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+
+    async def on_partitions_revoked(self, revoked):
+        await self._worker.on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned):
+        await self._worker.on_assigned(set(assigned))

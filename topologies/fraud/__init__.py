@@ -1,0 +1,69 @@
+"""Card fraud: velocity windows per card, card profiles, rules when features are missing."""
+
+from engine import (
+    EventFeature,
+    FeatureSet,
+    ProfileFeature,
+    Profiles,
+    Rules,
+    SinceLastFeature,
+    Sliding,
+    Thresholds,
+    TileTable,
+    TimeSettings,
+    Topology,
+    WindowFeature,
+)
+
+from .rules import evaluate_rules
+from .schema import CardPayment
+
+__all__ = ["TOPOLOGY"]
+
+MINUTE_MS = 60_000
+HOUR_MS = 3_600_000
+
+VELOCITY = TileTable(name="velocity", tile_ms=MINUTE_MS, value_field="amount",
+                     distinct_field="merchant_id", retain_ms=HOUR_MS)
+
+_10M, _1H = Sliding(10 * MINUTE_MS), Sliding(HOUR_MS)
+
+FEATURES = FeatureSet(
+    name="fraud",
+    version=1,
+    features=(
+        WindowFeature("count_10m", "velocity", "count", _10M),
+        WindowFeature("sum_10m", "velocity", "sum", _10M),
+        WindowFeature("max_10m", "velocity", "max", _10M),
+        WindowFeature("count_1h", "velocity", "count", _1H),
+        WindowFeature("sum_1h", "velocity", "sum", _1H),
+        WindowFeature("mean_1h", "velocity", "mean", _1H),
+        WindowFeature("distinct_merchants_1h", "velocity", "distinct_count", _1H),
+        SinceLastFeature("secs_since_last", "velocity"),
+        ProfileFeature("amount_over_avg", lambda e, p: e.amount / p["avg_amount_90d"]
+                       if p.get("avg_amount_90d") else None),
+        ProfileFeature("is_foreign", lambda e, p: int(e.country != p["home_country"])
+                       if p.get("home_country") else None),
+        EventFeature("amount", lambda e: e.amount),
+        EventFeature("hour_of_day", lambda e: (e.ts_ms // HOUR_MS) % 24),
+    ),
+    critical=("count_10m", "count_1h", "amount_over_avg", "is_foreign"),
+)
+
+TOPOLOGY = Topology(
+    name="fraud",
+    description="Card payments scored for fraud in well under 100 ms.",
+    schema=CardPayment,
+    key_field="card_id",
+    event_id_field="event_id",
+    time_field="ts_ms",
+    dedup_ttl_ms=24 * HOUR_MS,
+    time=TimeSettings(max_out_of_orderness_ms=2_000, allowed_lateness_ms=58_000,
+                      ordering="arrival"),
+    tables=(VELOCITY,),
+    features=FEATURES,
+    rules=Rules(version="v1", evaluate=evaluate_rules,
+                thresholds=Thresholds(review_at=0.5, decline_at=0.9)),
+    profiles=Profiles(fields=("avg_amount_90d", "home_country")),
+    score_late=True,
+)
