@@ -88,7 +88,8 @@ async def _wait_for_metadata(admin: AIOKafkaAdminClient, names: list[str],
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
         topics = await admin.describe_topics(names)
-        if all(t.get("error_code", 0) == 0 and t["partitions"] for t in topics):
+        if all(t.get("error_code", 0) == 0 and t["partitions"]
+               and all(p["leader"] >= 0 for p in t["partitions"]) for t in topics):
             return {t["topic"]: len(t["partitions"]) for t in topics}
         if asyncio.get_running_loop().time() > deadline:
             raise ConfigError(f"topics not visible after {timeout_s}s: {names}")

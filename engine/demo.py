@@ -1,0 +1,237 @@
+"""`streamwise demo`: local Kafka up, a fraud worker, reference events, a short report."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from .errors import ConfigError
+from .kafka_io import ensure_topics, partition_for, send_records
+from .worker import topic_specs
+
+__all__ = ["run_demo"]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PARTITIONS = 8
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _http_get(url: str, timeout_s: float = 5.0) -> tuple[int, bytes, float]:
+    t0 = time.perf_counter()
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 (loopback)
+            body = resp.read()
+            status = resp.status
+    except urllib.error.HTTPError as exc:
+        body, status = exc.read(), exc.code
+    return status, body, (time.perf_counter() - t0) * 1000
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def run_demo(events: int, keep: bool, web_port: int) -> int:
+    broker = os.environ.get("STREAMWISE_BROKER") or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    started_kafka = False
+    script = REPO_ROOT / "scripts" / "kafka-local.sh"
+    if not broker:
+        if not script.exists():
+            raise ConfigError("no broker configured and no scripts/kafka-local.sh to start one")
+        _say("1. Starting the local Apache Kafka (first run downloads the jars from Maven)...")
+        out = subprocess.run(["bash", str(script), "start"], capture_output=True, text=True,
+                             timeout=1200)
+        if out.returncode != 0:
+            raise ConfigError("local Kafka did not start: "
+                              + (out.stderr.strip().splitlines() or ["?"])[-1])
+        broker = out.stdout.strip().splitlines()[-1]
+        started_kafka = "already running" not in out.stderr
+        _say(f"   Kafka at {broker}")
+    else:
+        _say(f"1. Using the Kafka broker at {broker}")
+    if not _port_free(web_port):
+        raise ConfigError(f"port {web_port} is busy; pass --web-port")
+    prefix = f"demo{int(time.time())}."
+    data_dir = Path(tempfile.mkdtemp(prefix="streamwise-demo-"))
+    worker = None
+    try:
+        from topologies.fraud.workload import generate
+        w = generate(events, seed=7)
+        asyncio.run(_produce_profiles(broker, prefix, w.profiles))
+        _say(f"2. Loaded {len(w.profiles):,} card profiles into {prefix}fraud.profiles")
+        cmd = [sys.executable, "-m", "engine", "worker", "fraud", "--broker", broker,
+               "--web-port", str(web_port), "--data-dir", str(data_dir),
+               "--topic-prefix", prefix, "--partitions", str(PARTITIONS)]
+        log_path = data_dir / "worker.log"
+        worker = subprocess.Popen(cmd, stdout=open(log_path, "wb"),  # noqa: SIM115
+                                  stderr=subprocess.STDOUT)
+        base = f"http://127.0.0.1:{web_port}"
+        _wait_ready(base, worker, log_path)
+        _say(f"3. Fraud worker up (pid {worker.pid}) at {base}, log {log_path}")
+        report = asyncio.run(_produce_and_collect(broker, prefix, w.events))
+        _print_report(report, base, w.events)
+        if keep:
+            _say(f"\n--keep: worker pid {worker.pid} and Kafka left running "
+                 f"(stop: kill {worker.pid}; streamwise kafka down)")
+            worker = None
+            started_kafka = False
+        return 0
+    finally:
+        if worker is not None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+            shutil.rmtree(data_dir, ignore_errors=True)
+        if started_kafka:
+            subprocess.run(["bash", str(script), "stop"], capture_output=True, timeout=120)
+            _say("Stopped the local Kafka this demo started.")
+
+
+def _wait_ready(base: str, worker: subprocess.Popen, log_path: Path,
+                timeout_s: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if worker.poll() is not None:
+            raise ConfigError(f"worker exited with {worker.returncode}: "
+                              + log_path.read_text()[-2000:])
+        try:
+            if _http_get(base + "/readyz", 2.0)[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise ConfigError(f"worker not ready after {timeout_s:.0f}s; see {log_path}")
+
+
+async def _produce_profiles(broker: str, prefix: str, profiles: dict) -> None:
+    import topologies
+    topics = topologies.get("fraud").topics(prefix)
+    await ensure_topics(broker, topic_specs(topics, PARTITIONS))
+    producer = AIOKafkaProducer(bootstrap_servers=broker, max_batch_size=1 << 20)
+    await producer.start()
+    try:
+        by_p: dict[int, list] = {}
+        for card, prof in profiles.items():
+            k = card.encode()
+            by_p.setdefault(partition_for(k, PARTITIONS), []).append((k, orjson.dumps(prof), []))
+        futs = []
+        for p, recs in by_p.items():
+            futs += await send_records(producer, topics.profiles, p, recs)
+        await asyncio.gather(*(f for f, _ in futs))
+    finally:
+        await producer.stop()
+
+
+async def _produce_and_collect(broker: str, prefix: str, events: list[dict]) -> dict:
+    """Produce the events at a steady rate while reading decisions back, until every distinct
+    event has one; latency is decision read time minus produce time."""
+    topic_events, topic_decisions = f"{prefix}fraud.events", f"{prefix}fraud.decisions"
+    expected = {e["event_id"] for e in events}
+    consumer = AIOKafkaConsumer(topic_decisions, bootstrap_servers=broker,
+                                auto_offset_reset="earliest", enable_auto_commit=False,
+                                fetch_max_wait_ms=20)
+    await consumer.start()
+    producer = AIOKafkaProducer(bootstrap_servers=broker, max_batch_size=1 << 20)
+    await producer.start()
+    produced_at: dict[str, float] = {}
+    decisions: dict[str, dict] = {}
+    latencies: list[float] = []
+    emitted = 0
+
+    async def collect() -> None:
+        nonlocal emitted
+        deadline = time.monotonic() + 180
+        while len(decisions) < len(expected) and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            now_ms = time.time() * 1000
+            for recs in batch.values():
+                for r in recs:
+                    d = orjson.loads(r.value)
+                    emitted += 1
+                    if d["event_id"] not in decisions:
+                        decisions[d["event_id"]] = d
+                        latencies.append(now_ms - produced_at.get(d["event_id"], now_ms))
+
+    collector = asyncio.create_task(collect())
+    try:
+        t0 = time.time()
+        rate, tick = 5000, 100  # events/s, chunk: an open loop well below saturation
+        for i in range(0, len(events), tick):
+            by_p: dict[int, list] = {}
+            for e in events[i:i + tick]:
+                k = e["card_id"].encode()
+                by_p.setdefault(partition_for(k, PARTITIONS), []).append(
+                    (k, orjson.dumps(e), []))
+                produced_at.setdefault(e["event_id"], time.time() * 1000)
+            futs = []
+            for p, recs in by_p.items():
+                futs += await send_records(producer, topic_events, p, recs)
+            await asyncio.gather(*(f for f, _ in futs))
+            await asyncio.sleep(max(0.0, t0 + (i + tick) / rate - time.time()))
+        _say(f"4. Produced {len(events):,} reference events to {topic_events} "
+             f"in {time.time() - t0:.1f}s (open loop, {rate:,} events/s)")
+        await collector
+        return {"decisions": decisions, "emitted": emitted, "expected": len(expected),
+                "latencies_ms": latencies, "elapsed_s": time.time() - t0}
+    finally:
+        collector.cancel()
+        await producer.stop()
+        await consumer.stop()
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def _print_report(r: dict, base: str, events: list[dict]) -> None:
+    ds = list(r["decisions"].values())
+    _say(f"5. {len(ds):,} of {r['expected']:,} distinct events decided "
+         f"({r['emitted']:,} decision records incl. re-emitted duplicates)")
+    by = Counter((d["path"], d["decision"]) for d in ds)
+    _say("\n   path              decision   count")
+    for (path, dec), n in sorted(by.items()):
+        _say(f"   {path:<17} {dec:<10} {n:>6,}")
+    _say("\n   stage        p50 ms    p99 ms   (per batch; every event waits for its batch)")
+    for stage in ("validate", "dedup", "features", "inference", "policy", "total"):
+        vals = [d["stage_ms"][stage] for d in ds]
+        _say(f"   {stage:<10} {_pct(vals, .5):>8.2f}  {_pct(vals, .99):>8.2f}")
+    lat = r["latencies_ms"]
+    _say(f"   end to end (produce → decision read back): p50 {_pct(lat, .5):.0f} ms, "
+         f"p99 {_pct(lat, .99):.0f} ms")
+    busiest = Counter(e["card_id"] for e in events).most_common(1)[0][0]
+    status, body, ms = _http_get(f"{base}/v1/tables/velocity/{busiest}")
+    _say(f"\n6. Online lookup GET /v1/tables/velocity/{busiest} → {status} in {ms:.1f} ms")
+    if status == 200:
+        doc = orjson.loads(body)
+        _say(f"   last_ts_ms={doc['value']['last_ts_ms']} tiles={doc['value']['tiles']} "
+             f"events={doc['value']['count']} watermark_ms={doc['watermark_ms']} "
+             f"served_by={doc['served_by']}")
+    status, body, ms = _http_get(f"{base}/v1/decisions/{busiest}")
+    if status == 200:
+        d = orjson.loads(body)
+        _say(f"   GET /v1/decisions/{busiest} → {d['decision']} via {d['path']} "
+             f"(score {d['score']}, reasons {d['reasons']}) in {ms:.1f} ms")
+    _say(f"\nNext: metrics at {base}/metrics, readiness at {base}/readyz; topics "
+         f"*.fraud.decisions, *.fraud.dlq, *.fraud.late; `streamwise --help`.")
