@@ -97,7 +97,8 @@ class FeatureSet:
                 groups.setdefault((f.table, f.window), []).append((f.name, f.agg))
             else:
                 others.append(f)
-        plan = (tuple((tables[t], w, tuple(aggs)) for (t, w), aggs in groups.items()),
+        plan = (tuple((tables[t], w, tuple(aggs), any(a == "distinct_count" for _, a in aggs))
+                      for (t, w), aggs in groups.items()),
                 tuple(others))
         object.__setattr__(self, "_plan", plan)
         object.__setattr__(self, "_names", self.names)
@@ -113,9 +114,9 @@ class FeatureSet:
         """
         values: dict[str, float | int | None] = {}
         window_groups, others = self._plan
-        for table, window, aggs in window_groups:
+        for table, window, aggs, distinct in window_groups:
             start, end = window.bounds(ts_ms, table.tile_ms)
-            agg = entities[table.name].aggregate(start, end)
+            agg = entities[table.name].aggregate(start, end, distinct)
             for name, how in aggs:
                 values[name] = agg.mean if how == "mean" else getattr(agg, how)
         for f in others:

@@ -12,7 +12,7 @@ import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from rocksdict import Options, Rdict, ReadOptions, WriteBatch
+from rocksdict import BlockBasedOptions, Cache, Options, Rdict, ReadOptions, WriteBatch
 
 from .errors import StateError
 
@@ -68,6 +68,12 @@ class RocksStore:
         path.mkdir(parents=True, exist_ok=True)
         opts = Options(raw_mode=True)
         opts.create_if_missing(True)
+        # Most lookups are misses (a new event id is not in the dedup table): a bloom filter
+        # answers those without reading a block.
+        table = BlockBasedOptions()
+        table.set_bloom_filter(10, False)
+        table.set_block_cache(Cache(64 << 20))
+        opts.set_block_based_table_factory(table)
         try:
             self._db = Rdict(str(path), opts)
         except Exception as exc:  # rocksdict raises plain Exception on corruption/lock

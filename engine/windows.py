@@ -8,6 +8,7 @@ write per event serves every window size.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -101,7 +102,13 @@ class TileTable:
 
     @property
     def state_prefix(self) -> bytes:
-        return f"t/{self.name}.v{self.version}.{self.tile_ms}/".encode()
+        """Key prefix of this table's entities; changes whenever the tiling changes."""
+        return _state_prefix(self.name, self.version, self.tile_ms)
+
+
+@functools.cache
+def _state_prefix(name: str, version: int, tile_ms: int) -> bytes:
+    return f"t/{name}.v{version}.{tile_ms}/".encode()
 
 
 class WindowAggregate(NamedTuple):
@@ -152,13 +159,16 @@ class EntityTiles:
         if self.last_ts_ms is None or ts_ms > self.last_ts_ms:
             self.last_ts_ms = ts_ms
 
-    def aggregate(self, start_ms: int, end_ms: int) -> WindowAggregate:
-        """Merge the tiles whose start lies in ``[start_ms, end_ms)``."""
+    def aggregate(self, start_ms: int, end_ms: int, distinct: bool = True) -> WindowAggregate:
+        """Merge the tiles whose start lies in ``[start_ms, end_ms)``.
+
+        `distinct=False` skips the set union (the costly part) and reports distinct_count 0.
+        """
         count = 0
         total = 0.0
         lo = hi = last = None
         last_ts = None
-        distinct: list[set] = []
+        sets: list[set] = []
         for start, tile in self.tiles.items():
             if start_ms <= start < end_ms:
                 count += tile[_C]
@@ -169,9 +179,9 @@ class EntityTiles:
                     hi = tile[_MAX]
                 if last_ts is None or tile[_LTS] >= last_ts:
                     last_ts, last = tile[_LTS], tile[_LV]
-                if tile[_D] is not None:
-                    distinct.append(tile[_D])
-        n_distinct = len(distinct[0]) if len(distinct) == 1 else len(set().union(*distinct))
+                if distinct and tile[_D] is not None:
+                    sets.append(tile[_D])
+        n_distinct = len(sets[0]) if len(sets) == 1 else len(set().union(*sets))
         return WindowAggregate(count, total, lo, hi, last, n_distinct)
 
     def expire(self, horizon_ms: int, tile_ms: int) -> bool:
