@@ -48,10 +48,11 @@ resolve() {
   local tmp t0=$SECONDS
   tmp="$(mktemp -d "$LIBS_ROOT/.libs-$KAFKA_VERSION.XXXXXX")"
   log "resolving org.apache.kafka:kafka_2.13:$KAFKA_VERSION from Maven Central (one time)"
-  if ! timeout "$RESOLVE_TIMEOUT" mvn -q -B -f "$ROOT/deploy/kafka-local/pom.xml" \
+  if ! timeout "$RESOLVE_TIMEOUT" mvn -q -B -Dstyle.color=never -f "$ROOT/deploy/kafka-local/pom.xml" \
       -Dkafka.version="$KAFKA_VERSION" "$DEP_PLUGIN:copy-dependencies" \
       -DincludeScope=runtime -DoutputDirectory="$tmp" >"$tmp.log" 2>&1; then
-    tail -n 40 "$tmp.log" >&2; rm -rf "$tmp" "$tmp.log"; die "resolve failed"
+    tail -n 40 "$tmp.log" | sed 's/\x1b\[[0-9;]*m//g' >&2  # without Maven's colour codes
+    rm -rf "$tmp" "$tmp.log"; die "resolve failed"
   fi
   rm -f "$tmp.log"
   [ -f "$tmp/kafka_2.13-$KAFKA_VERSION.jar" ] || { rm -rf "$tmp"; die "no kafka_2.13 jar resolved"; }
