@@ -56,7 +56,7 @@ resolve() {
   fi
   rm -f "$tmp.log"
   [ -f "$tmp/kafka_2.13-$KAFKA_VERSION.jar" ] || { rm -rf "$tmp"; die "no kafka_2.13 jar resolved"; }
-  touch "$tmp/.complete"
+  chmod 755 "$tmp"; touch "$tmp/.complete"
   # Atomic publish; if a concurrent resolve won the race, keep its copy.
   mv -T "$tmp" "$LIBS" 2>/dev/null || rm -rf "$tmp"
   log "resolved $(find "$LIBS" -name '*.jar' | wc -l) jars in $((SECONDS - t0)) s"
