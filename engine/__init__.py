@@ -9,10 +9,14 @@ from .features import (
     WindowFeature,
 )
 from .policy import Rules, Thresholds, Verdict
+from .scoring.breaker import BreakerSettings
+from .scoring.chain import CheapFirst, ScoringSettings
 from .topology import Profiles, TimeSettings, Topology
 from .windows import Hopping, Sliding, TileTable, Tumbling
 
 __all__ = [
+    "BreakerSettings",
+    "CheapFirst",
     "EventFeature",
     "FeatureSet",
     "FeatureVector",
@@ -20,6 +24,7 @@ __all__ = [
     "ProfileFeature",
     "Profiles",
     "Rules",
+    "ScoringSettings",
     "SinceLastFeature",
     "Sliding",
     "Thresholds",

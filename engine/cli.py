@@ -57,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="max records per pipeline batch")
     w.add_argument("--fetch-max-wait-ms", type=int,
                    default=int(_env("FETCH_MAX_WAIT_MS", "20")))
+    w.add_argument("--model", action="append", default=[], metavar="NAME=VERSION",
+                   help="pin a model version (default: the newest valid one), e.g. primary=1")
+    w.add_argument("--models-dir", default=_env("MODELS_DIR"),
+                   help="model registry folder (default: the topology's models/)")
+    w.add_argument("--inject-faults", default=_env("INJECT_FAULTS", ""),
+                   help=argparse.SUPPRESS)  # chaos tests only; see engine/scoring/faults.py
 
     pr = sub.add_parser("produce", help="produce the reference workload (or a file) to a topology")
     pr.add_argument("topology")
@@ -107,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         import topologies
         topology = topologies.get(args.topology)
         if args.command == "worker":
-            return asyncio.run(_worker(cfg, topology))
+            return asyncio.run(_worker(cfg, topology, args))
         if args.command == "produce":
             from .produce import produce
             return asyncio.run(produce(cfg, topology, args))
@@ -134,17 +140,46 @@ def _kafka(action: str) -> int:
     return subprocess.call(["bash", str(script), verb])
 
 
-async def _worker(cfg: EngineConfig, topology) -> int:
+def _build_decider(topology, args: argparse.Namespace, clock):
+    """The fallback chain over the model registry, or rules alone when the topology has no
+    scoring section."""
+    from .errors import ConfigError
+    from .policy import RulesOnly
+
+    fs = topology.features.versioned_name
+    models_dir = Path(args.models_dir) if args.models_dir else topology.models_dir
+    if topology.scoring is None or models_dir is None:
+        return RulesOnly(topology.rules, fs), None
+    from .scoring.chain import FallbackChain
+    from .scoring.faults import FaultInjector, FaultSpec
+    from .scoring.registry import ModelRegistry
+
+    pinned = {}
+    for item in args.model:
+        name, sep, version = item.partition("=")
+        if not sep or not name or not version:
+            raise ConfigError(f"--model takes NAME=VERSION, not {item!r}")
+        pinned[name] = version
+    registry = ModelRegistry(models_dir, topology.features.names, fs, pinned=pinned)
+    registry.refresh()  # failures are logged; the chain falls back for what is missing
+    spec = FaultSpec.parse(args.inject_faults) if args.inject_faults else None
+    chain = FallbackChain(topology.scoring, topology.rules, fs, registry.get, clock,
+                          wrap=FaultInjector(spec) if spec else None)
+    return chain, registry
+
+
+async def _worker(cfg: EngineConfig, topology, args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from .api import build_app
+    from .clock import SystemClock
     from .kafka_io import connect_check
-    from .policy import RulesOnly
     from .worker import Worker
 
     await connect_check(cfg.kafka.bootstrap)
-    decider = RulesOnly(topology.rules, topology.features.versioned_name)
-    worker = Worker(cfg, topology, decider)
+    clock = SystemClock()
+    decider, registry = _build_decider(topology, args, clock)
+    worker = Worker(cfg, topology, decider, clock=clock, models=registry)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)

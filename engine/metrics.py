@@ -22,6 +22,12 @@ class EngineMetrics(NamedTuple):
     watermark_ms: Gauge      # partition
     assigned_partitions: Gauge
     restored_records: Counter
+    fallbacks: Counter       # reason
+    breaker_state: Gauge     # model: 0 closed, 1 half-open, 2 open
+    inference_seconds: Histogram  # model
+    model_rows: Counter      # model (name:version)
+    model_load_failures: Counter  # model
+    primary_skipped: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry, topology: str) -> EngineMetrics:
@@ -47,4 +53,21 @@ class EngineMetrics(NamedTuple):
             restored_records=Counter("streamwise_changelog_restored_records",
                                      "Changelog records applied while restoring state",
                                      ["topology"], **labels),
+            fallbacks=Counter("model_fallback", "Rows that left the primary model path, by reason",
+                              ["topology", "reason"], **labels),
+            breaker_state=Gauge("streamwise_breaker_state",
+                                "Circuit breaker per model: 0 closed, 1 half-open, 2 open",
+                                ["topology", "model"], **labels),
+            inference_seconds=Histogram("streamwise_inference_seconds",
+                                        "Duration of one batched model call",
+                                        ["topology", "model"], buckets=STAGE_BUCKETS_S,
+                                        **labels),
+            model_rows=Counter("streamwise_model_rows", "Rows scored by each model version",
+                               ["topology", "model"], **labels),
+            model_load_failures=Counter("streamwise_model_load_failures",
+                                        "Model files rejected at load or reload",
+                                        ["topology", "model"], **labels),
+            primary_skipped=Counter("streamwise_primary_skipped",
+                                    "Rows decided by the cheap model (low-risk routing)",
+                                    ["topology"], **labels),
         )

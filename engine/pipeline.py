@@ -9,7 +9,7 @@ write batch and one changelog flush.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -43,13 +43,17 @@ class Store(Protocol):
 
 
 class Decider(Protocol):
-    """Scores a batch of feature vectors; one call per pipeline batch."""
+    """Scores a batch of feature vectors; one call per pipeline batch.
+
+    `last_decision(key)` returns the entity's last stored decision (encoded) or None; a
+    fallback chain reads it only for rows it could not score.
+    """
+
+    feature_set: str
 
     def decide_many(self, keys: Sequence[str], vectors: Sequence[FeatureVector],
-                    late: Sequence[bool]) -> list[Verdict]: ...
-
-    @property
-    def feature_set(self) -> str: ...
+                    ts_ms: Sequence[int], late: Sequence[bool],
+                    last_decision: Callable[[str], bytes | None]) -> list[Verdict]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,9 +212,11 @@ class PartitionPipeline:
         t3 = clock()
 
         # 4. one scoring call for the whole batch
-        verdicts = self._decider.decide_many([p.key for p in scored],
-                                             [p.vector for p in scored],
-                                             [p.late for p in scored]) if scored else []
+        verdicts = self._decider.decide_many(
+            [p.key for p in scored], [p.vector for p in scored], [p.ts_ms for p in scored],
+            [p.late for p in scored],
+            lambda key: self._get(LATEST_DECISION_PREFIX + key.encode(), overlay),
+        ) if scored else []
         t4 = clock()
 
         # 5. policy → decisions; remember each decision under its event id for re-delivery

@@ -75,6 +75,7 @@ class RulesOnly:
         self.feature_set = feature_set
 
     def decide_many(self, keys: Sequence[str], vectors: Sequence[FeatureVector],
-                    late: Sequence[bool]) -> list[Verdict]:
+                    ts_ms: Sequence[int], late: Sequence[bool],
+                    last_decision: Callable[[str], bytes | None]) -> list[Verdict]:
         decide = self._rules.decide
         return [decide(v, ("no_model",)) for v in vectors]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel
@@ -10,6 +11,7 @@ from pydantic import BaseModel
 from .errors import TopologyError
 from .features import FeatureSet, SinceLastFeature, WindowFeature
 from .policy import Rules
+from .scoring.chain import ScoringSettings
 from .windows import Hopping, Sliding, TileTable, Tumbling
 
 __all__ = ["Profiles", "TimeSettings", "Topology", "TopicNames"]
@@ -79,6 +81,8 @@ class Topology:
     features: FeatureSet
     rules: Rules
     profiles: Profiles | None = None
+    scoring: ScoringSettings | None = None
+    models_dir: Path | None = None
     score_late: bool = True
     max_record_bytes: int = 1 << 20
     default_partitions: int = 8

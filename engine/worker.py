@@ -21,7 +21,7 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -33,8 +33,12 @@ from .config import EngineConfig
 from .kafka_io import TopicSpec, ensure_topics, read_to_end, send_records
 from .metrics import EngineMetrics
 from .pipeline import BatchResult, Decider, PartitionPipeline, Record
+from .scoring.chain import ChainStats, FallbackChain
 from .state import RocksStore
 from .topology import TopicNames, Topology
+
+if TYPE_CHECKING:
+    from .scoring.registry import ModelRegistry
 
 __all__ = ["Worker", "topic_specs"]
 
@@ -55,12 +59,14 @@ class Worker:
     """One worker of a topology: a member of the topology's consumer group."""
 
     def __init__(self, cfg: EngineConfig, topology: Topology, decider: Decider,
-                 clock: Clock | None = None, registry: CollectorRegistry | None = None) -> None:
+                 clock: Clock | None = None, registry: CollectorRegistry | None = None,
+                 models: ModelRegistry | None = None) -> None:
         self.cfg = cfg
         self.topology = topology
         self.topics = topology.topics(cfg.kafka.topic_prefix)
         self.partitions = cfg.kafka.partitions or topology.default_partitions
         self.decider = decider
+        self.models = models
         self.clock = clock or SystemClock()
         self.registry = registry or CollectorRegistry()
         self.metrics = EngineMetrics.create(self.registry, topology.name)
@@ -97,6 +103,8 @@ class Worker:
         self._consumer.subscribe([self.topics.events], listener=_Listener(self))
         await self._consumer.start()
         self._tasks.append(asyncio.create_task(self._tail_profiles(), name="profiles"))
+        if self.models is not None:
+            self._tasks.append(asyncio.create_task(self._reload_models(), name="models"))
 
     async def run(self) -> None:
         """Process until `stop()`; the batch in flight is finished, then `close()` is due."""
@@ -131,6 +139,10 @@ class Worker:
             return False, "loading profiles"
         if not self.assigned_once:
             return False, "waiting for partition assignment"
+        if self.models is not None and isinstance(self.decider, FallbackChain) \
+                and not self.decider.usable():
+            errors = {n: s.last_error for n, s in self.models.slots.items()}
+            return False, f"no usable model: {errors or 'registry empty'}"
         return True, "ready"
 
     # -- the hot path ----------------------------------------------------------------------
@@ -197,6 +209,18 @@ class Worker:
             if wm is not None:
                 m.watermark_ms.labels(name, str(p)).set(wm)
             self.decided += len(r.decisions)
+        chain = self.decider
+        if isinstance(chain, FallbackChain):
+            stats, chain.stats = chain.stats, ChainStats()
+            for reason, count in stats.fallbacks.items():
+                m.fallbacks.labels(name, reason).inc(count)
+            for ref, count in stats.rows_scored.items():
+                m.model_rows.labels(name, ref).inc(count)
+            for seconds in stats.inference_s:
+                m.inference_seconds.labels(name, "batch").observe(seconds)
+            m.primary_skipped.labels(name).inc(stats.primary_skipped)
+            for model in chain.breaker_names():
+                m.breaker_state.labels(name, model).set(chain.breaker_state(model).value)
 
     # -- partitions ------------------------------------------------------------------------
 
@@ -239,6 +263,23 @@ class Worker:
             applied += len(chunk)
         self.metrics.restored_records.labels(self.topology.name).inc(applied)
         return applied
+
+    # -- models ----------------------------------------------------------------------------
+
+    async def _reload_models(self, every_s: float = 2.0) -> None:
+        """Hot reload: pick up new model versions without a restart."""
+        assert self.models is not None
+        loop = asyncio.get_running_loop()
+        while not self._stopping.is_set():
+            await asyncio.sleep(every_s)
+            try:
+                errors = await loop.run_in_executor(None, self.models.refresh)
+            except Exception:
+                log.exception("model registry scan failed")
+                continue
+            for err in errors:
+                self.metrics.model_load_failures.labels(self.topology.name,
+                                                        err.split("/", 1)[0]).inc()
 
     # -- profiles --------------------------------------------------------------------------
 

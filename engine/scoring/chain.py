@@ -1,0 +1,234 @@
+"""The fallback chain: primary model → last known score → backup model → rules → abstain.
+
+One call per pipeline batch. Rows with a missing, non-finite or stale feature never reach a
+model. Each model call runs in a worker thread behind a timeout and its own circuit breaker;
+a timed-out call is aborted (onnxruntime's run terminate flag) and never retried, since its
+budget is spent; an error is retried at most `retries` times. Every verdict records its path
+and why it was taken.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import orjson
+
+from ..clock import Clock
+from ..features import FeatureVector
+from ..policy import Rules, Thresholds, Verdict, abstain
+from .breaker import BreakerSettings, BreakerState, CircuitBreaker
+
+__all__ = ["CheapFirst", "FallbackChain", "Model", "ScoringSettings"]
+
+LastDecision = Callable[[str], bytes | None]
+
+
+class Model(Protocol):
+    ref: str
+    manifest: object
+
+    def score_many(self, rows: np.ndarray, run_options: object = None) -> np.ndarray: ...
+
+    def run_options(self) -> object: ...
+
+
+@dataclass(frozen=True)
+class CheapFirst:
+    """Low-risk routing: score with the cheap model first; only rows whose cheap score is at
+    least `primary_above` go to the primary. Rows below are decided by the cheap model."""
+
+    primary_above: float
+
+
+@dataclass(frozen=True)
+class ScoringSettings:
+    """How a topology scores. Times in ms; `last_score_max_age_ms` is in event time."""
+
+    primary: str = "primary"
+    backup: str | None = "backup"
+    timeout_ms: int = 30
+    retries: int = 1
+    last_score_max_age_ms: int = 600_000
+    breaker: BreakerSettings = BreakerSettings()
+    cheap_first: CheapFirst | None = None
+
+
+@dataclass
+class _Guard:
+    breaker: CircuitBreaker
+    calls: int = 0
+
+
+@dataclass
+class ChainStats:
+    """Counts since the last `drain`, for the metrics adapter."""
+
+    fallbacks: Counter = field(default_factory=Counter)  # reason
+    rows_scored: Counter = field(default_factory=Counter)  # model ref
+    primary_skipped: int = 0  # cheap-first saving
+    inference_s: list[float] = field(default_factory=list)
+
+
+class FallbackChain:
+    """A `Decider` for the pipeline. `models(name)` returns the active model or None, so hot
+    reload is just the registry swapping what that lookup returns."""
+
+    def __init__(self, settings: ScoringSettings, rules: Rules, feature_set: str,
+                 models: Callable[[str], Model | None], clock: Clock,
+                 wrap: Callable[[Model], Model] | None = None) -> None:
+        self.settings = settings
+        self.feature_set = feature_set
+        self._rules = rules
+        self._models = models
+        self._wrap = wrap  # fault injection in chaos tests; None in production
+        self._clock = clock
+        self._guards = {name: _Guard(CircuitBreaker(settings.breaker, clock))
+                        for name in (settings.primary, settings.backup) if name}
+        self._pool = cf.ThreadPoolExecutor(max_workers=4, thread_name_prefix="inference")
+        self.stats = ChainStats()
+
+    def breaker_names(self) -> list[str]:
+        return list(self._guards)
+
+    def breaker_state(self, name: str) -> BreakerState:
+        return self._guards[name].breaker.state
+
+    def usable(self) -> list[str]:
+        return [n for n in self._guards if self._models(n) is not None]
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- the batch --------------------------------------------------------------------------
+
+    def decide_many(self, keys: Sequence[str], vectors: Sequence[FeatureVector],
+                    ts_ms: Sequence[int], late: Sequence[bool],
+                    last_decision: LastDecision) -> list[Verdict]:
+        s = self.settings
+        n = len(vectors)
+        out: list[Verdict | None] = [None] * n
+        why: list[tuple[str, ...]] = [()] * n
+        rows: list[list[float] | None] = [None] * n
+        for i, vec in enumerate(vectors):
+            bad = [k for k, v in vec.items() if v is None or not math.isfinite(v)]
+            if bad:
+                why[i] = (f"missing_features:{','.join(bad)}",)
+                self.stats.fallbacks["missing_features"] += 1
+            else:
+                rows[i] = list(vec.values())
+        todo = [i for i in range(n) if rows[i] is not None]
+
+        if todo and s.cheap_first is not None and s.backup:
+            cheap, reason = self._score(s.backup, todo, rows)
+            if cheap is not None:
+                model = self._models(s.backup)
+                keep = []
+                for i, score in zip(todo, cheap, strict=True):
+                    if score < s.cheap_first.primary_above:
+                        out[i] = self._verdict(model, score, "model", ("low_risk_cheap_model",))
+                    else:
+                        keep.append(i)
+                self.stats.primary_skipped += len(todo) - len(keep)
+                todo = keep
+
+        if todo:
+            scores, reason = self._score(s.primary, todo, rows)
+            if scores is not None:
+                model = self._models(s.primary)
+                for i, score in zip(todo, scores, strict=True):
+                    out[i] = self._verdict(model, score, "model", ())
+            else:
+                self.stats.fallbacks[reason] += len(todo)
+                for i in todo:
+                    why[i] = (reason,)
+
+        # Fallbacks, in the declared order, for every row still undecided.
+        pending = [i for i in range(n) if out[i] is None]
+        for i in pending:
+            out[i] = self._last_score(keys[i], ts_ms[i], why[i], last_decision)
+        backup_rows = [i for i in pending if out[i] is None and rows[i] is not None]
+        if backup_rows and s.backup:
+            scores, reason = self._score(s.backup, backup_rows, rows)
+            if scores is not None:
+                model = self._models(s.backup)
+                for i, score in zip(backup_rows, scores, strict=True):
+                    out[i] = self._verdict(model, score, "fallback:backup_model", why[i])
+            else:
+                for i in backup_rows:
+                    why[i] = (*why[i], f"backup:{reason}")
+        for i in pending:
+            if out[i] is None:
+                try:
+                    out[i] = self._rules.decide(vectors[i], why[i])
+                except Exception:  # a rules bug must not lose the event
+                    out[i] = abstain((*why[i], "rules_failed"))
+        return out  # type: ignore[return-value]
+
+    # -- pieces ------------------------------------------------------------------------------
+
+    def _verdict(self, model: Model, score: float, path: str, why: tuple[str, ...]) -> Verdict:
+        t = model.manifest.thresholds  # type: ignore[attr-defined]
+        outcome = Thresholds(t.review_at, t.decline_at).outcome(score)
+        return Verdict(float(score), outcome, model.ref, path, why)
+
+    def _last_score(self, key: str, ts_ms: int, why: tuple[str, ...],
+                    last_decision: LastDecision) -> Verdict | None:
+        raw = last_decision(key)
+        if not raw:
+            return None
+        last = orjson.loads(raw)
+        # Only a model's own score is reused, never a fallback's reuse or a rules score.
+        if last.get("path") not in ("model", "fallback:backup_model") or last.get("score") is None:
+            return None
+        age = ts_ms - last["event_ts_ms"]
+        if not 0 <= age <= self.settings.last_score_max_age_ms:
+            return None
+        self.stats.fallbacks["last_score"] += 1
+        return Verdict(last["score"], last["decision"], last["model"], "fallback:last_score",
+                       (*why, f"last_score_age_ms={age}"))
+
+    def _score(self, name: str, idx: list[int], rows: list[list[float] | None]
+               ) -> tuple[np.ndarray | None, str]:
+        """Scores for rows `idx` from model `name`, or (None, reason)."""
+        model = self._models(name)
+        if model is None:
+            return None, "model_unavailable"
+        if self._wrap is not None:
+            model = self._wrap(model)
+        guard = self._guards[name]
+        if not guard.breaker.allow():
+            return None, "breaker_open"
+        matrix = np.asarray([rows[i] for i in idx], dtype=np.float32)
+        attempts = 1 + self.settings.retries
+        reason = "model_error"
+        for _ in range(attempts):
+            opts = model.run_options()
+            t0 = self._clock.now_ms()
+            future = self._pool.submit(model.score_many, matrix, opts)
+            try:
+                scores = future.result(timeout=self.settings.timeout_ms / 1000)
+            except cf.TimeoutError:
+                opts.terminate = True  # type: ignore[attr-defined]
+                guard.breaker.record(False)
+                return None, "timeout"  # the budget is spent: no retry
+            except Exception:
+                guard.breaker.record(False)
+                reason = "model_error"
+                if guard.breaker.state is not BreakerState.CLOSED:
+                    break
+                continue
+            if scores.shape != (len(idx),) or not np.all(np.isfinite(scores)) or np.any(
+                    (scores < 0) | (scores > 1)):
+                guard.breaker.record(False)
+                return None, "bad_output"
+            guard.breaker.record(True)
+            self.stats.rows_scored[model.ref] += len(idx)
+            self.stats.inference_s.append((self._clock.now_ms() - t0) / 1000)
+            return scores, ""
+        return None, reason
