@@ -11,7 +11,7 @@ from .features import (
 from .policy import Rules, Thresholds, Verdict
 from .scoring.breaker import BreakerSettings
 from .scoring.chain import CheapFirst, ScoringSettings
-from .topology import Profiles, TimeSettings, Topology
+from .topology import Profiles, StageBudget, TimeSettings, Topology
 from .windows import Hopping, Sliding, TileTable, Tumbling
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "ScoringSettings",
     "SinceLastFeature",
     "Sliding",
+    "StageBudget",
     "Thresholds",
     "TileTable",
     "TimeSettings",

@@ -28,6 +28,7 @@ class EngineMetrics(NamedTuple):
     model_rows: Counter      # model (name:version)
     model_load_failures: Counter  # model
     primary_skipped: Counter
+    stage_budget_seconds: Gauge  # stage, quantile
 
     @classmethod
     def create(cls, registry: CollectorRegistry, topology: str) -> EngineMetrics:
@@ -70,4 +71,7 @@ class EngineMetrics(NamedTuple):
             primary_skipped=Counter("streamwise_primary_skipped",
                                     "Rows decided by the cheap model (low-risk routing)",
                                     ["topology"], **labels),
+            stage_budget_seconds=Gauge("streamwise_stage_budget_seconds",
+                                       "Configured latency budget per stage and quantile",
+                                       ["topology", "stage", "quantile"], **labels),
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -14,7 +15,7 @@ from .policy import Rules
 from .scoring.chain import ScoringSettings
 from .windows import Hopping, Sliding, TileTable, Tumbling
 
-__all__ = ["Profiles", "TimeSettings", "Topology", "TopicNames"]
+__all__ = ["STAGES", "Profiles", "StageBudget", "TimeSettings", "Topology", "TopicNames"]
 
 Ordering = Literal["arrival", "event_time"]
 
@@ -27,6 +28,18 @@ class TimeSettings:
     allowed_lateness_ms: int
     ordering: Ordering = "arrival"
     reorder_capacity: int = 10_000
+
+
+STAGES = ("validate", "dedup", "features", "inference", "policy", "total")
+
+
+@dataclass(frozen=True)
+class StageBudget:
+    """Latency budget of one pipeline stage, in ms, at two quantiles (alerts compare the
+    stage histograms against these)."""
+
+    p95_ms: float
+    p99_ms: float
 
 
 @dataclass(frozen=True)
@@ -83,6 +96,7 @@ class Topology:
     profiles: Profiles | None = None
     scoring: ScoringSettings | None = None
     models_dir: Path | None = None
+    budgets: Mapping[str, StageBudget] = field(default_factory=dict)
     score_late: bool = True
     max_record_bytes: int = 1 << 20
     default_partitions: int = 8
@@ -146,6 +160,11 @@ class Topology:
                 if isinstance(w, Sliding | Tumbling | Hopping) and w.duration_ms > tb.retain_ms:
                     fail(f"feature {f.name}: window {w.duration_ms} ms is longer than table "
                          f"{tb.name}'s retain_ms {tb.retain_ms}")
+        for stage, b in self.budgets.items():
+            if stage not in STAGES:
+                fail(f"budget for unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+            if not 0 < b.p95_ms <= b.p99_ms:
+                fail(f"budget of {stage}: need 0 < p95_ms <= p99_ms")
         unknown = set(self.features.critical) - seen
         if unknown:
             fail(f"critical features not defined: {sorted(unknown)}")

@@ -70,6 +70,9 @@ class Worker:
         self.clock = clock or SystemClock()
         self.registry = registry or CollectorRegistry()
         self.metrics = EngineMetrics.create(self.registry, topology.name)
+        for stage, budget in topology.budgets.items():
+            for q, ms in (("0.95", budget.p95_ms), ("0.99", budget.p99_ms)):
+                self.metrics.stage_budget_seconds.labels(topology.name, stage, q).set(ms / 1000)
         self.state_dir = Path(cfg.state.data_dir) / topology.name
         self.profiles: dict[str, Mapping[str, Any]] = {}
         self._profile_positions: dict[int, int] = {}
