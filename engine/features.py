@@ -116,7 +116,8 @@ class FeatureSet:
         window_groups, others = self._plan
         for table, window, aggs, distinct in window_groups:
             start, end = window.bounds(ts_ms, table.tile_ms)
-            agg = entities[table.name].aggregate(start, end, distinct)
+            agg = entities[table.name].aggregate(start, end, distinct,
+                                                 ts_ms - ts_ms % table.tile_ms)
             for name, how in aggs:
                 values[name] = agg.mean if how == "mean" else getattr(agg, how)
         for f in others:

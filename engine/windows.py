@@ -132,14 +132,24 @@ _C, _S, _MIN, _MAX, _LTS, _LV, _D = range(7)
 
 @dataclass
 class EntityTiles:
-    """Mutable tile state of one entity in one table: `last_ts_ms` and tiles by start ms."""
+    """Mutable tile state of one entity in one table: `last_ts_ms` and tiles by start ms.
+
+    Window reads around a *pivot* tile (the event's own) are split into the pivot tile and a
+    cached partial aggregate of the window's other tiles. The cache holds while only the pivot
+    tile changes, so a busy entity's events within one tile each cost one merge, not a scan of
+    every tile in the window; touching any other tile, or expiry, clears it.
+    """
 
     last_ts_ms: int | None = None
     tiles: dict[int, list] = field(default_factory=dict)
+    _pivot: int | None = field(default=None, repr=False, compare=False)
+    _partials: dict = field(default_factory=dict, repr=False, compare=False)
 
     def add(self, ts_ms: int, value: float, distinct: object, tile_ms: int) -> None:
         """Fold one accepted event into its tile."""
         start = ts_ms - ts_ms % tile_ms
+        if start != self._pivot and self._partials:
+            self._partials.clear()
         tile = self.tiles.get(start)
         if tile is None:
             self.tiles[start] = [1, value, value, value, ts_ms, value,
@@ -159,18 +169,52 @@ class EntityTiles:
         if self.last_ts_ms is None or ts_ms > self.last_ts_ms:
             self.last_ts_ms = ts_ms
 
-    def aggregate(self, start_ms: int, end_ms: int, distinct: bool = True) -> WindowAggregate:
+    def aggregate(self, start_ms: int, end_ms: int, distinct: bool = True,
+                  pivot_ms: int | None = None) -> WindowAggregate:
         """Merge the tiles whose start lies in ``[start_ms, end_ms)``.
 
         `distinct=False` skips the set union (the costly part) and reports distinct_count 0.
+        `pivot_ms`, the start of the tile being written, enables the partial-aggregate cache.
         """
+        if pivot_ms is None or not start_ms <= pivot_ms < end_ms:
+            part = self._scan(start_ms, end_ms, distinct, None)
+            sets = part[_D]
+            return WindowAggregate(part[_C], part[_S], part[_MIN], part[_MAX], part[_LV],
+                                   len(sets) if sets else 0)
+        if self._pivot != pivot_ms:
+            self._partials.clear()
+            self._pivot = pivot_ms
+        key = (start_ms, end_ms, distinct)
+        part = self._partials.get(key)
+        if part is None:
+            part = self._partials[key] = self._scan(start_ms, end_ms, distinct, pivot_ms)
+        count, total, lo, hi, last_ts, last, pset = part
+        tile = self.tiles.get(pivot_ms)
+        n_distinct = len(pset) if pset else 0
+        if tile is not None:
+            count += tile[_C]
+            total += tile[_S]
+            if lo is None or tile[_MIN] < lo:
+                lo = tile[_MIN]
+            if hi is None or tile[_MAX] > hi:
+                hi = tile[_MAX]
+            if last_ts is None or tile[_LTS] >= last_ts:
+                last = tile[_LV]
+            if distinct and tile[_D]:
+                n_distinct += len(tile[_D]) if not pset else sum(
+                    1 for x in tile[_D] if x not in pset)
+        return WindowAggregate(count, total, lo, hi, last, n_distinct)
+
+    def _scan(self, start_ms: int, end_ms: int, distinct: bool, skip: int | None) -> list:
+        """[count, sum, min, max, last_ts, last, distinct set or None] over the tiles in
+        ``[start_ms, end_ms)`` other than `skip`. The set may be a tile's own (not copied)."""
         count = 0
         total = 0.0
         lo = hi = last = None
         last_ts = None
         sets: list[set] = []
         for start, tile in self.tiles.items():
-            if start_ms <= start < end_ms:
+            if start_ms <= start < end_ms and start != skip:
                 count += tile[_C]
                 total += tile[_S]
                 if lo is None or tile[_MIN] < lo:
@@ -181,14 +225,16 @@ class EntityTiles:
                     last_ts, last = tile[_LTS], tile[_LV]
                 if distinct and tile[_D] is not None:
                     sets.append(tile[_D])
-        n_distinct = len(sets[0]) if len(sets) == 1 else len(set().union(*sets))
-        return WindowAggregate(count, total, lo, hi, last, n_distinct)
+        union = None if not sets else sets[0] if len(sets) == 1 else set().union(*sets)
+        return [count, total, lo, hi, last_ts, last, union]
 
     def expire(self, horizon_ms: int, tile_ms: int) -> bool:
         """Drop tiles that end at or before `horizon_ms`; True when something was dropped."""
         old = [s for s in self.tiles if s + tile_ms <= horizon_ms]
         for start in old:
             del self.tiles[start]
+        if old:
+            self._partials.clear()
         return bool(old)
 
     def windows(self, tile_ms: int) -> list[dict]:
