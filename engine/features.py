@@ -10,6 +10,7 @@ from typing import Any, Literal
 from .windows import EntityTiles, TileTable, Window
 
 __all__ = [
+    "PROFILE_TS_FIELD",
     "EventFeature",
     "FeatureSet",
     "FeatureVector",
@@ -20,6 +21,7 @@ __all__ = [
 
 Aggregation = Literal["count", "sum", "mean", "min", "max", "last", "distinct_count"]
 FeatureVector = dict[str, float | int | None]
+PROFILE_TS_FIELD = "_ts_ms"  # set by the adapter that reads profiles: the record's time
 
 
 @dataclass(frozen=True)
@@ -68,12 +70,15 @@ class FeatureSet:
 
     `critical` names the features without which the model must not be trusted: a missing (None)
     or non-finite critical feature sends the event down the fallback chain.
+    `profile_max_age_ms`: a profile older than this (its record time vs the event's time) is
+    stale, and its features are None, as if there were no profile.
     """
 
     name: str
     version: int
     features: tuple[Feature, ...]
     critical: tuple[str, ...] = ()
+    profile_max_age_ms: int | None = None
     _plan: tuple = field(default=(), init=False, repr=False, compare=False)
     _names: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
 
@@ -129,6 +134,13 @@ class FeatureSet:
             else:
                 values[f.name] = f.compute(event)
         return {name: values[name] for name in self._names}
+
+    def profile_is_stale(self, profile: Mapping[str, Any] | None, ts_ms: int) -> bool:
+        """True when `profile` carries a record time (``_ts_ms``) older than the max age."""
+        if profile is None or self.profile_max_age_ms is None:
+            return False
+        written = profile.get(PROFILE_TS_FIELD)
+        return written is not None and ts_ms - written > self.profile_max_age_ms
 
     def missing_critical(self, vector: FeatureVector) -> list[str]:
         """Critical features that are None, NaN or infinite."""

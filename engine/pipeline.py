@@ -103,6 +103,7 @@ class _Pending:
     vector: FeatureVector | None = None
     decision: bytes | None = None
     waiting_duplicates: int = 0
+    notes: tuple[str, ...] = ()
 
 
 class PartitionPipeline:
@@ -182,7 +183,8 @@ class PartitionPipeline:
                 continue
             ts = getattr(ev, ts_f)
             late = wm.verdict(ts) is Lateness.LATE
-            p = _Pending(rec, ev, getattr(ev, key_f), eid, ts, late)
+            p = _Pending(rec, ev, getattr(ev, key_f), eid, ts, late,
+                         notes=("late_event",) if late else ())
             in_batch[eid] = p
             if late:
                 out.late.append(self._late_record(rec, ts))
@@ -227,7 +229,7 @@ class PartitionPipeline:
         dumps = orjson.dumps
         docs = []
         for p, v in zip(scored, verdicts, strict=True):
-            reasons = ("late_event", *v.reasons) if p.late else v.reasons
+            reasons = (*p.notes, *v.reasons)
             docs.append({
                 "decision_id": decision_id(p.event_id, v.model, fs),
                 "event_id": p.event_id, "key": p.key, "score": v.score,
@@ -295,7 +297,10 @@ class PartitionPipeline:
                 if not p.late:
                     distinct = getattr(ev, tb.distinct_field) if tb.distinct_field else None
                     ent.add(p.ts_ms, getattr(ev, tb.value_field), distinct, tb.tile_ms)
-            p.vector = fs.compute(ev, p.ts_ms, per_table, previous, profiles.get(p.key))
+            profile = profiles.get(p.key)
+            if profile is not None and fs.profile_is_stale(profile, p.ts_ms):
+                profile, p.notes = None, (*p.notes, "stale_profile")
+            p.vector = fs.compute(ev, p.ts_ms, per_table, previous, profile)
         horizon = self._tile_horizon()
         for skey, ent in entities.items():
             if horizon is not None:

@@ -30,6 +30,7 @@ from prometheus_client import CollectorRegistry
 
 from .clock import Clock, SystemClock
 from .config import EngineConfig
+from .features import PROFILE_TS_FIELD
 from .kafka_io import TopicSpec, ensure_topics, read_to_end, send_records
 from .metrics import EngineMetrics
 from .pipeline import BatchResult, Decider, PartitionPipeline, Record
@@ -320,6 +321,7 @@ class Worker:
                 log.warning("profile for %s is not JSON; ignored", key)
                 continue
             if isinstance(value, dict):
+                value[PROFILE_TS_FIELD] = m.timestamp  # for the feature set's max age
                 self.profiles[key] = value
 
     # -- reads for the API -----------------------------------------------------------------

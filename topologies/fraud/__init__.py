@@ -48,6 +48,7 @@ FEATURES = FeatureSet(
         EventFeature("hour_of_day", lambda e: (e.ts_ms // HOUR_MS) % 24),
     ),
     critical=("count_10m", "count_1h", "amount_over_avg", "is_foreign"),
+    profile_max_age_ms=8 * 24 * HOUR_MS,  # profiles are recomputed nightly; a week late is stale
 )
 
 TOPOLOGY = Topology(
