@@ -53,6 +53,7 @@ class ScoringSettings:
     primary: str = "primary"
     backup: str | None = "backup"
     timeout_ms: int = 30
+    backup_timeout_ms: int = 8  # after a primary timeout the stage is still within budget + 10
     retries: int = 1
     last_score_max_age_ms: int = 600_000
     breaker: BreakerSettings = BreakerSettings()
@@ -196,6 +197,8 @@ class FallbackChain:
     def _score(self, name: str, idx: list[int], rows: list[list[float] | None]
                ) -> tuple[np.ndarray | None, str]:
         """Scores for rows `idx` from model `name`, or (None, reason)."""
+        timeout_s = (self.settings.timeout_ms if name == self.settings.primary
+                     else self.settings.backup_timeout_ms) / 1000
         model = self._models(name)
         if model is None:
             return None, "model_unavailable"
@@ -212,7 +215,7 @@ class FallbackChain:
             t0 = self._clock.now_ms()
             future = self._pool.submit(model.score_many, matrix, opts)
             try:
-                scores = future.result(timeout=self.settings.timeout_ms / 1000)
+                scores = future.result(timeout=timeout_s)
             except cf.TimeoutError:
                 opts.terminate = True  # type: ignore[attr-defined]
                 guard.breaker.record(False)
