@@ -76,6 +76,25 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--file", help="JSONL file of events to produce instead of the generator")
     pr.add_argument("--no-profiles", action="store_true", help="do not (re)load profiles")
 
+    r = sub.add_parser("replay", help="re-run the pipeline over offsets, a time range or a file")
+    r.add_argument("topology")
+    _add_kafka_flags(r)
+    src = r.add_mutually_exclusive_group(required=True)
+    src.add_argument("--from-beginning", action="store_true")
+    src.add_argument("--from-time", help="ISO-8601 or epoch ms (Kafka record time)")
+    src.add_argument("--from-offsets", help="P:O,P:O,...")
+    src.add_argument("--input", help="events.jsonl or events.parquet: no Kafka at all")
+    end = r.add_mutually_exclusive_group()
+    end.add_argument("--to-time", help="ISO-8601 or epoch ms (default: the end at start)")
+    end.add_argument("--to-offsets", help="P:O,P:O,... (exclusive)")
+    r.add_argument("--model", action="append", default=[], metavar="NAME=VERSION",
+                   help="score with this model version, e.g. primary=2 (backfill a new model)")
+    r.add_argument("--models-dir", default=_env("MODELS_DIR"))
+    r.add_argument("--profiles", help="JSON file {key: profile} for --input (default: none)")
+    r.add_argument("--output", required=True,
+                   help="out.parquet, out.jsonl or topic:NAME")
+    r.set_defaults(inject_faults="")
+
     d = sub.add_parser("demo", help="the README's main job: Kafka, a worker, events, a report")
     d.add_argument("--events", type=int, default=10_000)
     d.add_argument("--keep", action="store_true", help="leave Kafka and the worker running")
@@ -117,6 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "produce":
             from .produce import produce
             return asyncio.run(produce(cfg, topology, args))
+        if args.command == "replay":
+            return asyncio.run(_replay(cfg, topology, args))
     except ValidationError as exc:
         err = exc.errors()[0]
         print(f"streamwise: invalid {'.'.join(map(str, err['loc']))}: {err['msg']}",
@@ -130,6 +151,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+async def _replay(cfg: EngineConfig, topology, args: argparse.Namespace) -> int:
+    from .clock import SystemClock
+    from .errors import ConfigError
+    from .replay import ReplayRange, parse_offsets, parse_time, replay_file, replay_kafka
+
+    decider, _ = _build_decider(topology, args, SystemClock(), batch_mode=True)
+    partitions = cfg.kafka.partitions or topology.default_partitions
+    if args.input:
+        profiles = {}
+        if args.profiles:
+            import orjson
+            try:
+                profiles = orjson.loads(Path(args.profiles).read_bytes())
+            except (OSError, orjson.JSONDecodeError) as exc:
+                raise ConfigError(f"cannot read profiles {args.profiles}: {exc}") from None
+        summary = await replay_file(Path(args.input), topology, decider, profiles,
+                                    args.output, partitions)
+    else:
+        from .kafka_io import connect_check
+        await connect_check(cfg.kafka.bootstrap)
+        rng = ReplayRange(
+            from_beginning=args.from_beginning,
+            from_time_ms=parse_time(args.from_time) if args.from_time else None,
+            from_offsets=parse_offsets(args.from_offsets) if args.from_offsets else None,
+            to_time_ms=parse_time(args.to_time) if args.to_time else None,
+            to_offsets=parse_offsets(args.to_offsets) if args.to_offsets else None)
+        summary = await replay_kafka(cfg.kafka.bootstrap, topology, decider,
+                                     cfg.kafka.topic_prefix, rng, args.output, partitions)
+    print(summary.line(), file=sys.stderr)
+    return 0
+
+
 def _kafka(action: str) -> int:
     script = REPO_ROOT / "scripts" / "kafka-local.sh"
     if not script.exists():
@@ -140,9 +193,10 @@ def _kafka(action: str) -> int:
     return subprocess.call(["bash", str(script), verb])
 
 
-def _build_decider(topology, args: argparse.Namespace, clock):
+def _build_decider(topology, args: argparse.Namespace, clock, batch_mode: bool = False):
     """The fallback chain over the model registry, or rules alone when the topology has no
-    scoring section."""
+    scoring section. `batch_mode` (replay) lifts the latency timeouts: a backfill has no
+    request waiting, and a timeout would make its output depend on machine load."""
     from .errors import ConfigError
     from .policy import RulesOnly
 
@@ -163,7 +217,11 @@ def _build_decider(topology, args: argparse.Namespace, clock):
     registry = ModelRegistry(models_dir, topology.features.names, fs, pinned=pinned)
     registry.refresh()  # failures are logged; the chain falls back for what is missing
     spec = FaultSpec.parse(args.inject_faults) if args.inject_faults else None
-    chain = FallbackChain(topology.scoring, topology.rules, fs, registry.get, clock,
+    settings = topology.scoring
+    if batch_mode:
+        from dataclasses import replace
+        settings = replace(settings, timeout_ms=60_000, backup_timeout_ms=60_000)
+    chain = FallbackChain(settings, topology.rules, fs, registry.get, clock,
                           wrap=FaultInjector(spec) if spec else None)
     return chain, registry
 
