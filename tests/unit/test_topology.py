@@ -1,0 +1,178 @@
+"""engine.topology: validation at load, with clear messages; topic names."""
+
+from __future__ import annotations
+
+import dataclasses
+from types import SimpleNamespace
+
+import pytest
+from pydantic import BaseModel, ConfigDict
+
+from engine.errors import ConfigError, TopologyError
+from engine.features import EventFeature, FeatureSet, SinceLastFeature, WindowFeature
+from engine.topology import StageBudget, TimeSettings, TopicNames, Topology
+from engine.windows import EntityTiles, Hopping, Sliding, TileTable, Tumbling
+from topologies.fraud import TOPOLOGY
+from topologies.fraud.schema import CardPayment
+
+MINUTE = 60_000
+HOUR = 60 * MINUTE
+VELOCITY = TOPOLOGY.table("velocity")
+
+
+def features(*feats, critical: tuple[str, ...] = ()) -> FeatureSet:
+    return FeatureSet("t", 1, tuple(feats), critical)
+
+
+def variant(**changes) -> Topology:
+    """A copy of the fraud topology with some fields changed (validated on construction)."""
+    return dataclasses.replace(TOPOLOGY, **changes)
+
+
+def count(name: str, window) -> WindowFeature:
+    return WindowFeature(name, "velocity", "count", window)
+
+
+def check(match: str, **changes) -> TopologyError:
+    with pytest.raises(TopologyError, match=match) as info:
+        variant(**changes)
+    assert str(info.value).startswith("topology 'fraud': ")
+    return info.value
+
+
+def test_fraud_topology_is_valid() -> None:
+    assert TOPOLOGY.schema is CardPayment
+    assert TOPOLOGY.table("velocity").tile_ms == MINUTE
+    assert TOPOLOGY.features.versioned_name == "fraud:v1"
+    assert TOPOLOGY.time.ordering == "arrival"
+    assert issubclass(TopologyError, ConfigError)
+
+
+def test_topic_names() -> None:
+    t = TOPOLOGY.topics("x.")
+    assert t == TopicNames(events="x.fraud.events", decisions="x.fraud.decisions",
+                           dlq="x.fraud.dlq", late="x.fraud.late", profiles="x.fraud.profiles",
+                           control="x.fraud.control", changelog="x.fraud.changelog",
+                           members="x.fraud.members", group="x.streamwise-fraud")
+    assert TOPOLOGY.topics().events == "fraud.events"
+
+
+@pytest.mark.parametrize("what", ["key_field", "event_id_field", "time_field"])
+def test_unknown_field(what: str) -> None:
+    check(rf"{what}='nope' is not a field of CardPayment", **{what: "nope"})
+
+
+def test_unknown_table_value_field() -> None:
+    table = dataclasses.replace(VELOCITY, value_field="amountt")
+    check(r"table velocity: 'amountt' is not a field of the schema", tables=(table,))
+    table = dataclasses.replace(VELOCITY, distinct_field="merchant")
+    check(r"table velocity: 'merchant' is not a field of the schema", tables=(table,))
+
+
+@pytest.mark.parametrize("window", [Sliding(90_000), Tumbling(MINUTE + 1), Sliding(0),
+                                    Hopping(10 * MINUTE, 90_000), Hopping(90_000, MINUTE)])
+def test_window_not_a_multiple_of_tile(window) -> None:
+    check(r"feature c: window sizes must be positive multiples of the table's tile "
+          r"\(60000 ms\)", features=features(count("c", window)))
+
+
+@pytest.mark.parametrize("window", [Sliding(2 * HOUR), Tumbling(HOUR + MINUTE),
+                                    Hopping(2 * HOUR, MINUTE)])
+def test_window_longer_than_retain(window) -> None:
+    check(r"feature c: window \d+ ms is longer than table velocity's retain_ms 3600000",
+          features=features(count("c", window)))
+
+
+def test_window_equal_to_retain_is_fine() -> None:
+    table = TileTable("velocity", MINUTE, "amount", HOUR)
+    fs = features(count("c", Sliding(HOUR)))
+    topo = variant(tables=(table,), features=fs)
+    assert topo.features is fs
+
+
+def test_duplicate_feature_names() -> None:
+    check(r"feature 'c' defined twice",
+          features=features(count("c", Sliding(MINUTE)), count("c", Sliding(2 * MINUTE))))
+    check(r"feature 'amount' defined twice",
+          features=features(EventFeature("amount", lambda e: 1.0),
+                            SinceLastFeature("amount", "velocity")))
+
+
+def test_unknown_critical_feature() -> None:
+    err = check(r"critical features not defined: \['count_1d', 'zzz'\]",
+                features=features(count("c", Sliding(MINUTE)), critical=("c", "zzz", "count_1d")))
+    assert "zzz" in str(err)
+
+
+def test_unknown_table_in_feature() -> None:
+    check(r"feature c: unknown table 'speed'",
+          features=features(WindowFeature("c", "speed", "count", Sliding(MINUTE))))
+    check(r"feature s: unknown table 'speed'",
+          features=features(SinceLastFeature("s", "speed")))
+
+
+class LaxPayment(BaseModel):
+    event_id: str
+    card_id: str
+    merchant_id: str
+    amount: float
+    ts_ms: int
+
+
+class ExplicitlyLaxPayment(LaxPayment):
+    model_config = ConfigDict(allow_inf_nan=True)
+
+
+@pytest.mark.parametrize("schema", [LaxPayment, ExplicitlyLaxPayment])
+def test_schema_must_refuse_inf_nan(schema: type[BaseModel]) -> None:
+    check(rf"{schema.__name__} must set allow_inf_nan=False", schema=schema)
+
+
+@pytest.mark.parametrize(("changes", "match"), [
+    ({"name": "fraud-v2"}, "name must be alphanumeric or underscore"),
+    ({"dedup_ttl_ms": 0}, "dedup_ttl_ms must be > 0"),
+    ({"time": TimeSettings(-1, 0)}, "out-of-orderness and allowed lateness must be >= 0"),
+    ({"time": TimeSettings(0, -1)}, "out-of-orderness and allowed lateness must be >= 0"),
+    ({"time": TimeSettings(0, 0, ordering="processing")}, "ordering must be 'arrival' or "),
+    ({"tables": (VELOCITY, VELOCITY)}, "table names must be unique"),
+    ({"tables": (dataclasses.replace(VELOCITY, tile_ms=0),)}, "tile_ms must be > 0"),
+    ({"budgets": {"scoring": StageBudget(1, 2)}}, "budget for unknown stage 'scoring'"),
+    ({"budgets": {"total": StageBudget(5, 2)}}, "budget of total: need 0 < p95_ms <= p99_ms"),
+    ({"budgets": {"total": StageBudget(0, 2)}}, "budget of total: need 0 < p95_ms <= p99_ms"),
+])
+def test_other_validation_errors(changes: dict, match: str) -> None:
+    with pytest.raises(TopologyError, match=match):
+        variant(**changes)
+
+
+def test_a_second_topology_does_not_change_the_first_ones_features() -> None:
+    """Two topologies built from one FeatureSet with different tilings stay independent."""
+
+    class Ev(BaseModel):
+        model_config = ConfigDict(allow_inf_nan=False)
+        event_id: str
+        key: str
+        amount: float
+        ts_ms: int
+
+    fs = FeatureSet("alias", 1, (WindowFeature("sum_10m", "t", "sum", Sliding(10 * MINUTE)),))
+
+    def topo(tile_ms: int) -> Topology:
+        table = TileTable("t", tile_ms, "amount", HOUR)
+        return dataclasses.replace(TOPOLOGY, name="alias", schema=Ev, key_field="key",
+                                   tables=(table,), features=fs)
+
+    t0 = 472_222 * HOUR  # hour aligned
+    ent = EntityTiles()  # tiles of the 1-minute table
+    ent.add(t0 - 3 * MINUTE, 1.0, None, MINUTE)
+    ent.add(t0 + 8 * MINUTE, 100.0, None, MINUTE)  # a later tile, outside the sliding window
+
+    first = topo(MINUTE)
+    ts = t0 + 5 * MINUTE
+
+    def vector() -> dict:
+        return first.features.compute(SimpleNamespace(), ts, {"t": ent}, {}, None)
+
+    assert vector() == {"sum_10m": 1.0}  # [t0 - 4m, t0 + 6m)
+    topo(10 * MINUTE)  # same FeatureSet, 10-minute tiles
+    assert vector() == {"sum_10m": 1.0}
