@@ -1,0 +1,456 @@
+"""End to end against a real broker: the fraud worker's outputs and state equal the oracle's.
+
+The worker runs as a subprocess (`python -m engine worker fraud ...`); the test only talks to
+it through Kafka topics and HTTP. Expected results come from `fraud_oracle`, an independent
+recomputation over the input topic as consumed back from the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import shutil
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import orjson
+import pytest
+
+try:  # tests/ as a package, or rootdir-relative imports
+    from .fraud_oracle import FEATURE_NAMES, TILE_MS, OracleResult, run_oracle
+    from .worker_harness import (
+        INPUT_MAX_MESSAGE_BYTES,
+        FraudTopics,
+        WorkerProcess,
+        committed_offsets,
+        consume_all,
+        create_topics,
+        end_offsets,
+        fetch_json,
+        produce,
+        wait_drained,
+    )
+except ImportError:
+    from fraud_oracle import FEATURE_NAMES, TILE_MS, OracleResult, run_oracle
+    from worker_harness import (
+        INPUT_MAX_MESSAGE_BYTES,
+        FraudTopics,
+        WorkerProcess,
+        committed_offsets,
+        consume_all,
+        create_topics,
+        end_offsets,
+        fetch_json,
+        produce,
+        wait_drained,
+    )
+
+from topologies.fraud.workload import bad_records, generate
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
+
+PARTITIONS = 4
+DECISION_FIELDS = {"decision_id", "event_id", "key", "score", "decision", "model", "path",
+                   "reasons", "features", "stage_ms", "event_ts_ms", "decided_at_ms"}
+DLQ_HEADERS = ("streamwise.reason", "streamwise.detail", "streamwise.topic",
+               "streamwise.partition", "streamwise.offset", "streamwise.received_at_ms")
+DLQ_TRUNCATE = 64 * 1024
+EXAMPLES = 8  # problems shown per category
+
+
+# -- setup --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def workers(tmp_path: Path, kafka_bootstrap: str):
+    """Factory of worker processes; every one is SIGKILLed by PID at teardown if still alive."""
+    made: list[WorkerProcess] = []
+
+    def make(prefix: str, name: str = "w1") -> WorkerProcess:
+        w = WorkerProcess(kafka_bootstrap, prefix, tmp_path / f"data-{name}",
+                          tmp_path / f"worker-{name}.log", partitions=PARTITIONS)
+        made.append(w)
+        return w
+
+    yield make
+    for w in made:
+        w.kill()
+
+
+async def _prepare(broker: str, prefix: str, profiles: dict[str, dict]) -> FraudTopics:
+    """Input topic (accepts 8 MiB records) and profiles, before any worker starts."""
+    topics = FraudTopics(prefix)
+    await create_topics(broker, [
+        (topics.events, PARTITIONS, {"max.message.bytes": str(INPUT_MAX_MESSAGE_BYTES)}),
+        (topics.profiles, PARTITIONS, {"cleanup.policy": "compact"}),
+    ])
+    await produce(broker, topics.profiles,
+                  ((card.encode(), orjson.dumps(p)) for card, p in sorted(profiles.items())))
+    return topics
+
+
+def _stream(events: list[dict], bad_at: dict[int, tuple[bytes | None, bytes, str]] | None = None,
+            ) -> list[tuple[bytes | None, bytes]]:
+    """Kafka (key, value) pairs: events keyed by card, bad records inserted before positions."""
+    out: list[tuple[bytes | None, bytes]] = []
+    bad_at = bad_at or {}
+    for i, ev in enumerate(events):
+        if i in bad_at:
+            key, value, _ = bad_at[i]
+            out.append((key, value))
+        out.append((ev["card_id"].encode(), orjson.dumps(ev)))
+    return out
+
+
+def _spread_bad_records(n_events: int) -> dict[int, tuple[bytes | None, bytes, str]]:
+    bad = bad_records()
+    step = n_events // (len(bad) + 1)
+    return {step * (i + 1): rec for i, rec in enumerate(bad)}
+
+
+async def _oracle(broker: str, topics: FraudTopics, profiles: dict) -> OracleResult:
+    consumed = await consume_all(broker, topics.events)
+    return run_oracle([(r.partition, r.offset, r.value) for r in consumed], profiles)
+
+
+# -- checks: each returns a list of human-readable problems ------------------------------------
+
+
+def _feature_problems(expected: dict, got: object) -> list[str]:
+    if not isinstance(got, dict):
+        return [f"features is {type(got).__name__}, not an object"]
+    out = []
+    if set(got) != set(FEATURE_NAMES):
+        out.append(f"feature names differ: missing {sorted(set(FEATURE_NAMES) - set(got))}, "
+                   f"extra {sorted(set(got) - set(FEATURE_NAMES))}")
+    for name in FEATURE_NAMES:
+        if name not in got:
+            continue
+        e, g = expected[name], got[name]
+        if e is None:
+            ok = g is None
+        elif isinstance(e, int):
+            ok = type(g) is int and g == e
+        else:
+            ok = (type(g) in (int, float) and math.isfinite(g)
+                  and math.isclose(g, e, rel_tol=1e-9, abs_tol=0.0))
+        if not ok:
+            out.append(f"{name}: expected {e!r}, got {g!r}")
+    return out
+
+
+def _check_decisions(oracle: OracleResult, decisions: list, *, exact_counts: bool,
+                     ) -> dict[str, list[str]]:
+    problems: dict[str, list[str]] = defaultdict(list)
+    by_event: dict[str, list[tuple[object, dict]]] = defaultdict(list)
+    owners: dict[str, set[str]] = defaultdict(set)
+    for r in decisions:
+        try:
+            d = orjson.loads(r.value)
+        except orjson.JSONDecodeError:
+            problems["decision not JSON"].append(f"p{r.partition}@{r.offset}: {r.value[:100]!r}")
+            continue
+        missing = DECISION_FIELDS - set(d)
+        if missing:
+            problems["decision fields missing"].append(f"{d.get('event_id')}: {sorted(missing)}")
+        by_event[d.get("event_id")].append((r, d))
+        owners[d.get("decision_id")].add(d.get("event_id"))
+    dup_counts = Counter(eid for _, _, eid in oracle.duplicates)
+
+    for eid in sorted(set(oracle.outcome) - set(by_event)):
+        ev = oracle.events[eid]
+        problems["valid event without decision"].append(
+            f"{eid} ({oracle.outcome[eid]}, card {ev['card_id']}, at "
+            f"p{oracle.first_seen[eid][0]}@{oracle.first_seen[eid][1]})")
+    for eid in sorted(set(by_event) - set(oracle.outcome), key=str):
+        problems["decision for an unknown or invalid event id"].append(repr(eid))
+    for did, eids in owners.items():
+        if len(eids) > 1:
+            problems["one decision_id for several events"].append(f"{did}: {sorted(eids)}")
+
+    for eid, items in by_event.items():
+        if eid not in oracle.outcome:
+            continue
+        ev = oracle.events[eid]
+        ids = {d.get("decision_id") for _, d in items}
+        if len(ids) != 1:
+            problems["decision_id differs between re-emissions"].append(f"{eid}: {sorted(ids)}")
+        if exact_counts and len(items) != 1 + dup_counts[eid]:
+            problems["decision records != 1 + duplicates"].append(
+                f"{eid}: {len(items)} records, {dup_counts[eid]} duplicate(s) in the input")
+        seen_features: list[object] = []
+        for r, d in items:
+            if r.key != ev["card_id"].encode() or d.get("key") != ev["card_id"]:
+                problems["decision key"].append(
+                    f"{eid}: kafka key {r.key!r}, key {d.get('key')!r}, card {ev['card_id']}")
+            if d.get("event_ts_ms") != ev["ts_ms"]:
+                problems["event_ts_ms"].append(f"{eid}: {d.get('event_ts_ms')} != {ev['ts_ms']}")
+            if d.get("decision") not in ("approve", "review", "decline"):
+                problems["decision value"].append(f"{eid}: {d.get('decision')!r}")
+            if d.get("features") in seen_features:
+                continue
+            seen_features.append(d.get("features"))
+            bad = _feature_problems(oracle.features[eid], d.get("features"))
+            if bad:
+                problems["features differ from the oracle"].append(
+                    f"{eid} ({oracle.outcome[eid]}, card {ev['card_id']}, ts {ev['ts_ms']}, "
+                    f"amount {ev['amount']}): " + "; ".join(bad))
+    return problems
+
+
+def _check_late(oracle: OracleResult, late_records: list, *, exactly_once: bool,
+                ) -> dict[str, list[str]]:
+    problems: dict[str, list[str]] = defaultdict(list)
+    counts: Counter[str] = Counter()
+    for r in late_records:
+        headers = {k: v for k, v in r.headers}
+        try:
+            eid = orjson.loads(r.value)["event_id"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            problems["late record is not the raw event"].append(repr(r.value[:100]))
+            continue
+        counts[eid] += 1
+        wm = headers.get("streamwise.watermark_ms")
+        if wm is None:
+            problems["late header streamwise.watermark_ms missing"].append(eid)
+        elif eid in oracle.events:
+            ts = oracle.events[eid]["ts_ms"]
+            if not ts < int(wm) - 58_000:
+                problems["late event not late against its stated watermark"].append(
+                    f"{eid}: ts {ts}, watermark header {wm.decode()}")
+    expected = oracle.late
+    for eid in sorted(expected - set(counts)):
+        p, o = oracle.first_seen[eid]
+        problems["late event missing from the late topic"].append(
+            f"{eid} (input p{p}@{o}, ts {oracle.events[eid]['ts_ms']}, "
+            f"partition watermark at the end {oracle.watermark_ms[p]})")
+    for eid in sorted(set(counts) - expected):
+        problems["not a late event, but in the late topic"].append(
+            f"{eid} (oracle: {oracle.outcome.get(eid, 'not a valid event')})")
+    if exactly_once:
+        for eid, n in sorted(counts.items()):
+            if n != 1 and eid in expected:
+                problems["late event not exactly once"].append(f"{eid}: {n} times")
+    return problems
+
+
+def _check_dlq(oracle: OracleResult, dlq_records: list, raw_by_location: dict,
+               events_topic: str, *, exactly_once: bool) -> dict[str, list[str]]:
+    problems: dict[str, list[str]] = defaultdict(list)
+    expected = {(p, o): reason for p, o, reason in oracle.dlq}
+    counts: Counter[tuple[int, int]] = Counter()
+    for r in dlq_records:
+        headers = {k: v.decode("utf-8", "replace") for k, v in r.headers}
+        missing = [h for h in DLQ_HEADERS if h not in headers]
+        if missing:
+            problems["DLQ headers missing"].append(f"p{r.partition}@{r.offset}: {missing}")
+            continue
+        loc = (int(headers["streamwise.partition"]), int(headers["streamwise.offset"]))
+        counts[loc] += 1
+        if headers["streamwise.topic"] != events_topic:
+            problems["DLQ topic header"].append(f"{loc}: {headers['streamwise.topic']}")
+        if not headers["streamwise.received_at_ms"].isdigit():
+            problems["DLQ received_at_ms"].append(f"{loc}: {headers['streamwise.received_at_ms']}")
+        if loc not in expected:
+            problems["DLQ record for a valid input record"].append(
+                f"{loc}: reason {headers['streamwise.reason']}, detail "
+                f"{headers['streamwise.detail']!r}")
+            continue
+        if headers["streamwise.reason"] != expected[loc]:
+            problems["DLQ reason"].append(f"{loc}: expected {expected[loc]}, got "
+                                          f"{headers['streamwise.reason']} "
+                                          f"({headers['streamwise.detail']!r})")
+        raw = raw_by_location[loc] or b""
+        if r.value != raw[:DLQ_TRUNCATE]:
+            problems["DLQ value is not the raw bytes (64 KiB max)"].append(
+                f"{loc}: {len(r.value or b'')} bytes vs {len(raw)} raw")
+    for loc, reason in sorted(expected.items()):
+        if loc not in counts:
+            problems["bad record missing from the DLQ"].append(f"{loc}: {reason}")
+        elif exactly_once and counts[loc] != 1:
+            problems["DLQ record not exactly once"].append(f"{loc} ({reason}): {counts[loc]}")
+    return problems
+
+
+async def _check_tables(oracle: OracleResult, base_url: str) -> dict[str, list[str]]:
+    problems: dict[str, list[str]] = defaultdict(list)
+    cards = sorted(oracle.card_partition)
+    unknown = "zz-never-seen-card"
+    answers = await fetch_json(base_url, [f"/v1/tables/velocity/{c}" for c in [*cards, unknown]])
+    status, body = answers[f"/v1/tables/velocity/{unknown}"]
+    if status != 404:
+        problems["unknown key is not 404"].append(f"{status}: {str(body)[:200]}")
+    for card in cards:
+        status, body = answers[f"/v1/tables/velocity/{card}"]
+        expected = oracle.tile_dicts(card)
+        if not expected:  # only late events: nothing to hold
+            if status == 200 and isinstance(body, dict) and body.get("windows"):
+                problems["tiles for a card without accepted events"].append(
+                    f"{card}: {body['windows'][:2]}")
+            elif status not in (200, 404):
+                problems["table lookup status"].append(f"{card}: {status} {str(body)[:200]}")
+            continue
+        if status != 200 or not isinstance(body, dict):
+            problems["table lookup status"].append(f"{card}: {status} {str(body)[:200]}")
+            continue
+        for field, want in (("table", "velocity"), ("key", card), ("stale", False)):
+            if body.get(field) != want:
+                problems[f"table response {field}"].append(f"{card}: {body.get(field)!r}")
+        if not isinstance(body.get("served_by"), str):
+            problems["table response served_by"].append(f"{card}: {body.get('served_by')!r}")
+        want_wm = oracle.watermark_ms[oracle.card_partition[card]]
+        if body.get("watermark_ms") != want_wm:
+            problems["watermark_ms"].append(f"{card} (p{oracle.card_partition[card]}): "
+                                            f"expected {want_wm}, got {body.get('watermark_ms')}")
+        last = (body.get("value") or {}).get("last_ts_ms")
+        if last != oracle.last_ts_ms[card]:
+            problems["last_ts_ms"].append(f"{card}: expected {oracle.last_ts_ms[card]}, "
+                                          f"got {last}")
+        got = {w.get("start_ms"): w for w in body.get("windows") or []}
+        horizon = oracle.expiry_horizon_ms(card)
+        for start, want in expected.items():
+            if start not in got:
+                if horizon is None or start + TILE_MS > horizon:
+                    problems["tile missing"].append(f"{card} tile {start}: {want}")
+                continue
+            w = got[start]
+            v = w.get("value") or {}
+            diffs = []
+            if w.get("end_ms") != start + TILE_MS:
+                diffs.append(f"end_ms {w.get('end_ms')}")
+            for name in ("count", "min", "max", "distinct_count"):
+                if v.get(name) != want[name]:
+                    diffs.append(f"{name} {v.get(name)!r} != {want[name]!r}")
+            for name, e in (("sum", want["sum"]), ("mean", want["sum"] / want["count"])):
+                g = v.get(name)
+                if not isinstance(g, int | float) or not math.isclose(g, e, rel_tol=1e-9):
+                    diffs.append(f"{name} {g!r} != {e!r}")
+            if diffs:
+                problems["tile differs from the oracle"].append(f"{card} tile {start}: "
+                                                               + "; ".join(diffs))
+        for start in sorted(set(got) - set(expected), key=str):
+            problems["tile the oracle does not have"].append(f"{card} tile {start}: "
+                                                             f"{got[start].get('value')}")
+    return problems
+
+
+def _assert_clean(*reports: dict[str, list[str]]) -> None:
+    merged: dict[str, list[str]] = defaultdict(list)
+    for report in reports:
+        for k, v in report.items():
+            merged[k] += v
+    if not merged:
+        return
+    lines = []
+    for k, v in sorted(merged.items()):
+        lines.append(f"* {k}: {len(v)}")
+        lines += [f"    {x}" for x in v[:EXAMPLES]]
+    raise AssertionError("worker output differs from the oracle:\n" + "\n".join(lines))
+
+
+def _summary(oracle: OracleResult) -> str:
+    return (f"{len(oracle.outcome)} valid events ({len(oracle.late)} late), "
+            f"{len(oracle.duplicates)} duplicates, {len(oracle.dlq)} DLQ, "
+            f"{len(oracle.card_partition)} cards")
+
+
+# -- tests --------------------------------------------------------------------------------------
+
+
+async def test_worker_matches_the_oracle(kafka_bootstrap: str, unique_prefix: str,
+                                         workers) -> None:
+    w = generate(20_000, seed=7)
+    topics = await _prepare(kafka_bootstrap, unique_prefix, w.profiles)
+    stream = _stream(w.events, _spread_bad_records(len(w.events)))
+    worker = workers(unique_prefix)
+    worker.start()
+    await worker.wait_ready()
+    await produce(kafka_bootstrap, topics.events, stream)
+
+    oracle = await _oracle(kafka_bootstrap, topics, w.profiles)
+    assert sorted(r for _, _, r in oracle.dlq) == sorted(r for _, _, r in bad_records())
+    decisions = await wait_drained(kafka_bootstrap, topics, set(oracle.outcome), worker)
+    late = await consume_all(kafka_bootstrap, topics.late)
+    dlq = await consume_all(kafka_bootstrap, topics.dlq)
+    raw = {(r.partition, r.offset): r.value
+           for r in await consume_all(kafka_bootstrap, topics.events)}
+    print(_summary(oracle), f"; {len(decisions)} decision records")
+
+    _assert_clean(
+        _check_decisions(oracle, decisions, exact_counts=True),
+        _check_late(oracle, late, exactly_once=True),
+        _check_dlq(oracle, dlq, raw, topics.events, exactly_once=True),
+        await _check_tables(oracle, worker.url),
+    )
+    assert worker.stop() == 0, worker.log_tail()
+
+
+async def test_crashes_and_lost_state_change_nothing(kafka_bootstrap: str, unique_prefix: str,
+                                                    workers) -> None:
+    w = generate(20_000, seed=29)
+    topics = await _prepare(kafka_bootstrap, unique_prefix, w.profiles)
+    stream = _stream(w.events, _spread_bad_records(len(w.events)))
+    chunks = [stream[k * 5_000:(k + 1) * 5_000] for k in range(3)] + [stream[15_000:]]
+    worker = workers(unique_prefix)
+    worker.start()
+    await worker.wait_ready()
+
+    for k, chunk in enumerate(chunks):
+        sending = asyncio.create_task(produce(kafka_bootstrap, topics.events, chunk,
+                                              rate_eps=5_000))
+        if k < 3:
+            await asyncio.sleep(0.7)  # mid-chunk: the worker is consuming and writing
+            worker.kill()
+            ends = await end_offsets(kafka_bootstrap, topics.events)
+            done = await committed_offsets(kafka_bootstrap, topics.group, topics.events)
+            print(f"kill {k + 1}: committed {done} of end offsets {ends} (so far)")
+        await sending
+        if k < 3:
+            if k == 1:  # the disk is gone: state must come back from the changelog
+                shutil.rmtree(worker.data_dir, ignore_errors=True)
+            worker.start()
+            await worker.wait_ready()
+
+    oracle = await _oracle(kafka_bootstrap, topics, w.profiles)
+    decisions = await wait_drained(kafka_bootstrap, topics, set(oracle.outcome), worker,
+                                   timeout_s=240)
+    late = await consume_all(kafka_bootstrap, topics.late)
+    dlq = await consume_all(kafka_bootstrap, topics.dlq)
+    raw = {(r.partition, r.offset): r.value
+           for r in await consume_all(kafka_bootstrap, topics.events)}
+    print(_summary(oracle), f"; {len(decisions)} decision records after 3 kills")
+
+    _assert_clean(
+        _check_decisions(oracle, decisions, exact_counts=False),
+        _check_late(oracle, late, exactly_once=False),
+        _check_dlq(oracle, dlq, raw, topics.events, exactly_once=False),
+        await _check_tables(oracle, worker.url),
+    )
+
+
+async def test_bad_input_goes_to_the_dlq_without_stalling(kafka_bootstrap: str,
+                                                          unique_prefix: str, workers) -> None:
+    w = generate(3_000, seed=31)
+    topics = await _prepare(kafka_bootstrap, unique_prefix, w.profiles)
+    bad = bad_records()
+    # all bad records in the first half, each between good events; the second half must flow
+    stream = _stream(w.events, {200 + 150 * i: rec for i, rec in enumerate(bad)})
+    worker = workers(unique_prefix)
+    worker.start()
+    await worker.wait_ready()
+    await produce(kafka_bootstrap, topics.events, stream)
+
+    oracle = await _oracle(kafka_bootstrap, topics, w.profiles)
+    assert len(oracle.dlq) == len(bad)
+    decisions = await wait_drained(kafka_bootstrap, topics, set(oracle.outcome), worker,
+                                   timeout_s=120)
+    dlq = await consume_all(kafka_bootstrap, topics.dlq)
+    raw = {(r.partition, r.offset): r.value
+           for r in await consume_all(kafka_bootstrap, topics.events)}
+    reasons = sorted(dict(r.headers)["streamwise.reason"].decode() for r in dlq)
+    assert reasons == sorted(reason for _, _, reason in bad), reasons
+    _assert_clean(_check_dlq(oracle, dlq, raw, topics.events, exactly_once=True),
+                  _check_decisions(oracle, decisions, exact_counts=True))
+    assert worker.alive, worker.log_tail()
+    health = await fetch_json(worker.url, ["/healthz", "/readyz"])
+    assert health["/healthz"][0] == 200 and health["/readyz"][0] == 200, health
