@@ -28,12 +28,12 @@ class Dedup:
 
     @staticmethod
     def index_key(ts_ms: int, event_id: str) -> bytes:
-        return b"%s%015d/%s" % (_INDEX, max(ts_ms, 0), event_id.encode())
+        return b"%s%016d/%s" % (_INDEX, max(ts_ms, 0), event_id.encode())
 
     def expiry_range(self, watermark_ms: int) -> tuple[bytes, bytes]:
         """Index keys in ``[lo, hi)`` belong to expired ids."""
-        return _INDEX, b"%s%015d" % (_INDEX, max(watermark_ms - self.ttl_ms, 0))
+        return _INDEX, b"%s%016d" % (_INDEX, max(watermark_ms - self.ttl_ms, 0))
 
     @staticmethod
     def event_id_of_index(index_key: bytes) -> str:
-        return index_key[len(_INDEX) + 16:].decode()
+        return index_key[len(_INDEX) + 17:].decode()

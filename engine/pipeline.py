@@ -104,6 +104,7 @@ class _Pending:
     decision: bytes | None = None
     waiting_duplicates: int = 0
     notes: tuple[str, ...] = ()
+    horizon_ms: int | None = None  # late events: tiles ending at or before it are not seen
 
 
 class PartitionPipeline:
@@ -170,43 +171,47 @@ class PartitionPipeline:
         wm = self.watermark
         reorder = self._reorder
         in_batch: dict[str, _Pending] = {}
-        duplicates: list[tuple[Record, _Pending | bytes]] = []
-        ordered: list[_Pending] = []   # arrival mode: on-time and scored late, arrival order
-        late_scored: list[_Pending] = []  # event_time mode: late ones, scored after released
+        ordered: list[_Pending] = []  # processing order (arrival, or release in event_time)
+        emits: list = []  # output order: a _Pending, or (key, original) for a duplicate
         for rec, ev in decoded:
             eid = getattr(ev, id_f)
             original = in_batch.get(eid) or self._buffered.get(eid)
             if original is None:
                 original = self._get(self._dedup.seen_key(eid), overlay)
             if original is not None:
-                duplicates.append((rec, original))
+                out.duplicates += 1
+                if isinstance(original, _Pending) and original.event_id in self._buffered:
+                    original.waiting_duplicates += 1  # emitted when the original is decided
+                else:
+                    emits.append((getattr(ev, key_f).encode(), original))
                 continue
             ts = getattr(ev, ts_f)
             late = wm.verdict(ts) is Lateness.LATE
-            p = _Pending(rec, ev, getattr(ev, key_f), eid, ts, late,
-                         notes=("late_event",) if late else ())
+            p = _Pending(rec, ev, getattr(ev, key_f), eid, ts, late)
             in_batch[eid] = p
             if late:
                 out.late.append(self._late_record(rec, ts))
                 if not topo.score_late:
                     overlay[self._dedup.seen_key(eid)] = b""
-                elif reorder is None:
-                    ordered.append(p)
-                else:
-                    late_scored.append(p)
+                    continue
+                # Scored now, against state as it stands: tiles the watermark has already
+                # expired are not seen, however the stream was cut into batches.
+                p.notes, p.horizon_ms = ("late_event",), self._tile_horizon()
+                ordered.append(p)
+                emits.append(p)
                 continue
             wm.observe(ts)
             out.accepted += 1
             if reorder is None:
                 ordered.append(p)
+                emits.append(p)
             else:
                 reorder.push(ts, rec.offset, p)
                 self._buffered[eid] = p
-        if reorder is not None:
-            ordered = reorder.release(wm.watermark_ms)
-            for p in ordered:
-                del self._buffered[p.event_id]
-            ordered += late_scored
+                for r in reorder.release(wm.watermark_ms):
+                    del self._buffered[r.event_id]
+                    ordered.append(r)
+                    emits.append(r)
         t2 = clock()
 
         # 3. windows and features, in processing order (late events see state without themselves)
@@ -243,22 +248,20 @@ class PartitionPipeline:
         seen_key, index_key = self._dedup.seen_key, self._dedup.index_key
         for p, doc in zip(scored, docs, strict=True):
             p.decision = body = dumps(doc)
-            key = p.key.encode()
             overlay[seen_key(p.event_id)] = body
             overlay[index_key(p.ts_ms, p.event_id)] = b""
-            overlay[LATEST_DECISION_PREFIX + key] = body
-            out.decisions.append((key, body))
-            # Duplicates that arrived while this event sat in the reorder buffer.
-            out.decisions.extend((key, body) for _ in range(p.waiting_duplicates))
-        for rec, original in duplicates:
-            if isinstance(original, bytes):
-                if original:  # b"": a late event that was not scored
-                    out.decisions.append((rec.key or b"", original))
-            elif original.decision is not None:
-                out.decisions.append((rec.key or b"", original.decision))
-            elif original.event_id in self._buffered:
-                original.waiting_duplicates += 1
-        out.duplicates = len(duplicates)
+            overlay[LATEST_DECISION_PREFIX + p.key.encode()] = body
+        for e in emits:  # input order (event_time mode: release order)
+            if type(e) is _Pending:
+                key = e.key.encode()
+                out.decisions.append((key, e.decision))
+                # duplicates that arrived while this event sat in the reorder buffer
+                out.decisions.extend((key, e.decision) for _ in range(e.waiting_duplicates))
+            else:
+                key, original = e
+                body = original if isinstance(original, bytes) else original.decision
+                if body:  # b"" or None: a late event that was not scored
+                    out.decisions.append((key, body))
         out.stage_ms = stage
 
         if wm.max_ts_ms != self._persisted_max_ts:
@@ -292,6 +295,8 @@ class PartitionPipeline:
                         raw = self._get(skey, overlay)
                         ent = EntityTiles.from_json(orjson.loads(raw)) if raw else EntityTiles()
                     entities[skey] = ent
+                if p.horizon_ms is not None:
+                    ent.expire(p.horizon_ms, tb.tile_ms)
                 per_table[tb.name] = ent
                 previous[tb.name] = ent.last_ts_ms
                 if not p.late:

@@ -9,6 +9,7 @@ write per event serves every window size.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -61,7 +62,8 @@ class Hopping:
     def all_bounds(self, ts_ms: int) -> list[tuple[int, int]]:
         """Every hopping window ``[start, end)`` that contains `ts_ms`, oldest first."""
         last = ts_ms - ts_ms % self.step_ms
-        first = last - (self.duration_ms - self.step_ms)
+        lo = ts_ms - self.duration_ms + 1  # the earliest start whose window still holds ts
+        first = lo + (-lo) % self.step_ms
         return [(s, s + self.duration_ms) for s in range(first, last + 1, self.step_ms)]
 
 
@@ -179,8 +181,8 @@ class EntityTiles:
         if pivot_ms is None or not start_ms <= pivot_ms < end_ms:
             part = self._scan(start_ms, end_ms, distinct, None)
             sets = part[_D]
-            return WindowAggregate(part[_C], part[_S], part[_MIN], part[_MAX], part[_LV],
-                                   len(sets) if sets else 0)
+            return WindowAggregate(part[_C], math.fsum(part[_S]), part[_MIN], part[_MAX],
+                                   part[_LV], len(sets) if sets else 0)
         if self._pivot != pivot_ms:
             self._partials.clear()
             self._pivot = pivot_ms
@@ -188,12 +190,13 @@ class EntityTiles:
         part = self._partials.get(key)
         if part is None:
             part = self._partials[key] = self._scan(start_ms, end_ms, distinct, pivot_ms)
-        count, total, lo, hi, last_ts, last, pset = part
+        count, sums, lo, hi, last_ts, last, pset = part
         tile = self.tiles.get(pivot_ms)
         n_distinct = len(pset) if pset else 0
+        total = math.fsum(sums)
         if tile is not None:
             count += tile[_C]
-            total += tile[_S]
+            total = math.fsum((*sums, tile[_S]))
             if lo is None or tile[_MIN] < lo:
                 lo = tile[_MIN]
             if hi is None or tile[_MAX] > hi:
@@ -206,17 +209,21 @@ class EntityTiles:
         return WindowAggregate(count, total, lo, hi, last, n_distinct)
 
     def _scan(self, start_ms: int, end_ms: int, distinct: bool, skip: int | None) -> list:
-        """[count, sum, min, max, last_ts, last, distinct set or None] over the tiles in
-        ``[start_ms, end_ms)`` other than `skip`. The set may be a tile's own (not copied)."""
+        """[count, tile sums, min, max, last_ts, last, distinct set or None] over the tiles in
+        ``[start_ms, end_ms)`` other than `skip`. The set may be a tile's own (not copied).
+
+        Sums are kept per tile and added with `math.fsum` (exactly rounded), so a window's
+        sum does not depend on the order tiles were created or restored in.
+        """
         count = 0
-        total = 0.0
+        sums: list[float] = []
         lo = hi = last = None
         last_ts = None
         sets: list[set] = []
         for start, tile in self.tiles.items():
             if start_ms <= start < end_ms and start != skip:
                 count += tile[_C]
-                total += tile[_S]
+                sums.append(tile[_S])
                 if lo is None or tile[_MIN] < lo:
                     lo = tile[_MIN]
                 if hi is None or tile[_MAX] > hi:
@@ -226,7 +233,7 @@ class EntityTiles:
                 if distinct and tile[_D] is not None:
                     sets.append(tile[_D])
         union = None if not sets else sets[0] if len(sets) == 1 else set().union(*sets)
-        return [count, total, lo, hi, last_ts, last, union]
+        return [count, sums, lo, hi, last_ts, last, union]
 
     def expire(self, horizon_ms: int, tile_ms: int) -> bool:
         """Drop tiles that end at or before `horizon_ms`; True when something was dropped."""

@@ -33,6 +33,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Shared, noisy 2-core machines: hypothesis' per-example time limit would make property tests
+# fail on a slow moment, not on a wrong answer.
+settings.register_profile("streamwise", deadline=None)
+settings.load_profile("streamwise")
 
 REPO = Path(__file__).resolve().parent.parent
 KAFKA_LOCAL = REPO / "scripts" / "kafka-local.sh"

@@ -18,10 +18,10 @@ times = st.integers(min_value=0, max_value=10**15 - 1)
 
 def test_key_layout_examples() -> None:
     assert Dedup.seen_key("ev-1") == b"d/ev-1"
-    assert Dedup.index_key(1_700_000_000_000, "ev-1") == b"x/001700000000000/ev-1"
-    assert Dedup.index_key(0, "a") == b"x/000000000000000/a"
-    assert Dedup.index_key(-5, "a") == b"x/000000000000000/a"  # clamped to 0
-    assert Dedup.event_id_of_index(b"x/001700000000000/ev-1") == "ev-1"
+    assert Dedup.index_key(1_700_000_000_000, "ev-1") == b"x/0001700000000000/ev-1"
+    assert Dedup.index_key(0, "a") == b"x/0000000000000000/a"
+    assert Dedup.index_key(-5, "a") == b"x/0000000000000000/a"  # clamped to 0
+    assert Dedup.event_id_of_index(b"x/0001700000000000/ev-1") == "ev-1"
     assert Dedup.seen_key("é") == "d/é".encode()
 
 
@@ -30,7 +30,7 @@ def test_index_key_round_trips_event_id(ts: int, eid: str) -> None:
     key = Dedup.index_key(ts, eid)
     assert key.startswith(b"x/")
     assert Dedup.event_id_of_index(key) == eid
-    assert key[2:17] == b"%015d" % ts
+    assert key[2:18] == b"%016d" % ts
 
 
 @given(a=times, b=times, ea=event_ids, eb=event_ids)
@@ -51,7 +51,7 @@ def test_expiry_range_example() -> None:
     d = Dedup(ttl_ms=24 * HOUR)
     lo, hi = d.expiry_range(25 * HOUR)
     assert lo == b"x/"
-    assert hi == b"x/%015d" % HOUR
+    assert hi == b"x/%016d" % HOUR
     # Ids at exactly watermark - ttl are kept, one ms older expire.
     assert lo <= d.index_key(HOUR - 1, "old") < hi
     assert not d.index_key(HOUR, "edge") < hi
@@ -72,5 +72,5 @@ def test_expiry_range_covers_exactly_ids_older_than_watermark_minus_ttl(
     expired = {d.event_id_of_index(k) for k, _ in store.items_between(lo, hi)}
     assert all(k.startswith(b"x/") for k, _ in store.items_between(lo, hi))
     assert {(ts, eid) for ts, eid in entries if ts < wm - ttl} == {
-        (int(k[2:17]), d.event_id_of_index(k)) for k, _ in store.items_between(lo, hi)}
+        (int(k[2:18]), d.event_id_of_index(k)) for k, _ in store.items_between(lo, hi)}
     assert expired == {eid for ts, eid in entries if ts < wm - ttl}

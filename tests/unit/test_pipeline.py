@@ -581,7 +581,9 @@ def test_event_time_capacity_overflow_releases_oldest() -> None:
     pipe = new_pipeline(store, topo)
     values = [payment(f"e{i}", "c1", T0 + ts) for i, ts in enumerate([500, 400, 300, 200])]
     (res,) = feed(pipe, store, records(values), 10)
-    assert [doc(v)["event_id"] for _, v in res.decisions] == ["e3", "e2"]
+    # The buffer overflows at each push past capacity, releasing its oldest event then, so the
+    # order does not depend on batch boundaries: e2 is released when e2 arrives, then e3.
+    assert [doc(v)["event_id"] for _, v in res.decisions] == ["e2", "e3"]
     assert res.commit_offset == 0
 
 
