@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""Measure `streamwise worker` throughput on a pre-produced backlog of reference events.
+
+Produces N events (and profiles) to fresh topics, then starts one worker and times from its
+first committed offsets to the group's committed offsets reaching the end of the input
+(start-up and the first poll are left out).
+Usage: .venv/bin/python scripts/worker_throughput.py --broker 127.0.0.1:9092 --events 200000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+
+async def _progress(broker: str, group: str, topic: str, partitions: int) -> tuple[int, int]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker)
+    consumer = AIOKafkaConsumer(bootstrap_servers=broker)
+    await admin.start()
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        ends = await consumer.end_offsets(tps)
+        committed = await admin.list_consumer_group_offsets(group)
+        done = sum(committed[tp].offset for tp in tps if tp in committed)
+        return done, sum(ends.values())
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--broker", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
+    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--partitions", type=int, default=8)
+    ap.add_argument("--timeout-s", type=float, default=900)
+    args = ap.parse_args()
+    prefix = f"tp{uuid.uuid4().hex[:6]}."
+    py = sys.executable
+    common = ["--broker", args.broker, "--topic-prefix", prefix, "--partitions",
+              str(args.partitions)]
+    subprocess.run([py, "-m", "engine", "produce", "fraud", "--events", str(args.events),
+                    *common], check=True)
+    data = tempfile.mkdtemp(prefix="streamwise-tp-")
+    worker = subprocess.Popen([py, "-m", "engine", "--log-level", "WARNING", "worker", "fraud",
+                               "--web-port", "0", "--data-dir", data, *common])
+    group, topic = f"{prefix}streamwise-fraud", f"{prefix}fraud.events"
+    try:
+        t_first = None
+        deadline = time.monotonic() + args.timeout_s
+        while time.monotonic() < deadline:
+            if worker.poll() is not None:
+                print(f"worker exited with {worker.returncode}", file=sys.stderr)
+                return 1
+            done, total = asyncio.run(asyncio.wait_for(
+                _progress(args.broker, group, topic, args.partitions), 30))
+            now = time.monotonic()
+            if done and t_first is None:
+                t_first, first_done = now, done
+            if done >= total:
+                elapsed = now - t_first
+                rate = (total - first_done) / elapsed if elapsed else float("nan")
+                print(f"worker: {total:,} events, {total - first_done:,} after the first "
+                      f"commit in {elapsed:.1f}s = {rate:,.0f} events/s")
+                return 0
+            time.sleep(0.5)
+        print("timed out", file=sys.stderr)
+        return 1
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
