@@ -1,13 +1,18 @@
 """Card fraud: velocity windows per card, card profiles, rules when features are missing."""
 
+from pathlib import Path
+
 from engine import (
+    BreakerSettings,
     EventFeature,
     FeatureSet,
     ProfileFeature,
     Profiles,
     Rules,
+    ScoringSettings,
     SinceLastFeature,
     Sliding,
+    StageBudget,
     Thresholds,
     TileTable,
     TimeSettings,
@@ -66,5 +71,16 @@ TOPOLOGY = Topology(
     rules=Rules(version="v1", evaluate=evaluate_rules,
                 thresholds=Thresholds(review_at=0.5, decline_at=0.9)),
     profiles=Profiles(fields=("avg_amount_90d", "home_country")),
+    scoring=ScoringSettings(
+        primary="primary", backup="backup", timeout_ms=30, retries=1,
+        last_score_max_age_ms=10 * MINUTE_MS,
+        breaker=BreakerSettings(consecutive_failures=5, failure_rate=0.5, window_ms=10_000,
+                                min_calls=20, cool_down_ms=5_000),
+    ),
+    models_dir=Path(__file__).parent / "models",
+    # Per-batch stage budgets (every event waits for its batch); a decision in well under 100 ms.
+    budgets={"validate": StageBudget(5, 10), "dedup": StageBudget(5, 10),
+             "features": StageBudget(15, 30), "inference": StageBudget(10, 30),
+             "policy": StageBudget(5, 10), "total": StageBudget(40, 80)},
     score_late=True,
 )
