@@ -182,8 +182,12 @@ class PartitionPipeline:
                 out.duplicates += 1
                 if isinstance(original, _Pending) and original.event_id in self._buffered:
                     original.waiting_duplicates += 1  # emitted when the original is decided
-                else:
-                    emits.append((getattr(ev, key_f).encode(), original))
+                    continue
+                if isinstance(original, bytes) and self._is_redelivery(rec, ev, overlay):
+                    # The very record we processed before a crash: emit all it produced
+                    # then, its late record included, not only the stored decision.
+                    out.late.append(self._late_record(rec, getattr(ev, ts_f)))
+                emits.append((getattr(ev, key_f).encode(), original))
                 continue
             ts = getattr(ev, ts_f)
             late = wm.verdict(ts) is Lateness.LATE
@@ -193,6 +197,7 @@ class PartitionPipeline:
                 out.late.append(self._late_record(rec, ts))
                 if not topo.score_late:
                     overlay[self._dedup.seen_key(eid)] = b""
+                    overlay[self._dedup.index_key(ts, eid)] = _origin(rec, late=True)
                     continue
                 # Scored now, against state as it stands: tiles the watermark has already
                 # expired are not seen, however the stream was cut into batches.
@@ -249,7 +254,7 @@ class PartitionPipeline:
         for p, doc in zip(scored, docs, strict=True):
             p.decision = body = dumps(doc)
             overlay[seen_key(p.event_id)] = body
-            overlay[index_key(p.ts_ms, p.event_id)] = b""
+            overlay[index_key(p.ts_ms, p.event_id)] = _origin(p.record, p.late)
             overlay[LATEST_DECISION_PREFIX + p.key.encode()] = body
         for e in emits:  # input order (event_time mode: release order)
             if type(e) is _Pending:
@@ -322,6 +327,18 @@ class PartitionPipeline:
                 return tb.tile_ms
         raise KeyError(skey)
 
+    def _is_redelivery(self, rec: Record, ev: Any, overlay: Mapping[bytes, bytes | None]
+                       ) -> bool:
+        """Is this duplicate the same input record as the original, and was that one late?
+
+        Only then is it a re-delivery after a crash (the original's late record may never
+        have been produced); a duplicate at another offset is a duplicate event.
+        """
+        t = self.topology
+        origin = self._get(self._dedup.index_key(getattr(ev, t.time_field),
+                                                 getattr(ev, t.event_id_field)), overlay)
+        return origin == _origin(rec, late=True)
+
     def _dead_letter(self, rec: Record, why: Rejection, out: BatchResult) -> None:
         raw = rec.value or b""
         out.dlq.append(SideRecord(rec.key, raw[: self.DLQ_TRUNCATE_BYTES], [
@@ -380,6 +397,11 @@ class PartitionPipeline:
                     ent = self._entity_cache.get(skey) or EntityTiles.from_json(orjson.loads(raw))
                     if ent.expire(horizon, tb.tile_ms):
                         overlay[skey] = orjson.dumps(ent.to_json())
+
+
+def _origin(rec: Record, late: bool) -> bytes:
+    """Value of a dedup index entry: where the original came from and whether it was late."""
+    return b"%d:%d:%d" % (rec.partition, rec.offset, late)
 
 
 def _ms(seconds: float) -> float:

@@ -249,7 +249,10 @@ def test_second_pass_changes_nothing_and_re_emits_identical_decisions(fresh: boo
     assert list(store.items()) == snapshot
     assert Counter(decisions(second)) == Counter(decisions(first))  # same keys, same bytes
     assert sum(r.accepted for r in second) == 0
-    assert not any(r.late for r in second)
+    # The same records at the same offsets are a re-delivery: their late records come again
+    # (a crash may have lost them), and nothing else does.
+    assert sorted(d.value for r in second for d in r.late) == sorted(
+        d.value for r in first for d in r.late)
     assert sum(r.duplicates for r in second) == len(decisions(first))
     ids_first = {doc(v)["event_id"]: doc(v)["decision_id"] for _, v in decisions(first)}
     ids_second = {doc(v)["event_id"]: doc(v)["decision_id"] for _, v in decisions(second)}
@@ -607,3 +610,19 @@ def test_event_time_late_event_decision_does_not_depend_on_batch_boundaries() ->
     assert (one_by_one["count_10m"], one_by_one["secs_since_last"]) == \
         (together["count_10m"], together["secs_since_last"])
     assert got[1] == got[len(recs)]
+
+
+def test_redelivered_late_event_re_sends_its_late_record_but_a_duplicate_does_not() -> None:
+    store = MemoryStore()
+    pipe = new_pipeline(store)
+    late = payment("old", "c1", T0)
+    feed(pipe, store, records([payment("a", "c1", T0 + 10 * MINUTE)]), 10)
+    (r1,) = feed(pipe, store, records([late], first_offset=1), 10)
+    assert len(r1.late) == 1
+    # A duplicate event at a new offset: the decision again, no second late record.
+    (dup,) = feed(pipe, store, records([late], first_offset=2), 10)
+    assert dup.duplicates == 1 and not dup.late and len(dup.decisions) == 1
+    # The same record (same offset) after a crash that may have lost its late record.
+    (again,) = feed(pipe, store, records([late], first_offset=1), 10)
+    assert again.duplicates == 1 and len(again.late) == 1
+    assert again.decisions == r1.decisions

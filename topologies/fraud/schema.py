@@ -8,7 +8,8 @@ __all__ = ["CardPayment"]
 class CardPayment(BaseModel):
     """One card payment; `ts_ms` is the event time in epoch milliseconds."""
 
-    model_config = ConfigDict(allow_inf_nan=False, frozen=True, extra="ignore")
+    # strict: a number must be a JSON number ("12.5" is refused), an integer a JSON integer.
+    model_config = ConfigDict(allow_inf_nan=False, frozen=True, extra="ignore", strict=True)
 
     event_id: str = Field(min_length=1, max_length=128)
     card_id: str = Field(min_length=1, max_length=128)
