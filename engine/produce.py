@@ -9,12 +9,14 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from pathlib import Path
 
 import orjson
 from aiokafka import AIOKafkaProducer
 
 from .config import EngineConfig
 from .errors import ConfigError
+from .event_files import keyed_events
 from .kafka_io import connect_check, ensure_topics, partition_for, send_records
 from .topology import Topology
 from .worker import topic_specs
@@ -22,23 +24,6 @@ from .worker import topic_specs
 __all__ = ["produce"]
 
 _CHUNK = 2000
-
-
-def _file_events(path: str, key_field: str) -> Iterator[tuple[bytes | None, bytes]]:
-    try:
-        fh = open(path, "rb")  # noqa: SIM115 (closed below; a generator owns it)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
-    with fh:
-        for line in fh:
-            line = line.rstrip(b"\r\n")
-            if not line:
-                continue
-            try:
-                key = str(orjson.loads(line).get(key_field, "")).encode() or None
-            except (orjson.JSONDecodeError, AttributeError):
-                key = None  # still produced: the worker sends it to the DLQ with the reason
-            yield key, line
 
 
 async def produce(cfg: EngineConfig, topology: Topology, args: argparse.Namespace) -> int:
@@ -52,7 +37,7 @@ async def produce(cfg: EngineConfig, topology: Topology, args: argparse.Namespac
     await producer.start()
     try:
         if args.file:
-            events: Iterator[tuple[bytes | None, bytes]] = _file_events(args.file,
+            events: Iterator[tuple[bytes | None, bytes]] = keyed_events(Path(args.file),
                                                                           topology.key_field)
             profiles: dict = {}
         else:

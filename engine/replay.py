@@ -30,6 +30,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from .clock import ManualClock
 from .errors import ConfigError
+from .event_files import keyed_events
 from .kafka_io import TopicSpec, ensure_topics, partition_for, read_to_end, send_records
 from .pipeline import Decider, PartitionPipeline, Record
 from .state import RocksStore
@@ -383,36 +384,17 @@ async def _read_range(bootstrap: str, topic: str, partition: int, start: int, st
 
 def _file_records(path: Path, topology: Topology, partitions: int) -> dict[int, list[Record]]:
     """Events of a JSONL or Parquet file, partitioned as the producer would partition them."""
-    key_f = topology.key_field
     out: dict[int, list[Record]] = {}
-
-    def add(key: bytes | None, value: bytes) -> None:
+    for key, value in keyed_events(path, topology.key_field):
         p = partition_for(key, partitions) if key else 0
         recs = out.setdefault(p, [])
         recs.append(Record(str(path), p, len(recs), key, value, 0))
-
-    if path.suffix == ".parquet":
-        for row in pq.read_table(path).to_pylist():
-            add(str(row.get(key_f, "")).encode() or None, orjson.dumps(row))
-    else:
-        with open(path, "rb") as fh:
-            for line in fh:
-                line = line.rstrip(b"\r\n")
-                if not line:
-                    continue
-                try:
-                    key = str(orjson.loads(line).get(key_f, "")).encode() or None
-                except (orjson.JSONDecodeError, AttributeError):
-                    key = None
-                add(key, line)
     return out
 
 
 async def replay_file(path: Path, topology: Topology, decider: Decider, profiles: dict,
                       output: str, partitions: int) -> ReplaySummary:
     """Batch scoring of a file with no Kafka at all."""
-    if not path.exists():
-        raise ConfigError(f"no such input file: {path}")
     by_partition = _file_records(path, topology, partitions)
     summary = ReplaySummary(partitions=sorted(by_partition))
     sink = _open_sink(output, topology, None)
