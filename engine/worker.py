@@ -46,6 +46,18 @@ __all__ = ["Worker", "topic_specs"]
 log = logging.getLogger("streamwise.worker")
 
 
+_END_OF_BATCH = ("streamwise.end", b"1")
+
+
+def _changelog_group(changes: Mapping[bytes, bytes | None]):
+    """One batch's changelog records; the last carries the end-of-batch marker."""
+    items = list(changes.items())
+    for key, value in items[:-1]:
+        yield key, value, []
+    key, value = items[-1]
+    yield key, value, [_END_OF_BATCH]
+
+
 def topic_specs(t: TopicNames, partitions: int) -> list[TopicSpec]:
     """Every topic of a topology. Outputs and changelog are co-partitioned with the input."""
     big = {"max.message.bytes": str(8 << 20)}  # oversized input must reach us to be DLQ'd
@@ -165,9 +177,8 @@ class Worker:
         producer = self._producer
         assert producer is not None
         t = self.topics
-        # 1. changelog first, awaited
-        pending = {p: await send_records(producer, t.changelog, p,
-                                         ((k, v, []) for k, v in r.changes.items()))
+        # 1. changelog first, awaited; the last record of each batch carries the end marker
+        pending = {p: await send_records(producer, t.changelog, p, _changelog_group(r.changes))
                    for p, r in results.items() if r.changes}
         for p, sent in pending.items():
             metas = await asyncio.gather(*(fut for fut, _ in sent))
@@ -257,14 +268,27 @@ class Worker:
             store.close()
 
     async def _restore(self, p: int, store: RocksStore) -> int:
-        """Bring local state up to the end of the partition's changelog."""
+        """Bring local state up to the end of the partition's changelog.
+
+        Only whole batches are applied: a batch's records count once its end marker is read.
+        A trailing group without one was cut by a crash before its input offsets were
+        committed; the input is re-processed, so the fragment is dropped.
+        """
         local = store.changelog_offset
         start = {p: local + 1} if local is not None else None
         applied = 0
+        group: dict[bytes, bytes | None] = {}
         async for chunk in read_to_end(self.cfg.kafka.bootstrap, self.topics.changelog,
                                        [p], start_offsets=start):
-            store.apply({m.key: m.value for m in chunk}, changelog_offset=chunk[-1].offset)
-            applied += len(chunk)
+            for m in chunk:
+                group[m.key] = m.value
+                if _END_OF_BATCH in m.headers:
+                    store.apply(group, changelog_offset=m.offset)
+                    applied += len(group)
+                    group = {}
+        if group:
+            log.warning("partition %d: dropped %d changelog records of an unfinished batch",
+                        p, len(group))
         self.metrics.restored_records.labels(self.topology.name).inc(applied)
         return applied
 
