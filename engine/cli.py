@@ -154,8 +154,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def _replay(cfg: EngineConfig, topology, args: argparse.Namespace) -> int:
     from .clock import SystemClock
     from .errors import ConfigError
-    from .replay import ReplayRange, parse_offsets, parse_time, replay_file, replay_kafka
+    from .replay import (
+        ReplayRange,
+        check_output,
+        parse_offsets,
+        parse_time,
+        replay_file,
+        replay_kafka,
+    )
 
+    check_output(args.output, kafka=not args.input)
     decider, _ = _build_decider(topology, args, SystemClock(), batch_mode=True)
     partitions = cfg.kafka.partitions or topology.default_partitions
     if args.input:
@@ -170,13 +178,13 @@ async def _replay(cfg: EngineConfig, topology, args: argparse.Namespace) -> int:
                                     args.output, partitions)
     else:
         from .kafka_io import connect_check
-        await connect_check(cfg.kafka.bootstrap)
-        rng = ReplayRange(
+        rng = ReplayRange(  # arguments first: a typo should not wait for a broker
             from_beginning=args.from_beginning,
             from_time_ms=parse_time(args.from_time) if args.from_time else None,
             from_offsets=parse_offsets(args.from_offsets) if args.from_offsets else None,
             to_time_ms=parse_time(args.to_time) if args.to_time else None,
             to_offsets=parse_offsets(args.to_offsets) if args.to_offsets else None)
+        await connect_check(cfg.kafka.bootstrap)
         summary = await replay_kafka(cfg.kafka.bootstrap, topology, decider,
                                      cfg.kafka.topic_prefix, rng, args.output, partitions)
     print(summary.line(), file=sys.stderr)
@@ -234,9 +242,9 @@ async def _worker(cfg: EngineConfig, topology, args: argparse.Namespace) -> int:
     from .kafka_io import connect_check
     from .worker import Worker
 
-    await connect_check(cfg.kafka.bootstrap)
     clock = SystemClock()
     decider, registry = _build_decider(topology, args, clock)
+    await connect_check(cfg.kafka.bootstrap)
     worker = Worker(cfg, topology, decider, clock=clock, models=registry)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -36,8 +36,8 @@ from .pipeline import Decider, PartitionPipeline, Record
 from .state import RocksStore
 from .topology import Topology
 
-__all__ = ["ReplayRange", "ReplaySummary", "parse_offsets", "parse_time", "replay_file",
-           "replay_kafka"]
+__all__ = ["ReplayRange", "ReplaySummary", "check_output", "parse_offsets", "parse_time",
+           "replay_file", "replay_kafka"]
 
 BATCH = 1000
 
@@ -288,17 +288,26 @@ async def _rechunk(source: AsyncIterator[list], size: int) -> AsyncIterator[list
         yield buf
 
 
-def _open_sink(output: str, topology: Topology, producer: AIOKafkaProducer | None) -> _Sink:
+def check_output(output: str, kafka: bool) -> None:
+    """Refuse an output the replay could not write, before any work starts."""
     if output.startswith("topic:"):
-        if producer is None:
-            raise ConfigError("topic output needs Kafka")
+        if not kafka:
+            raise ConfigError("--output topic:NAME needs Kafka input, not --input")
+        if not output[len("topic:"):]:
+            raise ConfigError("--output topic: needs a topic name")
+    elif Path(output).suffix not in (".parquet", ".jsonl"):
+        raise ConfigError(f"--output must end in .parquet or .jsonl, or be topic:NAME; "
+                          f"not {output}")
+
+
+def _open_sink(output: str, topology: Topology, producer: AIOKafkaProducer | None) -> _Sink:
+    check_output(output, kafka=producer is not None or not output.startswith("topic:"))
+    if output.startswith("topic:"):
         return TopicSink(producer, output[len("topic:"):])
     path = Path(output)
     if path.suffix == ".parquet":
         return ParquetSink(path, topology.features.names)
-    if path.suffix == ".jsonl":
-        return JsonlSink(path)
-    raise ConfigError(f"--output must end in .parquet or .jsonl, or be topic:NAME; not {output}")
+    return JsonlSink(path)
 
 
 async def replay_kafka(bootstrap: str, topology: Topology, decider: Decider, prefix: str,
