@@ -135,6 +135,26 @@ class FeatureSet:
                 values[f.name] = f.compute(event)
         return {name: values[name] for name in self._names}
 
+    def ages(self, ts_ms: int, entities: Mapping[str, EntityTiles],
+             profile: Mapping[str, Any] | None) -> dict[str, int | None]:
+        """Age in ms of each feature's freshest input, seen from event time `ts_ms`.
+
+        Window and since-last features: time since the entity's newest accepted event (None
+        when it has none); profile features: time since the profile was written (None without
+        a profile or its record time); event features: 0.
+        """
+        ages: dict[str, int | None] = {}
+        written = profile.get(PROFILE_TS_FIELD) if profile is not None else None
+        for f in self.features:
+            if isinstance(f, WindowFeature | SinceLastFeature):
+                last = entities[f.table].last_ts_ms if f.table in entities else None
+                ages[f.name] = None if last is None else ts_ms - last
+            elif isinstance(f, ProfileFeature):
+                ages[f.name] = None if written is None else ts_ms - written
+            else:
+                ages[f.name] = 0
+        return ages
+
     def profile_is_stale(self, profile: Mapping[str, Any] | None, ts_ms: int) -> bool:
         """True when `profile` carries a record time (``_ts_ms``) older than the max age."""
         if profile is None or self.profile_max_age_ms is None:
