@@ -69,7 +69,39 @@ def main() -> int:
             batched.append(len(x) / (time.perf_counter() - t0))
         s, b = statistics.median(single), statistics.median(batched)
         print(f"{model.ref:<12}{s:>18,.0f}{b:>18,.0f}{b / s:>7.1f}x")
+    _cheap_first(topo, reg, x, args)
     return 0
+
+
+def _cheap_first(topo, reg: ModelRegistry, x: np.ndarray, args) -> None:
+    """Low-risk routing: the backup scores everything, the primary only what it flags."""
+    from dataclasses import replace
+
+    from engine.clock import SystemClock
+    from engine.scoring.chain import CheapFirst, FallbackChain
+
+    names = topo.features.names
+    vectors = [dict(zip(names, map(float, row), strict=True)) for row in x]
+    keys, ts, late = ["k"] * len(x), [0] * len(x), [False] * len(x)
+    print(f"\nlow-risk routing over {len(x):,} rows (median of {args.repeat} runs, "
+          f"batches of {args.batch}):")
+    for label, cheap in (("primary only", None), ("cheap first, primary if >= 0.05",
+                                                   CheapFirst(primary_above=0.05))):
+        settings = replace(topo.scoring, cheap_first=cheap, timeout_ms=10_000)
+        chain = FallbackChain(settings, topo.rules, topo.features.versioned_name, reg.get,
+                              SystemClock())
+        times = []
+        for _ in range(args.repeat):
+            chain.stats.primary_skipped = 0
+            t0 = time.perf_counter()
+            for i in range(0, len(x), args.batch):
+                sl = slice(i, i + args.batch)
+                chain.decide_many(keys[sl], vectors[sl], ts[sl], late[sl], lambda _: None)
+            times.append(time.perf_counter() - t0)
+        chain.close()
+        skipped = chain.stats.primary_skipped / len(x)
+        print(f"  {label:<34} {len(x) / statistics.median(times):>12,.0f} rows/s, "
+              f"primary skipped for {skipped:.1%} of rows")
 
 
 if __name__ == "__main__":

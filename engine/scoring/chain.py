@@ -93,6 +93,7 @@ class FallbackChain:
                         for name in (settings.primary, settings.backup) if name}
         self._pool = cf.ThreadPoolExecutor(max_workers=4, thread_name_prefix="inference")
         self.stats = ChainStats()
+        self._thresholds: dict[str, Thresholds] = {}
 
     def breaker_names(self) -> list[str]:
         return list(self._guards)
@@ -174,9 +175,11 @@ class FallbackChain:
     # -- pieces ------------------------------------------------------------------------------
 
     def _verdict(self, model: Model, score: float, path: str, why: tuple[str, ...]) -> Verdict:
-        t = model.manifest.thresholds  # type: ignore[attr-defined]
-        outcome = Thresholds(t.review_at, t.decline_at).outcome(score)
-        return Verdict(float(score), outcome, model.ref, path, why)
+        thresholds = self._thresholds.get(model.ref)
+        if thresholds is None:
+            t = model.manifest.thresholds  # type: ignore[attr-defined]
+            thresholds = self._thresholds[model.ref] = Thresholds(t.review_at, t.decline_at)
+        return Verdict(float(score), thresholds.outcome(score), model.ref, path, why)
 
     def _last_score(self, key: str, ts_ms: int, why: tuple[str, ...],
                     last_decision: LastDecision) -> Verdict | None:
