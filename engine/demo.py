@@ -174,7 +174,7 @@ async def _produce_and_collect(broker: str, prefix: str, events: list[dict]) -> 
     collector = asyncio.create_task(collect())
     try:
         t0 = time.time()
-        rate, tick = 5000, 100  # events/s, chunk: an open loop well below saturation
+        rate, tick = 2000, 50  # events/s, chunk: an open loop well below saturation
         for i in range(0, len(events), tick):
             by_p: dict[int, list] = {}
             for e in events[i:i + tick]:
