@@ -318,17 +318,28 @@ class Worker:
         log.info("loaded %d profiles", len(self.profiles))
 
     async def _tail_profiles(self) -> None:
-        """Keep profiles current after start (a batch job may republish them at any time)."""
-        while not self._stopping.is_set():
-            try:
-                await asyncio.sleep(1.0)
-                async for chunk in read_to_end(self.cfg.kafka.bootstrap, self.topics.profiles,
-                                               start_offsets=dict(self._profile_positions)):
-                    self._apply_profiles(chunk)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # never let a bad profile stop the stream
-                log.exception("profile refresh failed; retrying")
+        """Keep profiles current after start (a batch job may republish them at any time):
+        one consumer without a group, from where the initial load stopped."""
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.cfg.kafka.bootstrap,
+                                    enable_auto_commit=False, auto_offset_reset="earliest",
+                                    fetch_max_wait_ms=500)
+        await consumer.start()
+        try:
+            tps = [TopicPartition(self.topics.profiles, p) for p in range(self.partitions)]
+            consumer.assign(tps)
+            for tp in tps:
+                consumer.seek(tp, self._profile_positions.get(tp.partition, 0))
+            while not self._stopping.is_set():
+                try:
+                    batches = await consumer.getmany(timeout_ms=1000, max_records=5000)
+                except KafkaError:
+                    log.exception("profile refresh failed; retrying")
+                    await asyncio.sleep(1.0)
+                    continue
+                for records in batches.values():
+                    self._apply_profiles(records)
+        finally:
+            await consumer.stop()
 
     def _apply_profiles(self, chunk: list) -> None:
         for m in chunk:
