@@ -96,16 +96,21 @@ async def _run(kafka_bootstrap: str, prefix: str, tmp_path: Path, n_events: int,
     worker = WorkerProcess(kafka_bootstrap, prefix, tmp_path / "state", tmp_path / "worker.log",
                            partitions=PARTITIONS, extra_args=extra_args)
     worker.start()
-    if wait_ready:
-        await worker.wait_ready()
-    else:
-        await _wait_serving(worker)
-    if after_ready is not None:
-        await after_ready(worker)
-    await produce(kafka_bootstrap, topics.events,
-                  [(e["card_id"].encode(), orjson.dumps(e)) for e in w.events], rate_eps=rate_eps)
-    records = await wait_drained(kafka_bootstrap, topics, {e["event_id"] for e in w.events},
-                                 worker, timeout_s=240)
+    try:
+        if wait_ready:
+            await worker.wait_ready()
+        else:
+            await _wait_serving(worker)
+        if after_ready is not None:
+            await after_ready(worker)
+        await produce(kafka_bootstrap, topics.events,
+                      [(e["card_id"].encode(), orjson.dumps(e)) for e in w.events],
+                      rate_eps=rate_eps)
+        records = await wait_drained(kafka_bootstrap, topics, {e["event_id"] for e in w.events},
+                                     worker, timeout_s=240)
+    except BaseException:
+        worker.stop()  # the caller's finally only covers what comes after this returns
+        raise
     first: dict[str, dict] = {}
     for r in records:
         d = orjson.loads(r.value)
