@@ -10,8 +10,10 @@ Per poll, in this order (so a crash at any point loses nothing and double-counts
 2. RocksDB write batch with the changes and the changelog offset they were written at;
 3. decisions, DLQ and late records, awaited;
 4. input offsets committed.
-A crash after 1 leaves the changelog ahead of local state: restore replays it. A crash after
-2 or 3 re-delivers the input: dedup finds every event and re-emits its stored decision.
+A crash after 1 leaves the changelog ahead of local state: restore replays it (whole batches
+only: each batch's last changelog record carries an end marker, and a cut batch is dropped).
+A crash after 2 or 3 re-delivers the input: dedup finds every event and re-emits its stored
+decision, and a re-delivered late record its late record too.
 """
 
 from __future__ import annotations
