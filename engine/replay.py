@@ -33,6 +33,7 @@ from .errors import ConfigError
 from .event_files import keyed_events
 from .kafka_io import TopicSpec, ensure_topics, partition_for, read_to_end, send_records
 from .pipeline import Decider, PartitionPipeline, Record
+from .profiles import apply_profile_records
 from .state import RocksStore
 from .topology import Topology
 
@@ -315,9 +316,7 @@ async def replay_kafka(bootstrap: str, topology: Topology, decider: Decider, pre
     topics = topology.topics(prefix)
     profiles: dict = {}
     async for chunk in read_to_end(bootstrap, topics.profiles):
-        for m in chunk:
-            if m.key is not None and m.value is not None:
-                profiles[m.key.decode()] = orjson.loads(m.value)
+        apply_profile_records(profiles, chunk)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                 auto_offset_reset="earliest")
     await consumer.start()

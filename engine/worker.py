@@ -25,17 +25,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from prometheus_client import CollectorRegistry
 
 from .clock import Clock, SystemClock
 from .config import EngineConfig
-from .features import PROFILE_TS_FIELD
 from .kafka_io import TopicSpec, ensure_topics, read_to_end, send_records
 from .metrics import EngineMetrics
 from .pipeline import BatchResult, Decider, PartitionPipeline, Record
+from .profiles import apply_profile_records
 from .scoring.chain import ChainStats, FallbackChain
 from .state import RocksStore
 from .topology import TopicNames, Topology
@@ -346,20 +345,7 @@ class Worker:
     def _apply_profiles(self, chunk: list) -> None:
         for m in chunk:
             self._profile_positions[m.partition] = m.offset + 1
-            if m.key is None:
-                continue
-            key = m.key.decode("utf-8", "replace")
-            if m.value is None:
-                self.profiles.pop(key, None)
-                continue
-            try:
-                value = orjson.loads(m.value)
-            except orjson.JSONDecodeError:
-                log.warning("profile for %s is not JSON; ignored", key)
-                continue
-            if isinstance(value, dict):
-                value[PROFILE_TS_FIELD] = m.timestamp  # for the feature set's max age
-                self.profiles[key] = value
+        apply_profile_records(self.profiles, chunk)
 
     # -- reads for the API -----------------------------------------------------------------
 
