@@ -118,14 +118,8 @@ class FeatureSet:
         was folded in. Names are in model order; missing values are None.
         """
         values: dict[str, float | int | None] = {}
-        window_groups, others = self._plan
-        for table, window, aggs, distinct in window_groups:
-            start, end = window.bounds(ts_ms, table.tile_ms)
-            agg = entities[table.name].aggregate(start, end, distinct,
-                                                 ts_ms - ts_ms % table.tile_ms)
-            for name, how in aggs:
-                values[name] = agg.mean if how == "mean" else getattr(agg, how)
-        for f in others:
+        self._window_values(values, ts_ms, entities)
+        for f in self._plan[1]:
             if isinstance(f, SinceLastFeature):
                 prev = previous_ts_ms.get(f.table)
                 values[f.name] = -1.0 if prev is None else (ts_ms - prev) / 1000
@@ -134,6 +128,27 @@ class FeatureSet:
             else:
                 values[f.name] = f.compute(event)
         return {name: values[name] for name in self._names}
+
+    def stored_values(self, ts_ms: int, entities: Mapping[str, EntityTiles],
+                      previous_ts_ms: Mapping[str, int | None]) -> FeatureVector:
+        """The features that need no event, at time `ts_ms`: window aggregates and time
+        since the last event; profile and event features are None (they read the event)."""
+        values: FeatureVector = dict.fromkeys(self._names)
+        self._window_values(values, ts_ms, entities)
+        for f in self._plan[1]:
+            if isinstance(f, SinceLastFeature):
+                prev = previous_ts_ms.get(f.table)
+                values[f.name] = None if prev is None else (ts_ms - prev) / 1000
+        return values
+
+    def _window_values(self, values: dict[str, float | int | None], ts_ms: int,
+                       entities: Mapping[str, EntityTiles]) -> None:
+        for table, window, aggs, distinct in self._plan[0]:
+            start, end = window.bounds(ts_ms, table.tile_ms)
+            agg = entities[table.name].aggregate(start, end, distinct,
+                                                 ts_ms - ts_ms % table.tile_ms)
+            for name, how in aggs:
+                values[name] = agg.mean if how == "mean" else getattr(agg, how)
 
     def ages(self, ts_ms: int, entities: Mapping[str, EntityTiles],
              profile: Mapping[str, Any] | None) -> dict[str, int | None]:

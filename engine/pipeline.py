@@ -24,8 +24,8 @@ from .schemas import EventDecoder, Rejection, decision_id
 from .topology import Topology
 from .windows import EntityTiles
 
-__all__ = ["LATEST_DECISION_PREFIX", "BatchResult", "Decider", "PartitionPipeline", "Record",
-           "SideRecord", "Store"]
+__all__ = ["LATEST_DECISION_PREFIX", "BatchResult", "Decider", "PartitionPipeline", "Preview",
+           "Record", "SideRecord", "Store"]
 
 _WATERMARK_KEY = b"m/max_ts"
 LATEST_DECISION_PREFIX = b"l/"
@@ -90,6 +90,15 @@ class BatchResult:
     duplicates: int = 0
     stage_ms: dict[str, float] = field(default_factory=dict)
     dlq_reasons: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Preview:
+    """One online event's outcome: a decision (JSON bytes), or why it was rejected."""
+
+    decision: bytes | None = None
+    rejection: Rejection | None = None
+    duplicate: bool = False
 
 
 @dataclass(slots=True)
@@ -218,7 +227,119 @@ class PartitionPipeline:
                     ordered.append(r)
                     emits.append(r)
         t2 = clock()
+        stage = {"validate": _ms(t1 - t0), "dedup": _ms(t2 - t1)}
+        self._decide(ordered, emits, profiles, out, stage, t0)
+        last = records[-1].offset + 1
+        held = self._reorder.min_offset if self._reorder is not None else None
+        out.commit_offset = min(last, held) if held is not None else last
+        return out
 
+    def flush(self, profiles: Mapping[str, Mapping[str, Any]]) -> BatchResult:
+        """End of the input (a replay's last batch): decide every event the reorder buffer
+        still holds, oldest first, as if the watermark had passed them all. Live workers never
+        call it: there, held events wait for later input. Arrival ordering: an empty result."""
+        out = BatchResult()
+        if self._reorder is None or not len(self._reorder):
+            return out
+        t0 = time.perf_counter()
+        ordered = self._reorder.drain()
+        for p in ordered:
+            del self._buffered[p.event_id]
+        self._decide(ordered, list(ordered), profiles, out,
+                     {"validate": 0.0, "dedup": _ms(time.perf_counter() - t0)}, t0)
+        return out
+
+    def preview(self, values: Sequence[bytes], profiles: Mapping[str, Mapping[str, Any]],
+                decider: Decider) -> list[Preview]:
+        """Online scoring: the decision each event would get if it arrived now, changing
+        nothing (no state, no watermark, no cache). Events are independent of each other.
+
+        Same stages as `process`: validation (a `Rejection` comes back as the preview's
+        `rejection`), dedup (an event id already decided returns its stored decision with
+        `duplicate=True`), lateness against the current watermark, features over a private
+        copy of the entity's tiles with the event folded in, one `decider` call for all.
+        """
+        t0 = time.perf_counter()
+        out: list[Preview] = []
+        pending: list[tuple[int, _Pending]] = []
+        t = self.topology
+        for i, raw in enumerate(values):
+            ev = self._decoder.decode(raw)
+            if type(ev) is Rejection:
+                out.append(Preview(rejection=ev))
+                continue
+            eid = getattr(ev, t.event_id_field)
+            stored = self._store.get(self._dedup.seen_key(eid))
+            if stored:
+                out.append(Preview(decision=stored, duplicate=True))
+                continue
+            ts = getattr(ev, t.time_field)
+            p = _Pending(Record("", self.partition, -1, None, raw, 0), ev,
+                         getattr(ev, t.key_field), eid, ts,
+                         self.watermark.verdict(ts) is Lateness.LATE)
+            if p.late:
+                p.notes, p.horizon_ms = ("late_event",), self._tile_horizon()
+            per_table, previous = self._entities_now(p.key, p.horizon_ms)
+            for tb in t.tables:
+                if not p.late:
+                    ent = per_table[tb.name]
+                    distinct = getattr(ev, tb.distinct_field) if tb.distinct_field else None
+                    ent.add(p.ts_ms, getattr(ev, tb.value_field), distinct, tb.tile_ms)
+            p.vector = self._vector(p, per_table, previous, profiles)
+            out.append(Preview())
+            pending.append((i, p))
+        t1 = time.perf_counter()
+        if pending:
+            scored = [p for _, p in pending]
+            verdicts = decider.decide_many(
+                [p.key for p in scored], [p.vector for p in scored], [p.ts_ms for p in scored],
+                [p.late for p in scored],
+                lambda key: self._store.get(LATEST_DECISION_PREFIX + key.encode()))
+            t2 = time.perf_counter()
+            stage = {"validate_dedup_features": _ms(t1 - t0), "inference": _ms(t2 - t1)}
+            now_ms = self._clock.now_ms()
+            for (i, p), v in zip(pending, verdicts, strict=True):
+                out[i] = Preview(decision=orjson.dumps(
+                    _decision_doc(p, v, decider.feature_set, stage, now_ms)))
+        return out
+
+    def features_now(self, key: str, profiles: Mapping[str, Mapping[str, Any]]
+                     ) -> tuple[int | None, FeatureVector, dict[str, int | None]]:
+        """The stored features of `key` as of the newest event time this partition has seen
+        (`as_of_ms`, None before any event): window and since-last features from the tables,
+        each feature's age; features that need an event (the event's own fields, profile
+        ratios) are None. Changes nothing."""
+        as_of = self.watermark.max_ts_ms
+        per_table, previous = self._entities_now(key, None)
+        profile = profiles.get(key)
+        fs = self.topology.features
+        if as_of is None:
+            return None, dict.fromkeys(fs.names), fs.ages(0, per_table, profile)
+        return as_of, fs.stored_values(as_of, per_table, previous), \
+            fs.ages(as_of, per_table, profile)
+
+    def _entities_now(self, key: str, horizon_ms: int | None
+                      ) -> tuple[dict[str, EntityTiles], dict[str, int | None]]:
+        """Private copies of the entity's tiles as stored, and each table's last event time."""
+        per_table: dict[str, EntityTiles] = {}
+        previous: dict[str, int | None] = {}
+        for tb in self.topology.tables:
+            raw = self._store.get(tb.state_prefix + key.encode())
+            ent = EntityTiles.from_json(orjson.loads(raw)) if raw else EntityTiles()
+            if horizon_ms is not None:
+                ent.expire(horizon_ms, tb.tile_ms)
+            per_table[tb.name] = ent
+            previous[tb.name] = ent.last_ts_ms
+        return per_table, previous
+
+    def _decide(self, ordered: list[_Pending], emits: list,
+                profiles: Mapping[str, Mapping[str, Any]], out: BatchResult,
+                stage: dict[str, float], t0: float) -> None:
+        """Steps 3-5 of a batch: features, one scoring call, decisions in `emits` order."""
+        clock = time.perf_counter
+        overlay = out.changes
+        wm = self.watermark
+        t2 = clock()
         # 3. windows and features, in processing order (late events see state without themselves)
         scored = self._features(ordered, profiles, overlay)
         t3 = clock()
@@ -232,21 +353,12 @@ class PartitionPipeline:
         t4 = clock()
 
         # 5. policy → decisions; remember each decision under its event id for re-delivery
-        stage = {"validate": _ms(t1 - t0), "dedup": _ms(t2 - t1), "features": _ms(t3 - t2),
-                 "inference": _ms(t4 - t3)}
+        stage["features"], stage["inference"] = _ms(t3 - t2), _ms(t4 - t3)
         fs = self._decider.feature_set
         now_ms = self._clock.now_ms()
         dumps = orjson.dumps
-        docs = []
-        for p, v in zip(scored, verdicts, strict=True):
-            reasons = (*p.notes, *v.reasons)
-            docs.append({
-                "decision_id": decision_id(p.event_id, v.model, fs),
-                "event_id": p.event_id, "key": p.key, "score": v.score,
-                "decision": v.decision, "model": v.model, "path": v.path,
-                "reasons": list(reasons), "features": p.vector, "stage_ms": stage,
-                "event_ts_ms": p.ts_ms, "decided_at_ms": now_ms,
-            })
+        docs = [_decision_doc(p, v, fs, stage, now_ms)
+                for p, v in zip(scored, verdicts, strict=True)]
         t5 = clock()
         stage["policy"] = _ms(t5 - t4)
         stage["total"] = _ms(t5 - t0)
@@ -273,17 +385,12 @@ class PartitionPipeline:
             overlay[_WATERMARK_KEY] = str(wm.max_ts_ms).encode()
             self._persisted_max_ts = wm.max_ts_ms
         self._sweep(overlay)
-        last = records[-1].offset + 1
-        held = self._reorder.min_offset if self._reorder is not None else None
-        out.commit_offset = min(last, held) if held is not None else last
-        return out
 
     # -- stages ------------------------------------------------------------------------------
 
     def _features(self, order: list[_Pending], profiles: Mapping[str, Mapping[str, Any]],
                   overlay: dict[bytes, bytes | None]) -> list[_Pending]:
         """Fold accepted events into their tiles and compute every event's vector, in order."""
-        fs = self.topology.features
         tables = self.topology.tables
         entities: dict[bytes, EntityTiles] = {}
         cache = self._entity_cache
@@ -307,10 +414,7 @@ class PartitionPipeline:
                 if not p.late:
                     distinct = getattr(ev, tb.distinct_field) if tb.distinct_field else None
                     ent.add(p.ts_ms, getattr(ev, tb.value_field), distinct, tb.tile_ms)
-            profile = profiles.get(p.key)
-            if profile is not None and fs.profile_is_stale(profile, p.ts_ms):
-                profile, p.notes = None, (*p.notes, "stale_profile")
-            p.vector = fs.compute(ev, p.ts_ms, per_table, previous, profile)
+            p.vector = self._vector(p, per_table, previous, profiles)
         horizon = self._tile_horizon()
         for skey, ent in entities.items():
             if horizon is not None:
@@ -320,6 +424,15 @@ class PartitionPipeline:
         while len(cache) > self.ENTITY_CACHE_SIZE:
             del cache[next(iter(cache))]
         return order
+
+    def _vector(self, p: _Pending, per_table: Mapping[str, EntityTiles],
+                previous: Mapping[str, int | None],
+                profiles: Mapping[str, Mapping[str, Any]]) -> FeatureVector:
+        fs = self.topology.features
+        profile = profiles.get(p.key)
+        if profile is not None and fs.profile_is_stale(profile, p.ts_ms):
+            profile, p.notes = None, (*p.notes, "stale_profile")
+        return fs.compute(p.event, p.ts_ms, per_table, previous, profile)
 
     def _tile_ms_of(self, skey: bytes) -> int:
         for tb in self.topology.tables:
@@ -397,6 +510,17 @@ class PartitionPipeline:
                     ent = self._entity_cache.get(skey) or EntityTiles.from_json(orjson.loads(raw))
                     if ent.expire(horizon, tb.tile_ms):
                         overlay[skey] = orjson.dumps(ent.to_json())
+
+
+def _decision_doc(p: _Pending, v: Verdict, feature_set: str, stage: dict[str, float],
+                  now_ms: int) -> dict[str, Any]:
+    return {
+        "decision_id": decision_id(p.event_id, v.model, feature_set),
+        "event_id": p.event_id, "key": p.key, "score": v.score,
+        "decision": v.decision, "model": v.model, "path": v.path,
+        "reasons": [*p.notes, *v.reasons], "features": p.vector, "stage_ms": stage,
+        "event_ts_ms": p.ts_ms, "decided_at_ms": now_ms,
+    }
 
 
 def _origin(rec: Record, late: bool) -> bytes:

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -218,33 +220,35 @@ class _Progress:
 
 
 class _Runner:
-    """Runs one partition's records through a fresh pipeline into a sink."""
+    """Runs one partition's records through a fresh pipeline, batch by batch."""
 
-    def __init__(self, topology: Topology, decider: Decider, profiles: dict, sink: _Sink,
-                 workdir: Path, summary: ReplaySummary, progress: _Progress) -> None:
+    def __init__(self, topology: Topology, decider: Decider, profiles: dict, workdir: Path,
+                 summary: ReplaySummary, progress: _Progress) -> None:
         self.topology = topology
         self.decider = decider
         self.profiles = profiles
-        self.sink = sink
         self.workdir = workdir
         self.summary = summary
         self.progress = progress
 
-    async def run(self, partition: int, batches: AsyncIterator[list[Record]],
-                  emit_from: int) -> None:
+    async def decisions(self, partition: int, batches: AsyncIterator[list[Record]],
+                        emit_from: int) -> AsyncGenerator[list[tuple[bytes, bytes]], None]:
+        """The partition's decisions, one list per batch; warm-up batches yield nothing."""
         store = RocksStore(self.workdir / f"p{partition:04d}")
         clock = ManualClock(0)
         pipe = PartitionPipeline(self.topology, partition, store, self.decider, clock)
         ts_field = self.topology.time_field
+        last_offset = -1
         try:
             async for batch in batches:
+                last_offset = batch[-1].offset
                 for part in _split(batch, emit_from):
                     # decided_at = newest event time seen: deterministic, unlike the wall clock
                     clock.advance(_max_event_ts(part, ts_field) - clock.now_ms())
                     result = pipe.process(part, self.profiles)
                     store.apply(result.changes)
-                    warm = part[0].offset < emit_from
-                    if warm:
+                    self.progress.advance(len(part))
+                    if part[0].offset < emit_from:
                         self.summary.warmup_events += len(part)
                         continue
                     self.summary.events += len(part)
@@ -252,11 +256,68 @@ class _Runner:
                     self.summary.duplicates += result.duplicates
                     self.summary.late += len(result.late)
                     self.summary.dlq += len(result.dlq)
-                    self.sink.write(partition, result.decisions)
-                await self.sink.flush()
-                self.progress.advance(len(batch))
+                    if result.decisions:
+                        yield result.decisions
+            # End of the range: events an event_time reorder buffer still holds are decided
+            # too (a replay never leaves an event without a decision).
+            tail = pipe.flush(self.profiles)
+            store.apply(tail.changes)
+            if last_offset >= emit_from and tail.decisions:
+                self.summary.decisions += len(tail.decisions)
+                yield tail.decisions
         finally:
             store.close()
+
+
+async def _write_in_order(streams: dict[int, AsyncGenerator[list[tuple[bytes, bytes]], None]],
+                          sink: _Sink, merge_by_event_time: bool) -> None:
+    """Partition after partition, or (``event_time`` topologies) a k-way merge of the
+    partitions' decision streams by event time: each partition keeps its own order, and among
+    partition heads the oldest event time goes first (ties: lower partition). Memory holds one
+    batch of decisions per partition."""
+    if not merge_by_event_time:
+        for p, stream in streams.items():
+            async for decisions in stream:
+                sink.write(p, decisions)
+                await sink.flush()
+        return
+    pending: dict[int, deque[tuple[int, tuple[bytes, bytes]]]] = {}
+    heads: list[tuple[int, int]] = []
+
+    async def refill(p: int) -> None:
+        async for decisions in streams[p]:
+            if decisions:
+                pending[p] = deque((_event_ts(raw), (k, raw)) for k, raw in decisions)
+                heapq.heappush(heads, (pending[p][0][0], p))
+                return
+
+    for p in streams:
+        await refill(p)
+    run_p, run = -1, []
+    while heads:
+        _, p = heapq.heappop(heads)
+        queue = pending[p]
+        if p != run_p and run:
+            sink.write(run_p, run)
+            run = []
+        run_p = p
+        run.append(queue.popleft()[1])
+        if queue:
+            heapq.heappush(heads, (queue[0][0], p))
+        else:
+            sink.write(p, run)
+            run = []
+            await sink.flush()
+            await refill(p)
+    await sink.flush()
+
+
+def _merges(topology: Topology) -> bool:
+    return topology.time.ordering == "event_time"
+
+
+def _event_ts(decision: bytes) -> int:
+    return orjson.loads(decision)["event_ts_ms"]
 
 
 def _split(batch: list[Record], boundary: int) -> list[list[Record]]:
@@ -355,16 +416,19 @@ async def replay_kafka(bootstrap: str, topology: Topology, decider: Decider, pre
     workdir = Path(tempfile.mkdtemp(prefix="streamwise-replay-"))
     total = sum(stops[p] - warm_starts.get(p, starts[p]) for p in stops)
     progress = _Progress(max(total, 0))
-    runner = _Runner(topology, decider, profiles, sink, workdir, summary, progress)
+    runner = _Runner(topology, decider, profiles, workdir, summary, progress)
     t0 = time.monotonic()
+    streams: dict[int, AsyncGenerator[list[tuple[bytes, bytes]], None]] = {}
     try:
         for p in range(partitions):
             first = warm_starts.get(p, starts[p])
-            if stops[p] <= first:
-                continue
-            source = _read_range(bootstrap, topics.events, p, first, stops[p])
-            await runner.run(p, _rechunk(source, BATCH), emit_from=starts[p])
+            if stops[p] > first:
+                source = _read_range(bootstrap, topics.events, p, first, stops[p])
+                streams[p] = runner.decisions(p, _rechunk(source, BATCH), emit_from=starts[p])
+        await _write_in_order(streams, sink, _merges(topology))
     finally:
+        for stream in streams.values():
+            await stream.aclose()  # closes the stores of partitions cut short by an error
         progress.end()
         sink.close()
         if producer is not None:
@@ -408,12 +472,15 @@ async def replay_file(path: Path, topology: Topology, decider: Decider, profiles
     sink = _open_sink(output, topology, None)
     workdir = Path(tempfile.mkdtemp(prefix="streamwise-replay-"))
     progress = _Progress(sum(len(v) for v in by_partition.values()))
-    runner = _Runner(topology, decider, profiles, sink, workdir, summary, progress)
+    runner = _Runner(topology, decider, profiles, workdir, summary, progress)
     t0 = time.monotonic()
+    streams = {p: runner.decisions(p, _chunks(by_partition[p]), emit_from=0)
+               for p in sorted(by_partition)}
     try:
-        for p in sorted(by_partition):
-            await runner.run(p, _chunks(by_partition[p]), emit_from=0)
+        await _write_in_order(streams, sink, _merges(topology))
     finally:
+        for stream in streams.values():
+            await stream.aclose()  # closes the stores of partitions cut short by an error
         progress.end()
         sink.close()
         shutil.rmtree(workdir, ignore_errors=True)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import filecmp
 import math
 import os
@@ -46,7 +47,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 import topologies
 from engine.kafka_io import ensure_topics
+from engine.policy import RulesOnly
+from engine.replay import ReplayRange, replay_kafka
 from engine.schemas import decision_id
+from engine.topology import TimeSettings
 from engine.worker import topic_specs
 from tests.integration.worker_harness import (
     REPO,
@@ -573,6 +577,44 @@ async def test_model_pins_are_accepted_or_refused_in_one_line(live: LiveRun, tmp
     assert "NAME=VERSION" in lines[0] and "nonsense" in lines[0], lines[0]
     assert not bad_out.exists()
     assert wall < 30
+
+
+# -- 4. order ---------------------------------------------------------------------------------
+
+
+async def test_event_time_replay_merges_partitions_by_event_time(live: LiveRun, tmp_path):
+    """An `event_time` topology: each partition's decisions come in its release order, the
+    partitions are merged oldest event first, and the events the reorder buffers still held
+    at the end of the range are decided too."""
+    t = TOPO.time
+    topo = dataclasses.replace(TOPO, time=TimeSettings(
+        t.max_out_of_orderness_ms, t.allowed_lateness_ms, ordering="event_time",
+        reorder_capacity=t.reorder_capacity))
+    out = tmp_path / "event_time.jsonl"
+    summary = await replay_kafka(live.bootstrap, topo, RulesOnly(topo.rules, FEATURE_SET),
+                                 live.prefix, ReplayRange(from_beginning=True), str(out),
+                                 PARTITIONS)
+    rows = _jsonl_rows(out)
+    assert {d["event_id"] for d in rows} == live.distinct_ids
+    assert summary.decisions == len(rows)
+    per_partition: dict[int, list[tuple[int, int]]] = {}
+    for i, d in enumerate(rows):
+        per_partition.setdefault(d["partition"], []).append((d["event_ts_ms"], i))
+    assert len(per_partition) == PARTITIONS
+    # The merge: at every step the output took the oldest head among the partitions.
+    heads = {p: 0 for p in per_partition}
+    for i, d in enumerate(rows):
+        p = d["partition"]
+        assert per_partition[p][heads[p]][1] == i
+        others = [per_partition[q][heads[q]][0] for q in per_partition
+                  if q != p and heads[q] < len(per_partition[q])]
+        assert all(d["event_ts_ms"] <= ts for ts in others), (i, d["event_ts_ms"], others)
+        heads[p] += 1
+    # Within a partition, events that were not late come out in event-time order.
+    for p in per_partition:
+        on_time = [d["event_ts_ms"] for d in rows
+                   if d["partition"] == p and "late_event" not in d["reasons"]]
+        assert on_time == sorted(on_time), p
 
 
 # -- 5. file input -----------------------------------------------------------------------------

@@ -532,6 +532,25 @@ def test_event_time_releases_in_timestamp_order(batch: int) -> None:
     check_commit_offsets(recs, res, batch)
 
 
+def test_flush_decides_what_the_reorder_buffer_holds_oldest_first() -> None:
+    recs = make_stream(8, n=300, late=0.0, dup=0.0, bad=0.0, disorder_ms=2_000)
+    topo = event_time_topology()
+    store = MemoryStore()
+    pipe = new_pipeline(store, topo)
+    res = feed(pipe, store, recs, 50)
+    tail = pipe.flush(PROFILES)
+    store.apply(tail.changes)
+    held = [doc(v)["event_ts_ms"] for _, v in tail.decisions]
+    assert held and held == sorted(held)
+    decided = [doc(v)["event_id"] for _, v in decisions([*res, tail])]
+    assert sorted(decided) == sorted(doc(r.value)["event_id"] for r in recs)
+    assert pipe.flush({}).decisions == []  # nothing left to release
+    # Arrival ordering holds nothing back: flush is empty.
+    arrival = new_pipeline(MemoryStore(), TOPOLOGY)
+    feed(arrival, MemoryStore(), recs, 50)
+    assert arrival.flush({}).decisions == []
+
+
 def test_event_time_decisions_do_not_depend_on_batch_size() -> None:
     recs = make_stream(7, n=400, late=0.0, dup=0.0, bad=0.0, disorder_ms=2_000)
     topo = event_time_topology()
@@ -626,3 +645,33 @@ def test_redelivered_late_event_re_sends_its_late_record_but_a_duplicate_does_no
     (again,) = feed(pipe, store, records([late], first_offset=1), 10)
     assert again.duplicates == 1 and len(again.late) == 1
     assert again.decisions == r1.decisions
+
+
+# --------------------------------------------------------------------------- (g) online preview
+
+
+def test_preview_decides_as_process_would_and_changes_nothing() -> None:
+    recs = make_stream(9, n=300, late=0.03, dup=0.0, bad=0.02)
+    store = MemoryStore()
+    pipe = new_pipeline(store)
+    feed(pipe, store, recs[:250], 50)
+    decider = RulesOnly(TOPOLOGY.rules, TOPOLOGY.features.versioned_name)
+    before = dict(store.items_between(b"", b"\xff"))
+    watermark = pipe.watermark.watermark_ms
+    previews = [pipe.preview([r.value or b""], PROFILES, decider)[0] for r in recs[250:]]
+    assert dict(store.items_between(b"", b"\xff")) == before
+    assert pipe.watermark.watermark_ms == watermark
+    # Each preview equals what the stream decides for that event if it comes next.
+    for r, prev in zip(recs[250:], previews, strict=True):
+        probe = MemoryStore()
+        for k, v in before.items():
+            probe.apply({k: v})
+        again = new_pipeline(probe)
+        (res,) = feed(again, probe, [r], 1)
+        if prev.rejection is not None:
+            assert res.dlq and not res.decisions
+            continue
+        assert stable(prev.decision) == stable(res.decisions[0][1])
+    # An event id already decided gives back its stored decision.
+    seen = pipe.preview([recs[0].value], PROFILES, decider)[0]
+    assert seen.duplicate and seen.decision == store.get(b"d/" + doc(recs[0].value)["event_id"].encode())
