@@ -1,87 +1,187 @@
-"""HTTP adapter of a worker: table lookups, last decisions, health, readiness, metrics."""
+"""HTTP adapter of a worker: table lookups routed to the key's owner, online scoring, models,
+health, readiness, metrics and the OpenAPI document. Contract: DESIGN.md §3, openapi.json.
+
+Routing: a key's partition is owned by one worker of the consumer group (the members topic
+says which, see `engine.routing`). A request for a key this worker does not own is forwarded
+once to the owner (the hop is marked, so it never loops); while nobody owns the partition
+(a rebalance) the answer is 503 with Retry-After. Values are never served from a partition
+this worker does not own, so `stale` is false unless a future standby read says otherwise.
+
+Security: `/v1/*` needs the bearer token when one is set (compared in constant time, never
+logged); `?update=true` on `/v1/score` (it writes to the input topic) is refused when no token
+is configured. Limits: URL length, key length and character set, table names, body size, and
+in-flight requests (429 past them, at once). Errors are JSON with a request id, no traces.
+"""
 
 from __future__ import annotations
 
+import hmac
 import logging
 import re
+import time
 import uuid
+from importlib import resources
+from typing import TYPE_CHECKING
 
+import aiohttp
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .kafka_io import partition_for
+from .online import NotOwned, OnlineScorer, Overloaded
 from .pipeline import LATEST_DECISION_PREFIX
 from .windows import EntityTiles
 
-__all__ = ["build_app"]
+if TYPE_CHECKING:
+    from .worker import Worker
+
+__all__ = ["MAX_BODY_BYTES", "MAX_URL_CHARS", "build_app"]
 
 log = logging.getLogger("streamwise.api")
 
+MAX_URL_CHARS = 2048
+MAX_BODY_BYTES = 64 * 1024
+MAX_IN_FLIGHT = 512  # requests being served at once; past it: 429
+FORWARD_TIMEOUT_S = 2.0
+FORWARDED_HEADER = "X-Streamwise-Forwarded-By"
 _KEY_RE = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 _TABLE_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
+_OPENAPI = resources.files("engine").joinpath("openapi.json")
 
 
-def _json(data: object, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+def _json(data: object, status: int = 200, headers: dict[str, str] | None = None
+          ) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, headers=headers,
+                        content_type="application/json")
 
 
-def _error(status: int, message: str, request_id: str) -> web.Response:
-    return _json({"error": message, "status": status, "request_id": request_id}, status)
+class ApiError(Exception):
+    """An error answer: status, message, optional headers."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers
 
 
-@web.middleware
-async def _errors(request: web.Request, handler):
-    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16]
-    request["request_id"] = request_id
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        return _error(exc.status, exc.reason, request_id)
-    except Exception:
-        log.exception("request %s failed", request_id)  # the trace stays in the log
-        return _error(500, "internal error", request_id)
-
-
-def build_app(worker) -> web.Application:
-    """The worker's HTTP API (local reads; forwarding to the owner comes with routing)."""
+def build_app(worker: Worker, online: OnlineScorer | None = None,
+              token: str | None = None) -> web.Application:
+    """The worker's HTTP API. `online` scores `POST /v1/score` (404 without it)."""
     topo = worker.topology
+    metrics = worker.metrics
+    in_flight = 0
+    expected = f"Bearer {token}".encode() if token else None
+
+    @web.middleware
+    async def guard(request: web.Request, handler):
+        nonlocal in_flight
+        request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex[:16]
+        request["request_id"] = request_id
+        t0 = time.perf_counter()
+        route = request.match_info.route.resource
+        route_name = route.canonical if route is not None else "unmatched"
+        status = 500
+        try:
+            if len(str(request.rel_url)) > MAX_URL_CHARS:
+                raise ApiError(414, f"URL longer than {MAX_URL_CHARS} characters")
+            if request.path.startswith("/v1/") and expected is not None:
+                given = request.headers.get("Authorization", "").encode()
+                if not hmac.compare_digest(given, expected):
+                    raise ApiError(401, "missing or wrong bearer token",
+                                   {"WWW-Authenticate": 'Bearer realm="streamwise"'})
+            if in_flight >= MAX_IN_FLIGHT and request.path not in _OPEN_PATHS:
+                raise ApiError(429, "too many requests in flight", {"Retry-After": "1"})
+            in_flight += 1
+            try:
+                response = await handler(request)
+            finally:
+                in_flight -= 1
+        except ApiError as exc:
+            response = _json({"error": exc.message, "status": exc.status,
+                              "request_id": request_id}, exc.status, exc.headers)
+        except web.HTTPException as exc:  # aiohttp's own: 404/405 routing, 413 body size
+            response = _json({"error": exc.reason, "status": exc.status,
+                              "request_id": request_id}, exc.status)
+        except Exception:
+            log.exception("request %s failed", request_id)  # the trace stays in the log
+            response = _json({"error": "internal error", "status": 500,
+                              "request_id": request_id}, 500)
+        status = response.status
+        response.headers["X-Request-Id"] = request_id
+        metrics.http_requests.labels(topo.name, route_name, str(status)).inc()
+        metrics.http_seconds.labels(topo.name, route_name).observe(time.perf_counter() - t0)
+        return response
+
+    # -- routing ---------------------------------------------------------------------------
+
+    def locate(request: web.Request) -> tuple[str, bytes, int]:
+        key = request.match_info["key"]
+        if not _KEY_RE.match(key):
+            raise ApiError(400, "invalid key: 1-128 characters of A-Z a-z 0-9 . _ : @ -")
+        kb = key.encode()
+        return key, kb, partition_for(kb, worker.partitions)
+
+    async def forward(request: web.Request, partition: int, body: bytes | None = None
+                      ) -> web.Response:
+        """Send the request to the partition's owner; one hop at most."""
+        if request.headers.get(FORWARDED_HEADER):
+            raise ApiError(503, f"partition {partition} is not owned here either "
+                           "(rebalance in progress)", {"Retry-After": "1"})
+        owner = worker.owners.owner(partition)
+        if owner is None or owner.worker_id == worker.worker_id:
+            raise ApiError(503, f"no worker owns partition {partition} right now "
+                           "(rebalance in progress)", {"Retry-After": "1"})
+        headers = {FORWARDED_HEADER: worker.worker_id, "X-Request-Id": request["request_id"]}
+        if "Authorization" in request.headers:
+            headers["Authorization"] = request.headers["Authorization"]
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        session: aiohttp.ClientSession = request.app["session"]
+        try:
+            async with session.request(request.method, owner.url + str(request.rel_url),
+                                       data=body, headers=headers) as resp:
+                payload = await resp.read()
+                return web.Response(body=payload, status=resp.status,
+                                    content_type=resp.content_type,
+                                    headers={"X-Streamwise-Served-By": owner.worker_id})
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ApiError(503, f"owner of partition {partition} did not answer "
+                           f"({type(exc).__name__})", {"Retry-After": "1"}) from None
+
+    # -- handlers --------------------------------------------------------------------------
 
     async def healthz(request: web.Request) -> web.Response:
         return _json({"status": "ok"})
 
     async def readyz(request: web.Request) -> web.Response:
         ok, why = worker.ready
-        return _json({"ready": ok, "reason": why,
-                      "partitions": sorted(worker.pipelines)}, 200 if ok else 503)
+        return _json({"ready": ok, "reason": why, "partitions": sorted(worker.pipelines)},
+                     200 if ok else 503)
 
-    async def metrics(request: web.Request) -> web.Response:
+    async def prometheus(request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(worker.registry),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    def _locate(request: web.Request) -> tuple[str, bytes, int]:
-        key = request.match_info["key"]
-        if not _KEY_RE.match(key):
-            raise web.HTTPBadRequest(reason="invalid key")
-        kb = key.encode()
-        p = partition_for(kb, worker.partitions)
-        if not worker.owns(p):
-            raise web.HTTPServiceUnavailable(reason=f"partition {p} of this key is not "
-                                             "owned by this worker")
-        return key, kb, p
+    async def openapi(request: web.Request) -> web.Response:
+        return web.Response(body=_OPENAPI.read_bytes(), content_type="application/json")
 
     async def table(request: web.Request) -> web.Response:
         name = request.match_info["table"]
         if not _TABLE_RE.match(name):
-            raise web.HTTPBadRequest(reason="invalid table name")
+            raise ApiError(400, "invalid table name: [a-z][a-z0-9_]{0,63}")
         try:
             tb = topo.table(name)
         except KeyError:
-            raise web.HTTPNotFound(reason=f"unknown table {name}") from None
-        key, kb, p = _locate(request)
+            raise ApiError(404, f"unknown table {name}") from None
+        key, kb, p = locate(request)
+        if not worker.owns(p):
+            return await forward(request, p)
         raw = worker.read(p, tb.state_prefix + kb)
         if raw is None:
-            raise web.HTTPNotFound(reason="unknown key")
+            raise ApiError(404, "unknown key")
         ent = EntityTiles.from_json(orjson.loads(raw))
         windows = ent.windows(tb.tile_ms)
         pipe = worker.pipelines.get(p)
@@ -91,20 +191,126 @@ def build_app(worker) -> web.Application:
                       "count": sum(w["value"]["count"] for w in windows)},
             "windows": windows,
             "watermark_ms": pipe.watermark.watermark_ms if pipe else None,
-            "served_by": worker.worker_id, "stale": False,
+            "partition": p, "served_by": worker.worker_id, "stale": False,
         })
 
+    async def features(request: web.Request) -> web.Response:
+        key, kb, p = locate(request)
+        pipe = worker.pipelines.get(p)
+        if pipe is None:
+            return await forward(request, p)
+        as_of, values, ages = pipe.features_now(key, worker.profiles)
+        return _json({"key": key, "as_of_ms": as_of, "features": values, "ages_ms": ages,
+                      "feature_set": topo.features.versioned_name, "partition": p,
+                      "served_by": worker.worker_id, "stale": False})
+
     async def decision(request: web.Request) -> web.Response:
-        key, kb, p = _locate(request)
+        key, kb, p = locate(request)
+        if not worker.owns(p):
+            return await forward(request, p)
         raw = worker.read(p, LATEST_DECISION_PREFIX + kb)
         if raw is None:
-            raise web.HTTPNotFound(reason="no decision for this key")
-        return web.Response(body=raw, content_type="application/json")
+            raise ApiError(404, "no decision for this key")
+        return web.Response(body=raw, content_type="application/json",
+                            headers={"X-Streamwise-Served-By": worker.worker_id})
 
-    app = web.Application(middlewares=[_errors], client_max_size=64 * 1024)
+    async def score(request: web.Request) -> web.Response:
+        if online is None:
+            raise ApiError(404, "online scoring is not enabled on this worker")
+        budget_ms = _int_param(request, "budget_ms", 50, 10, 10_000)
+        update = _bool_param(request, "update")
+        if update and expected is None:
+            raise ApiError(403, "update=true writes to the input topic; it needs the worker "
+                           "to run with --api-token")
+        if request.content_type != "application/json":
+            raise ApiError(415, "send the event as application/json")
+        body = await request.read()
+        try:
+            event = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise ApiError(400, "body is not valid JSON") from None
+        key_value = event.get(topo.key_field) if isinstance(event, dict) else None
+        if not isinstance(key_value, str) or not _KEY_RE.match(key_value):
+            raise ApiError(422, f"{topo.key_field}: a string of 1-128 characters of "
+                           "A-Z a-z 0-9 . _ : @ -")
+        kb = key_value.encode()
+        p = partition_for(kb, worker.partitions)
+        if not worker.owns(p):
+            return await forward(request, p, body)
+        try:
+            preview = await online.score(kb, body, budget_ms)
+        except Overloaded as exc:
+            raise ApiError(429, str(exc), {"Retry-After": "1"}) from None
+        except NotOwned:
+            return await forward(request, p, body)
+        except TimeoutError:
+            raise ApiError(503, f"no decision within the budget of {budget_ms} ms",
+                           {"Retry-After": "1"}) from None
+        if preview.rejection is not None:
+            return _json({"error": preview.rejection.detail, "reason":
+                          preview.rejection.reason, "status": 422,
+                          "request_id": request["request_id"]}, 422)
+        doc = orjson.loads(preview.decision)
+        doc["duplicate"] = preview.duplicate
+        doc["served_by"] = worker.worker_id
+        doc["budget_ms"] = budget_ms
+        if update and not preview.duplicate:
+            await worker.submit_event(kb, body)
+            doc["queued"] = True  # the stream decides it too, with the same decision_id
+        return _json(doc)
+
+    async def models(request: web.Request) -> web.Response:
+        reg = worker.models
+        slots = [] if reg is None else [
+            {"name": s.name, "active": s.active.ref if s.active else None,
+             "last_error": s.last_error,
+             "thresholds": (s.active.manifest.thresholds.model_dump()
+                            if s.active else None),
+             "breaker": worker.breaker_state(s.name)}
+            for s in sorted(reg.slots.values(), key=lambda s: s.name)]
+        return _json({"topology": topo.name, "feature_set": topo.features.versioned_name,
+                      "features": list(topo.features.names), "models": slots})
+
+    async def on_startup(app: web.Application) -> None:
+        app["session"] = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT_S),
+            connector=aiohttp.TCPConnector(limit=64))
+
+    async def on_cleanup(app: web.Application) -> None:
+        await app["session"].close()
+        if online is not None:
+            await online.close()
+
+    app = web.Application(middlewares=[guard], client_max_size=MAX_BODY_BYTES)
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metrics", prometheus)
+    app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/v1/tables/{table}/{key}", table)
+    app.router.add_get("/v1/features/{key}", features)
     app.router.add_get("/v1/decisions/{key}", decision)
+    app.router.add_post("/v1/score", score)
+    app.router.add_get("/v1/models", models)
     return app
+
+
+def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"{name} must be an integer") from None
+    if not lo <= value <= hi:
+        raise ApiError(400, f"{name} must be between {lo} and {hi}")
+    return value
+
+
+def _bool_param(request: web.Request, name: str) -> bool:
+    raw = request.query.get(name, "false").lower()
+    if raw not in ("true", "false", "1", "0"):
+        raise ApiError(400, f"{name} must be true or false")
+    return raw in ("true", "1")

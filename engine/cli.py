@@ -52,7 +52,12 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--web-port", type=int, default=int(_env("WEB_PORT", "6066")))
     w.add_argument("--data-dir", default=_env("DATA_DIR", "data"),
                    help="RocksDB state directory (one per worker)")
-    w.add_argument("--api-token", default=_env("API_TOKEN"), help=argparse.SUPPRESS)
+    w.add_argument("--api-token", default=_env("API_TOKEN"),
+                   help="bearer token required on /v1/* (env STREAMWISE_API_TOKEN; prefer the "
+                        "environment: flags show in the process list)")
+    w.add_argument("--advertise-url", default=_env("ADVERTISE_URL"),
+                   help="URL other workers forward lookups to (default http://HOST:PORT as "
+                        "bound; set it when binding 0.0.0.0 in a container)")
     w.add_argument("--max-batch", type=int, default=int(_env("MAX_BATCH", "2000")),
                    help="max records per pipeline batch")
     w.add_argument("--fetch-max-wait-ms", type=int,
@@ -240,6 +245,8 @@ async def _worker(cfg: EngineConfig, topology, args: argparse.Namespace) -> int:
     from .api import build_app
     from .clock import SystemClock
     from .kafka_io import connect_check
+    from .online import OnlineScorer
+    from .scoring.chain import FallbackChain
     from .worker import Worker
 
     clock = SystemClock()
@@ -249,12 +256,16 @@ async def _worker(cfg: EngineConfig, topology, args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)
-    runner = web.AppRunner(build_app(worker), access_log=None)
+    online_decider = decider.twin() if isinstance(decider, FallbackChain) else decider
+    online = OnlineScorer(worker, online_decider)
+    runner = web.AppRunner(build_app(worker, online, cfg.api.token), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, cfg.api.host, cfg.api.port)
     await site.start()
-    logging.getLogger("streamwise").info("worker %s: http://%s:%d, topics %s*, group %s",
-                                         topology.name, cfg.api.host, cfg.api.port,
+    host, port = runner.addresses[0][:2]  # the port actually bound (--web-port 0: any free)
+    worker.url = args.advertise_url or f"http://{host}:{port}"
+    logging.getLogger("streamwise").info("worker %s: %s, topics %s*, group %s",
+                                         topology.name, worker.url,
                                          worker.topics.events.rsplit(".", 1)[0],
                                          worker.topics.group)
     try:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from .scoring.chain import ChainStats
 
 __all__ = ["EngineMetrics", "STAGE_BUCKETS_S"]
 
@@ -29,6 +32,9 @@ class EngineMetrics(NamedTuple):
     model_load_failures: Counter  # model
     primary_skipped: Counter
     stage_budget_seconds: Gauge  # stage, quantile
+    http_requests: Counter   # route, status
+    http_seconds: Histogram  # route
+    online_fallbacks: Counter  # reason
 
     @classmethod
     def create(cls, registry: CollectorRegistry, topology: str) -> EngineMetrics:
@@ -74,4 +80,16 @@ class EngineMetrics(NamedTuple):
             stage_budget_seconds=Gauge("streamwise_stage_budget_seconds",
                                        "Configured latency budget per stage and quantile",
                                        ["topology", "stage", "quantile"], **labels),
+            http_requests=Counter("streamwise_http_requests", "HTTP requests by route and status",
+                                  ["topology", "route", "status"], **labels),
+            http_seconds=Histogram("streamwise_http_seconds",
+                                   "HTTP request duration by route (forwarding included)",
+                                   ["topology", "route"], buckets=STAGE_BUCKETS_S, **labels),
+            online_fallbacks=Counter("streamwise_online_fallbacks",
+                                     "Online-scored rows that left the primary model path",
+                                     ["topology", "reason"], **labels),
         )
+
+    def observe_online_chain(self, topology: str, stats: ChainStats) -> None:
+        for reason, count in stats.fallbacks.items():
+            self.online_fallbacks.labels(topology, reason).inc(count)

@@ -31,10 +31,11 @@ from prometheus_client import CollectorRegistry
 
 from .clock import Clock, SystemClock
 from .config import EngineConfig
-from .kafka_io import TopicSpec, ensure_topics, read_to_end, send_records
+from .kafka_io import TopicSpec, ensure_topics, partition_for, read_to_end, send_records
 from .metrics import EngineMetrics
 from .pipeline import BatchResult, Decider, PartitionPipeline, Record
 from .profiles import apply_profile_records
+from .routing import Member, OwnerMap
 from .scoring.chain import ChainStats, FallbackChain
 from .state import RocksStore
 from .topology import TopicNames, Topology
@@ -66,7 +67,8 @@ def topic_specs(t: TopicNames, partitions: int) -> list[TopicSpec]:
     n = partitions
     return [TopicSpec(t.events, n, big), TopicSpec(t.decisions, n, {}), TopicSpec(t.dlq, n, {}),
             TopicSpec(t.late, n, {}), TopicSpec(t.profiles, n, compact),
-            TopicSpec(t.control, 1, compact), TopicSpec(t.changelog, n, compact)]
+            TopicSpec(t.control, 1, compact), TopicSpec(t.changelog, n, compact),
+            TopicSpec(t.members, 1, compact)]
 
 
 class Worker:
@@ -100,6 +102,9 @@ class Worker:
         self._producer: AIOKafkaProducer | None = None
         self._tasks: list[asyncio.Task] = []
         self.decided = 0
+        self.url: str | None = None  # where this worker's HTTP API answers; set before start()
+        self.owners = OwnerMap()  # partition → worker, from the members topic
+        self._members_position = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -112,6 +117,9 @@ class Worker:
             max_batch_size=1 << 20, max_request_size=4 << 20, linger_ms=0)
         await self._producer.start()
         await self._load_profiles()
+        async for chunk in read_to_end(k.bootstrap, self.topics.members):
+            self.owners.apply_all((m.key, m.value) for m in chunk)
+            self._members_position = chunk[-1].offset + 1
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=k.bootstrap, group_id=self.topics.group,
             enable_auto_commit=False, auto_offset_reset="earliest",
@@ -119,7 +127,7 @@ class Worker:
             session_timeout_ms=10_000, heartbeat_interval_ms=2_000)
         self._consumer.subscribe([self.topics.events], listener=_Listener(self))
         await self._consumer.start()
-        self._tasks.append(asyncio.create_task(self._tail_profiles(), name="profiles"))
+        self._tasks.append(asyncio.create_task(self._tail_shared(), name="profiles+members"))
         if self.models is not None:
             self._tasks.append(asyncio.create_task(self._reload_models(), name="models"))
 
@@ -145,6 +153,7 @@ class Worker:
             await self._consumer.stop()  # leaves the group: partitions move on at once
             self._consumer = None
         if self._producer is not None:
+            await self._announce(leaving=True)
             await self._producer.stop()
             self._producer = None
         for p in list(self.stores):
@@ -248,12 +257,32 @@ class Worker:
             self.metrics.assigned_partitions.labels(self.topology.name).set(len(self.pipelines))
             self.assigned_once = True
             log.info("assigned partitions %s", sorted(self.pipelines))
+            await self._announce()
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         async with self._lock:  # waits for the batch in flight to be fully written
             for tp in revoked:
                 self._close_partition(tp.partition)
             log.info("revoked partitions %s", sorted(tp.partition for tp in revoked))
+            await self._announce()
+
+    async def _announce(self, leaving: bool = False) -> None:
+        """Publish which partitions this worker owns now (a tombstone when leaving), so every
+        worker routes HTTP reads of a key to its owner. The group generation orders claims."""
+        if self._producer is None or self.url is None:
+            return
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        generation = int(getattr(coordinator, "generation", 0) or 0)
+        value = None if leaving else Member(self.worker_id, self.url,
+                                            frozenset(self.pipelines), generation).encode()
+        try:
+            await self._producer.send_and_wait(self.topics.members, value,
+                                               key=self.worker_id.encode(), partition=0)
+        except KafkaError:
+            log.exception("could not announce partitions %s; lookups of other workers may "
+                          "be routed wrongly until the next rebalance", sorted(self.pipelines))
+            return
+        self.owners.apply(self.worker_id, value)
 
     async def _open_partition(self, p: int) -> None:
         store = RocksStore(self.state_dir / f"p{p:04d}")
@@ -318,18 +347,21 @@ class Worker:
         self.profiles_loaded = True
         log.info("loaded %d profiles", len(self.profiles))
 
-    async def _tail_profiles(self) -> None:
-        """Keep profiles current after start (a batch job may republish them at any time):
-        one consumer without a group, from where the initial load stopped."""
+    async def _tail_shared(self) -> None:
+        """Keep profiles and partition owners current after start (a batch job may republish
+        profiles at any time; workers come and go): one consumer without a group, from where
+        the initial loads stopped."""
         consumer = AIOKafkaConsumer(bootstrap_servers=self.cfg.kafka.bootstrap,
                                     enable_auto_commit=False, auto_offset_reset="earliest",
                                     fetch_max_wait_ms=500)
         await consumer.start()
         try:
             tps = [TopicPartition(self.topics.profiles, p) for p in range(self.partitions)]
-            consumer.assign(tps)
+            members = TopicPartition(self.topics.members, 0)
+            consumer.assign([*tps, members])
             for tp in tps:
                 consumer.seek(tp, self._profile_positions.get(tp.partition, 0))
+            consumer.seek(members, self._members_position)
             while not self._stopping.is_set():
                 try:
                     batches = await consumer.getmany(timeout_ms=1000, max_records=5000)
@@ -337,8 +369,11 @@ class Worker:
                     log.exception("profile refresh failed; retrying")
                     await asyncio.sleep(1.0)
                     continue
-                for records in batches.values():
-                    self._apply_profiles(records)
+                for tp, records in batches.items():
+                    if tp == members:
+                        self.owners.apply_all((m.key, m.value) for m in records)
+                    else:
+                        self._apply_profiles(records)
         finally:
             await consumer.stop()
 
@@ -349,6 +384,19 @@ class Worker:
 
     # -- reads for the API -----------------------------------------------------------------
 
+    async def submit_event(self, key: bytes, value: bytes) -> None:
+        """Append one event to the input topic (online `?update=true`): the stream applies it
+        like any other event, through dedup, the changelog and the commit."""
+        assert self._producer is not None
+        await self._producer.send_and_wait(self.topics.events, value, key=key,
+                                           partition=partition_for(key, self.partitions))
+
+    def breaker_state(self, model: str) -> str | None:
+        chain = self.decider
+        if isinstance(chain, FallbackChain) and model in chain.breaker_names():
+            return chain.breaker_state(model).name.lower()
+        return None
+
     def owns(self, partition: int) -> bool:
         return partition in self.stores
 
@@ -358,7 +406,8 @@ class Worker:
 
     @property
     def worker_id(self) -> str:
-        return f"{self.cfg.api.host}:{self.cfg.api.port}/pid{os.getpid()}"
+        """Unique per process: the API's URL and the process id."""
+        return f"{self.url or f'{self.cfg.api.host}:{self.cfg.api.port}'}/pid{os.getpid()}"
 
 
 class _Listener(ConsumerRebalanceListener):

@@ -95,6 +95,12 @@ class FallbackChain:
         self.stats = ChainStats()
         self._thresholds: dict[str, Thresholds] = {}
 
+    def twin(self) -> FallbackChain:
+        """Same models, settings and rules; its own breakers, statistics and threads (the
+        online path scores with a twin so it never shares mutable state with the stream)."""
+        return FallbackChain(self.settings, self._rules, self.feature_set, self._models,
+                             self._clock, self._wrap)
+
     def breaker_names(self) -> list[str]:
         return list(self._guards)
 

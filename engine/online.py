@@ -1,0 +1,87 @@
+"""Online scoring on a worker: concurrent `POST /v1/score` requests micro-batched into one
+read-only pipeline preview per partition and one model call per partition.
+
+Admission is bounded: past `max_pending` requests in flight the next one is refused at once
+(HTTP 429) instead of queueing without limit. Scoring runs in a worker thread with its own
+fallback chain (its own breakers and statistics), so the stream's hot path and the online
+path never share mutable scoring state; both read the same model registry and tables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .kafka_io import partition_for
+from .pipeline import Decider, Preview
+from .scoring.batching import MicroBatcher
+from .scoring.chain import ChainStats, FallbackChain
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+__all__ = ["NotOwned", "Overloaded", "OnlineScorer"]
+
+
+class Overloaded(Exception):
+    """Too many online requests in flight."""
+
+
+class NotOwned(Exception):
+    """The key's partition left this worker while the request waited."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    partition: int
+    value: bytes
+
+
+class OnlineScorer:
+    def __init__(self, worker: Worker, decider: Decider, max_pending: int = 256,
+                 max_batch: int = 64, max_wait_ms: float = 1.0) -> None:
+        self._worker = worker
+        self._decider = decider
+        self.max_pending = max_pending
+        self._pending = 0
+        self._batcher: MicroBatcher[_Item, Preview | None] = MicroBatcher(
+            self._score_many, max_size=max_batch, max_wait_ms=max_wait_ms, reserve_ms=2.0)
+
+    async def score(self, key: bytes, value: bytes, budget_ms: float) -> Preview:
+        """The decision for one event within `budget_ms` (TimeoutError past it)."""
+        if self._pending >= self.max_pending:
+            raise Overloaded(f"{self._pending} online requests in flight")
+        self._pending += 1
+        try:
+            item = _Item(partition_for(key, self._worker.partitions), value)
+            result = await asyncio.wait_for(self._batcher.submit(item, budget_ms),
+                                            budget_ms / 1000)
+        finally:
+            self._pending -= 1
+        if result is None:
+            raise NotOwned(f"partition {item.partition} is not owned by this worker")
+        return result
+
+    async def close(self) -> None:
+        await self._batcher.close()
+
+    def _score_many(self, items: list[_Item]) -> Sequence[Preview | None]:
+        """One batch (in a worker thread): a preview per partition, results in item order."""
+        out: list[Preview | None] = [None] * len(items)
+        by_partition: dict[int, list[int]] = {}
+        for i, item in enumerate(items):
+            by_partition.setdefault(item.partition, []).append(i)
+        for p, idx in by_partition.items():
+            pipe = self._worker.pipelines.get(p)
+            if pipe is None:
+                continue
+            previews = pipe.preview([items[i].value for i in idx], self._worker.profiles,
+                                    self._decider)
+            for i, prev in zip(idx, previews, strict=True):
+                out[i] = prev
+        if isinstance(self._decider, FallbackChain):
+            stats, self._decider.stats = self._decider.stats, ChainStats()
+            self._worker.metrics.observe_online_chain(self._worker.topology.name, stats)
+        return out
