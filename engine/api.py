@@ -49,6 +49,8 @@ _KEY_RE = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 _TABLE_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
 _OPENAPI = resources.files("engine").joinpath("openapi.json")
+_REQUEST_ID = web.RequestKey("request_id", str)
+_SESSION = web.AppKey("session", aiohttp.ClientSession)
 
 
 def _json(data: object, status: int = 200, headers: dict[str, str] | None = None
@@ -79,7 +81,7 @@ def build_app(worker: Worker, online: OnlineScorer | None = None,
     async def guard(request: web.Request, handler):
         nonlocal in_flight
         request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex[:16]
-        request["request_id"] = request_id
+        request[_REQUEST_ID] = request_id
         t0 = time.perf_counter()
         route = request.match_info.route.resource
         route_name = route.canonical if route is not None else "unmatched"
@@ -103,8 +105,9 @@ def build_app(worker: Worker, online: OnlineScorer | None = None,
             response = _json({"error": exc.message, "status": exc.status,
                               "request_id": request_id}, exc.status, exc.headers)
         except web.HTTPException as exc:  # aiohttp's own: 404/405 routing, 413 body size
+            allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
             response = _json({"error": exc.reason, "status": exc.status,
-                              "request_id": request_id}, exc.status)
+                              "request_id": request_id}, exc.status, allow)
         except Exception:
             log.exception("request %s failed", request_id)  # the trace stays in the log
             response = _json({"error": "internal error", "status": 500,
@@ -134,12 +137,12 @@ def build_app(worker: Worker, online: OnlineScorer | None = None,
         if owner is None or owner.worker_id == worker.worker_id:
             raise ApiError(503, f"no worker owns partition {partition} right now "
                            "(rebalance in progress)", {"Retry-After": "1"})
-        headers = {FORWARDED_HEADER: worker.worker_id, "X-Request-Id": request["request_id"]}
+        headers = {FORWARDED_HEADER: worker.worker_id, "X-Request-Id": request[_REQUEST_ID]}
         if "Authorization" in request.headers:
             headers["Authorization"] = request.headers["Authorization"]
         if body is not None:
             headers["Content-Type"] = "application/json"
-        session: aiohttp.ClientSession = request.app["session"]
+        session: aiohttp.ClientSession = request.app[_SESSION]
         try:
             async with session.request(request.method, owner.url + str(request.rel_url),
                                        data=body, headers=headers) as resp:
@@ -215,13 +218,13 @@ def build_app(worker: Worker, online: OnlineScorer | None = None,
                             headers={"X-Streamwise-Served-By": worker.worker_id})
 
     async def score(request: web.Request) -> web.Response:
-        if online is None:
-            raise ApiError(404, "online scoring is not enabled on this worker")
         budget_ms = _int_param(request, "budget_ms", 50, 10, 10_000)
         update = _bool_param(request, "update")
         if update and expected is None:
             raise ApiError(403, "update=true writes to the input topic; it needs the worker "
                            "to run with --api-token")
+        if online is None:
+            raise ApiError(404, "online scoring is not enabled on this worker")
         if request.content_type != "application/json":
             raise ApiError(415, "send the event as application/json")
         body = await request.read()
@@ -230,9 +233,9 @@ def build_app(worker: Worker, online: OnlineScorer | None = None,
         except orjson.JSONDecodeError:
             raise ApiError(400, "body is not valid JSON") from None
         key_value = event.get(topo.key_field) if isinstance(event, dict) else None
-        if not isinstance(key_value, str) or not _KEY_RE.match(key_value):
-            raise ApiError(422, f"{topo.key_field}: a string of 1-128 characters of "
-                           "A-Z a-z 0-9 . _ : @ -")
+        if not isinstance(key_value, str) or not key_value:
+            # the full check is the topology's schema, in the pipeline; routing needs a key
+            raise ApiError(422, f"{topo.key_field}: a non-empty string is required")
         kb = key_value.encode()
         p = partition_for(kb, worker.partitions)
         if not worker.owns(p):
@@ -249,7 +252,7 @@ def build_app(worker: Worker, online: OnlineScorer | None = None,
         if preview.rejection is not None:
             return _json({"error": preview.rejection.detail, "reason":
                           preview.rejection.reason, "status": 422,
-                          "request_id": request["request_id"]}, 422)
+                          "request_id": request[_REQUEST_ID]}, 422)
         doc = orjson.loads(preview.decision)
         doc["duplicate"] = preview.duplicate
         doc["served_by"] = worker.worker_id
@@ -272,12 +275,12 @@ def build_app(worker: Worker, online: OnlineScorer | None = None,
                       "features": list(topo.features.names), "models": slots})
 
     async def on_startup(app: web.Application) -> None:
-        app["session"] = aiohttp.ClientSession(
+        app[_SESSION] = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT_S),
             connector=aiohttp.TCPConnector(limit=64))
 
     async def on_cleanup(app: web.Application) -> None:
-        await app["session"].close()
+        await app[_SESSION].close()
         if online is not None:
             await online.close()
 

@@ -32,10 +32,14 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def _http_get(url: str, timeout_s: float = 5.0) -> tuple[int, bytes, float]:
+def _http_get(url: str, timeout_s: float = 5.0, json_body: bytes | None = None
+              ) -> tuple[int, bytes, float]:
+    """GET, or POST `json_body`; (status, body, elapsed ms)."""
+    req = urllib.request.Request(url, data=json_body, headers=(
+        {"Content-Type": "application/json"} if json_body is not None else {}))
     t0 = time.perf_counter()
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 (loopback)
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310 (loopback)
             body = resp.read()
             status = resp.status
     except urllib.error.HTTPError as exc:
@@ -233,5 +237,20 @@ def _print_report(r: dict, base: str, events: list[dict]) -> None:
         d = orjson.loads(body)
         _say(f"   GET /v1/decisions/{busiest} → {d['decision']} via {d['path']} "
              f"(score {d['score']}, reasons {d['reasons']}) in {ms:.1f} ms")
+    last = max((e for e in events if e["card_id"] == busiest), key=lambda e: e["ts_ms"])
+    probe = {**last, "event_id": "demo-online-1", "amount": round(last["amount"] * 8, 2),
+             "ts_ms": last["ts_ms"] + 60_000}
+    timings = []
+    for _ in range(5):  # the first call also warms the online path up
+        status, body, ms = _http_get(f"{base}/v1/score", json_body=orjson.dumps(probe))
+        timings.append(ms)
+    _say(f"\n7. Online score POST /v1/score (card {busiest}, amount {probe['amount']}) → "
+         f"{status} in {timings[0]:.1f} ms (then median {_pct(timings[1:], .5):.1f} ms)")
+    if status == 200:
+        d = orjson.loads(body)
+        score = "none" if d["score"] is None else f"{d['score']:.4f}"
+        _say(f"   {d['decision']} via {d['path']} ({d['model']}, score {score}, "
+             f"reasons {d['reasons']}); read-only: the stream's state did not change")
     _say(f"\nNext: metrics at {base}/metrics, readiness at {base}/readyz; topics "
-         f"*.fraud.decisions, *.fraud.dlq, *.fraud.late; `streamwise --help`.")
+         f"*.fraud.decisions, *.fraud.dlq, *.fraud.late; API document at {base}/openapi.json; "
+         f"`streamwise --help`.")

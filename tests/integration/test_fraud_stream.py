@@ -272,11 +272,14 @@ def _check_dlq(oracle: OracleResult, dlq_records: list, raw_by_location: dict,
     return problems
 
 
-async def _check_tables(oracle: OracleResult, base_url: str) -> dict[str, list[str]]:
+async def check_tables(oracle: OracleResult, base_url: str, cards: list[str] | None = None,
+                       headers: dict[str, str] | None = None) -> dict[str, list[str]]:
+    """Problems of GET /v1/tables/velocity/{card} against the oracle (all cards by default)."""
     problems: dict[str, list[str]] = defaultdict(list)
-    cards = sorted(oracle.card_partition)
+    cards = sorted(oracle.card_partition) if cards is None else cards
     unknown = "zz-never-seen-card"
-    answers = await fetch_json(base_url, [f"/v1/tables/velocity/{c}" for c in [*cards, unknown]])
+    answers = await fetch_json(base_url, [f"/v1/tables/velocity/{c}" for c in [*cards, unknown]],
+                               headers=headers)
     status, body = answers[f"/v1/tables/velocity/{unknown}"]
     if status != 404:
         problems["unknown key is not 404"].append(f"{status}: {str(body)[:200]}")
@@ -380,7 +383,7 @@ async def test_worker_matches_the_oracle(kafka_bootstrap: str, unique_prefix: st
         _check_decisions(oracle, decisions, exact_counts=True),
         _check_late(oracle, late, exactly_once=True),
         _check_dlq(oracle, dlq, raw, topics.events, exactly_once=True),
-        await _check_tables(oracle, worker.url),
+        await check_tables(oracle, worker.url),
     )
     assert worker.stop() == 0, worker.log_tail()
 
@@ -424,7 +427,7 @@ async def test_crashes_and_lost_state_change_nothing(kafka_bootstrap: str, uniqu
         _check_decisions(oracle, decisions, exact_counts=False),
         _check_late(oracle, late, exactly_once=False),
         _check_dlq(oracle, dlq, raw, topics.events, exactly_once=False),
-        await _check_tables(oracle, worker.url),
+        await check_tables(oracle, worker.url),
     )
 
 

@@ -348,7 +348,8 @@ async def wait_drained(broker: str, topics: FraudTopics, expected_ids: set[str],
 
 
 async def fetch_json(base_url: str, paths: Sequence[str], concurrency: int = 16,
-                     timeout_s: float = 10.0) -> dict[str, tuple[int, object]]:
+                     timeout_s: float = 10.0, headers: dict[str, str] | None = None
+                     ) -> dict[str, tuple[int, object]]:
     """GET every path; returns path -> (status, parsed JSON body or text)."""
     sem = asyncio.Semaphore(concurrency)
     out: dict[str, tuple[int, object]] = {}
@@ -361,6 +362,7 @@ async def fetch_json(base_url: str, paths: Sequence[str], concurrency: int = 16,
             except orjson.JSONDecodeError:
                 out[path] = (resp.status, body.decode(errors="replace"))
 
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as http:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s),
+                                     headers=headers) as http:
         await asyncio.gather(*(one(http, p) for p in paths))
     return out

@@ -1,0 +1,393 @@
+"""Writes engine/openapi.json, the HTTP contract the worker serves at /openapi.json.
+
+Run after changing the API or the fraud event schema: .venv/bin/python scripts/gen_openapi.py
+(tests/unit/test_api.py fails while the committed file differs from what this writes).
+"""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import topologies  # noqa: E402
+
+KEY = {"type": "string", "pattern": "^[A-Za-z0-9._:@-]{1,128}$"}
+err = {"$ref": "#/components/responses/Error"}
+
+
+def key_param():
+    return {
+        "name": "key",
+        "in": "path",
+        "required": True,
+        "schema": KEY,
+        "description": "Entity key (the card id for fraud).",
+    }
+
+
+num_or_null = {"type": ["number", "null"]}
+decision = {
+    "type": "object",
+    "required": [
+        "decision_id",
+        "event_id",
+        "key",
+        "score",
+        "decision",
+        "model",
+        "path",
+        "reasons",
+        "features",
+        "stage_ms",
+        "event_ts_ms",
+        "decided_at_ms",
+    ],
+    "properties": {
+        "decision_id": {"type": "string"},
+        "event_id": {"type": "string"},
+        "key": {"type": "string"},
+        "score": {"type": ["number", "null"]},
+        "decision": {"type": "string", "enum": ["approve", "review", "decline"]},
+        "model": {"type": ["string", "null"]},
+        "path": {
+            "type": "string",
+            "enum": [
+                "model",
+                "canary",
+                "fallback:last_score",
+                "fallback:backup_model",
+                "fallback:rules",
+                "abstain",
+            ],
+        },
+        "reasons": {"type": "array", "items": {"type": "string"}},
+        "features": {"type": "object", "additionalProperties": num_or_null},
+        "stage_ms": {"type": "object", "additionalProperties": {"type": "number"}},
+        "event_ts_ms": {"type": "integer"},
+        "decided_at_ms": {"type": "integer"},
+    },
+}
+scored = {
+    "allOf": [
+        {"$ref": "#/components/schemas/Decision"},
+        {
+            "type": "object",
+            "required": ["duplicate", "served_by", "budget_ms"],
+            "properties": {
+                "duplicate": {
+                    "type": "boolean",
+                    "description": "the event id was decided before: its stored decision",
+                },
+                "served_by": {"type": "string"},
+                "budget_ms": {"type": "integer"},
+                "queued": {
+                    "type": "boolean",
+                    "description": "update=true: the event was appended to the input topic",
+                },
+            },
+        },
+    ]
+}
+event = dict(topologies.get("fraud").schema.model_json_schema())
+event["description"] = (
+    "A fraud event (topologies/fraud/schema.py, the contract the stream "
+    "validates); other topologies have their own."
+)
+event["examples"] = [
+    {
+        "event_id": "e-1",
+        "card_id": "c000042",
+        "merchant_id": "m0007",
+        "amount": 42.5,
+        "currency": "USD",
+        "country": "US",
+        "ts_ms": 1767225600000,
+    }
+]
+error = {
+    "type": "object",
+    "required": ["error", "status", "request_id"],
+    "properties": {
+        "error": {"type": "string"},
+        "status": {"type": "integer"},
+        "request_id": {"type": "string"},
+        "reason": {"type": "string"},
+    },
+}
+window = {
+    "type": "object",
+    "required": ["start_ms", "end_ms", "value"],
+    "properties": {
+        "start_ms": {"type": "integer"},
+        "end_ms": {"type": "integer"},
+        "value": {"type": "object", "additionalProperties": True},
+    },
+}
+table_value = {
+    "type": "object",
+    "required": [
+        "table",
+        "key",
+        "value",
+        "windows",
+        "watermark_ms",
+        "partition",
+        "served_by",
+        "stale",
+    ],
+    "properties": {
+        "table": {"type": "string"},
+        "key": {"type": "string"},
+        "value": {
+            "type": "object",
+            "properties": {
+                "last_ts_ms": {"type": ["integer", "null"]},
+                "tiles": {"type": "integer"},
+                "count": {"type": "integer"},
+            },
+        },
+        "windows": {"type": "array", "items": window},
+        "watermark_ms": {"type": ["integer", "null"]},
+        "partition": {"type": "integer"},
+        "served_by": {"type": "string"},
+        "stale": {
+            "type": "boolean",
+            "description": "true when the value may be out of date (never from a non-owned partition without saying so)",
+        },
+    },
+}
+features = {
+    "type": "object",
+    "required": [
+        "key",
+        "as_of_ms",
+        "features",
+        "ages_ms",
+        "feature_set",
+        "partition",
+        "served_by",
+        "stale",
+    ],
+    "properties": {
+        "key": {"type": "string"},
+        "as_of_ms": {
+            "type": ["integer", "null"],
+            "description": "newest event time of the partition: features are computed as of then",
+        },
+        "features": {"type": "object", "additionalProperties": num_or_null},
+        "ages_ms": {"type": "object", "additionalProperties": {"type": ["integer", "null"]}},
+        "feature_set": {"type": "string"},
+        "partition": {"type": "integer"},
+        "served_by": {"type": "string"},
+        "stale": {"type": "boolean"},
+    },
+}
+models = {
+    "type": "object",
+    "required": ["topology", "feature_set", "features", "models"],
+    "properties": {
+        "topology": {"type": "string"},
+        "feature_set": {"type": "string"},
+        "features": {"type": "array", "items": {"type": "string"}},
+        "models": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "active"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "active": {"type": ["string", "null"]},
+                    "last_error": {"type": ["string", "null"]},
+                    "thresholds": {"type": ["object", "null"], "additionalProperties": True},
+                    "breaker": {"enum": ["closed", "half_open", "open", None]},
+                },
+            },
+        },
+    },
+}
+ready = {
+    "type": "object",
+    "required": ["ready", "reason", "partitions"],
+    "properties": {
+        "ready": {"type": "boolean"},
+        "reason": {"type": "string"},
+        "partitions": {"type": "array", "items": {"type": "integer"}},
+    },
+}
+
+
+def resp(desc, schema):
+    return {"description": desc, "content": {"application/json": {"schema": schema}}}
+
+
+def ref(n):
+    return {"$ref": f"#/components/schemas/{n}"}
+
+
+common = {"400": err, "401": err, "414": err, "429": err, "503": err}
+doc = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "Streamwise worker API",
+        "version": "1.0.0",
+        "description": "Each worker serves this API (default 127.0.0.1:6066). Requests for keys owned by another worker are forwarded to it once. /v1/* needs `Authorization: Bearer <token>` when the worker runs with --api-token. Errors are JSON with a request id.",
+    },
+    "servers": [{"url": "http://127.0.0.1:6066"}],
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "schemas": {
+            "Decision": decision,
+            "ScoredDecision": scored,
+            "FraudEvent": event,
+            "Error": error,
+            "TableValue": table_value,
+            "Features": features,
+            "Models": models,
+            "Ready": ready,
+        },
+        "responses": {"Error": resp("An error (JSON, with a request id)", ref("Error"))},
+    },
+    "security": [{"bearer": []}],
+    "paths": {
+        "/healthz": {
+            "get": {
+                "summary": "The event loop answers",
+                "security": [],
+                "operationId": "healthz",
+                "responses": {
+                    "200": resp(
+                        "alive",
+                        {
+                            "type": "object",
+                            "required": ["status"],
+                            "properties": {"status": {"type": "string"}},
+                        },
+                    )
+                },
+            }
+        },
+        "/readyz": {
+            "get": {
+                "summary": "State recovered, a usable model loaded, partitions assigned",
+                "security": [],
+                "operationId": "readyz",
+                "responses": {
+                    "200": resp("ready", ref("Ready")),
+                    "503": resp("not ready, with the reason", ref("Ready")),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus text exposition",
+                "security": [],
+                "operationId": "metrics",
+                "responses": {
+                    "200": {
+                        "description": "metrics",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "security": [],
+                "operationId": "openapi",
+                "responses": {"200": resp("OpenAPI 3", {"type": "object"})},
+            }
+        },
+        "/v1/tables/{table}/{key}": {
+            "get": {
+                "summary": "A table's value for a key, with its windows",
+                "operationId": "getTable",
+                "parameters": [
+                    {
+                        "name": "table",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,63}$"},
+                    },
+                    key_param(),
+                ],
+                "responses": {"200": resp("the value", ref("TableValue")), "404": err, **common},
+            }
+        },
+        "/v1/features/{key}": {
+            "get": {
+                "summary": "The stored features of a key now, with each feature's age",
+                "operationId": "getFeatures",
+                "parameters": [key_param()],
+                "responses": {
+                    "200": resp("features (those needing an event are null)", ref("Features")),
+                    **common,
+                },
+            }
+        },
+        "/v1/decisions/{key}": {
+            "get": {
+                "summary": "The last decision for the key",
+                "operationId": "getDecision",
+                "parameters": [key_param()],
+                "responses": {"200": resp("the decision", ref("Decision")), "404": err, **common},
+            }
+        },
+        "/v1/score": {
+            "post": {
+                "summary": "A decision for one event within budget_ms; read-only on state unless update=true",
+                "operationId": "score",
+                "parameters": [
+                    {
+                        "name": "budget_ms",
+                        "in": "query",
+                        "required": False,
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 10,
+                            "maximum": 10000,
+                            "default": 50,
+                        },
+                    },
+                    {
+                        "name": "update",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "boolean", "default": False},
+                        "description": "also append the event to the input topic (needs the worker's --api-token)",
+                    },
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": ref("FraudEvent")}},
+                },
+                "responses": {
+                    "200": resp("the decision", ref("ScoredDecision")),
+                    "403": err,
+                    "404": err,
+                    "413": err,
+                    "415": err,
+                    "422": err,
+                    **common,
+                },
+            }
+        },
+        "/v1/models": {
+            "get": {
+                "summary": "Models, active versions, breakers",
+                "operationId": "getModels",
+                "responses": {"200": resp("models", ref("Models")), **common},
+            }
+        },
+    },
+}
+
+
+def render() -> str:
+    return json.dumps(doc, indent=1) + "\n"
+
+
+if __name__ == "__main__":
+    out = Path(__file__).resolve().parent.parent / "engine" / "openapi.json"
+    out.write_text(render())
+    print(f"wrote {out.name}")
