@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import signal
@@ -53,6 +54,8 @@ def _port_free(port: int) -> bool:
 
 
 def run_demo(events: int, keep: bool, web_port: int) -> int:
+    # The producer retries while a just-created topic's leaders settle; not worth a screen.
+    logging.getLogger("aiokafka.producer.sender").setLevel(logging.ERROR)
     broker = os.environ.get("STREAMWISE_BROKER") or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     started_kafka = False
     script = REPO_ROOT / "scripts" / "kafka-local.sh"
