@@ -120,6 +120,10 @@ class Worker:
         async for chunk in read_to_end(k.bootstrap, self.topics.members):
             self.owners.apply_all((m.key, m.value) for m in chunk)
             self._members_position = chunk[-1].offset + 1
+        for m in self.owners.members:  # an earlier process at our URL that died unannounced
+            if m.url == self.url and m.worker_id != self.worker_id:
+                await self._producer.send_and_wait(self.topics.members, None,
+                                                   key=m.worker_id.encode(), partition=0)
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=k.bootstrap, group_id=self.topics.group,
             enable_auto_commit=False, auto_offset_reset="earliest",

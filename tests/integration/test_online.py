@@ -232,3 +232,22 @@ def test_schemathesis_finds_no_server_error(pair: Pair, tmp_path: Path):
                           capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
     assert "generated" in proc.stdout and REPO.is_dir()
+
+
+async def test_when_a_worker_leaves_the_other_serves_every_key(pair: Pair):
+    """Runs last: stops worker b. Its partitions move to a, which restores them from the
+    changelog and answers for every key itself (b's member record is a tombstone now)."""
+    assert pair.b.stop() in (0, -15)
+    deadline = time.monotonic() + 90
+    while True:
+        status, body = await _get(pair.a.url + "/readyz")
+        if status == 200 and body["partitions"] == list(range(PARTITIONS)):
+            break
+        assert time.monotonic() < deadline, f"a never took every partition: {body}"
+        await asyncio.sleep(0.5)
+    cards = random.Random(12).sample(sorted(pair.oracle.card_partition), 300)
+    answers = await fetch_json(pair.a.url, [f"/v1/tables/velocity/{c}" for c in cards],
+                               headers=AUTH)
+    served = {body["served_by"] for status, body in answers.values() if status == 200}
+    assert len(served) == 1 and served <= {b["served_by"] for s, b in answers.values()}
+    _assert_clean(await check_tables(pair.oracle, pair.a.url, cards, AUTH))
