@@ -30,7 +30,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .kafka_io import partition_for
 from .online import NotOwned, OnlineScorer, Overloaded
-from .pipeline import LATEST_DECISION_PREFIX
+from .pipeline import LATEST_DECISION_PREFIX, Preview, abstain_decision
+from .schemas import EventDecoder, Rejection
 from .windows import EntityTiles
 
 if TYPE_CHECKING:
@@ -76,6 +77,8 @@ def build_app(worker: Worker, online: OnlineScorer | None = None,
     metrics = worker.metrics
     in_flight = 0
     expected = f"Bearer {token}".encode() if token else None
+    decoder = EventDecoder(topo.schema, (topo.key_field, topo.event_id_field),
+                           min(topo.max_record_bytes, MAX_BODY_BYTES))
 
     @web.middleware
     async def guard(request: web.Request, handler):
@@ -228,15 +231,13 @@ def build_app(worker: Worker, online: OnlineScorer | None = None,
         if request.content_type != "application/json":
             raise ApiError(415, "send the event as application/json")
         body = await request.read()
-        try:
-            event = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise ApiError(400, "body is not valid JSON") from None
-        key_value = event.get(topo.key_field) if isinstance(event, dict) else None
-        if not isinstance(key_value, str) or not key_value:
-            # the full check is the topology's schema, in the pipeline; routing needs a key
-            raise ApiError(422, f"{topo.key_field}: a non-empty string is required")
-        kb = key_value.encode()
+        event = decoder.decode(body)  # the topology's contract, as the stream applies it
+        if type(event) is Rejection:
+            if event.reason in ("invalid_json", "not_utf8", "empty"):
+                raise ApiError(400, f"body is not a JSON event ({event.detail})")
+            return _json({"error": event.detail, "reason": event.reason, "status": 422,
+                          "request_id": request[_REQUEST_ID]}, 422)
+        kb = getattr(event, topo.key_field).encode()
         p = partition_for(kb, worker.partitions)
         if not worker.owns(p):
             return await forward(request, p, body)
@@ -247,12 +248,13 @@ def build_app(worker: Worker, online: OnlineScorer | None = None,
         except NotOwned:
             return await forward(request, p, body)
         except TimeoutError:
-            raise ApiError(503, f"no decision within the budget of {budget_ms} ms",
-                           {"Retry-After": "1"}) from None
-        if preview.rejection is not None:
-            return _json({"error": preview.rejection.detail, "reason":
-                          preview.rejection.reason, "status": 422,
-                          "request_id": request[_REQUEST_ID]}, 422)
+            # An authorization cannot wait: past the budget the answer is abstain → review.
+            metrics.online_fallbacks.labels(topo.name, "budget_exceeded").inc()
+            preview = Preview(decision=abstain_decision(
+                topo, event, topo.features.versioned_name, "budget_exceeded",
+                int(time.time() * 1000)))
+        if preview.rejection is not None:  # validated above; kept for safety
+            raise ApiError(422, preview.rejection.detail)
         doc = orjson.loads(preview.decision)
         doc["duplicate"] = preview.duplicate
         doc["served_by"] = worker.worker_id

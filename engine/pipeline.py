@@ -19,13 +19,13 @@ from .clock import Clock
 from .dedup import Dedup
 from .features import FeatureVector
 from .ordering import Lateness, ReorderBuffer, Watermark
-from .policy import Verdict
+from .policy import Verdict, abstain
 from .schemas import EventDecoder, Rejection, decision_id
 from .topology import Topology
 from .windows import EntityTiles
 
 __all__ = ["LATEST_DECISION_PREFIX", "BatchResult", "Decider", "PartitionPipeline", "Preview",
-           "Record", "SideRecord", "Store"]
+           "Record", "SideRecord", "Store", "abstain_decision"]
 
 _WATERMARK_KEY = b"m/max_ts"
 LATEST_DECISION_PREFIX = b"l/"
@@ -510,6 +510,17 @@ class PartitionPipeline:
                     ent = self._entity_cache.get(skey) or EntityTiles.from_json(orjson.loads(raw))
                     if ent.expire(horizon, tb.tile_ms):
                         overlay[skey] = orjson.dumps(ent.to_json())
+
+
+def abstain_decision(topology: Topology, event: Any, feature_set: str, reason: str,
+                     now_ms: int) -> bytes:
+    """The decision for a validated event that no path could score in time (online budget
+    exhausted): abstain → review, no features, `reason` in its reasons."""
+    t = topology
+    p = _Pending(Record("", -1, -1, None, None, 0), event, getattr(event, t.key_field),
+                 getattr(event, t.event_id_field), getattr(event, t.time_field), False)
+    p.vector = dict.fromkeys(t.features.names)
+    return orjson.dumps(_decision_doc(p, abstain((reason,)), feature_set, {}, now_ms))
 
 
 def _decision_doc(p: _Pending, v: Verdict, feature_set: str, stage: dict[str, float],

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 import topologies
 from engine.kafka_io import ensure_topics
@@ -220,6 +222,21 @@ async def test_security_and_limits(pair: Pair):
     assert status in (414, 400) and "Traceback" not in str(body)
     status, body = await _get(url + "/v1/score", AUTH)
     assert status == 405 and body["request_id"]
+
+
+async def test_metrics_parse_as_prometheus_text(pair: Pair):
+    status, text = await _get(pair.a.url + "/metrics")
+    assert status == 200 and isinstance(text, str)
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert {"streamwise_http_requests", "streamwise_http_seconds", "streamwise_stage_seconds",
+            "streamwise_events"} <= set(families)
+    routes = {s.labels["route"] for s in families["streamwise_http_requests"].samples}
+    assert "/v1/tables/{table}/{key}" in routes
+    promtool = shutil.which("promtool")  # also checked with promtool where one is installed
+    if promtool:
+        proc = subprocess.run([promtool, "check", "metrics"], input=text, text=True,
+                              capture_output=True, timeout=60, check=False)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_schemathesis_finds_no_server_error(pair: Pair, tmp_path: Path):

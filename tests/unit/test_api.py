@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import runpy
+import time
 from pathlib import Path
 
 import orjson
@@ -13,7 +14,10 @@ from prometheus_client import CollectorRegistry
 import topologies
 from engine.api import build_app
 from engine.metrics import EngineMetrics
+from engine.online import OnlineScorer
+from engine.policy import RulesOnly
 from engine.routing import OwnerMap
+from engine.schemas import decision_id
 
 ROOT = Path(__file__).resolve().parents[2]
 TOPO = topologies.get("fraud")
@@ -94,3 +98,35 @@ def test_the_openapi_document_is_current_and_lists_every_route() -> None:
     assert routes == documented
     assert orjson.loads(committed)["components"]["schemas"]["FraudEvent"]["required"] == \
         TOPO.schema.model_json_schema()["required"]
+
+
+class SlowPipe:
+    def preview(self, values, profiles, decider):
+        time.sleep(1.0)  # a stalled model call
+        return []
+
+
+async def test_past_the_budget_the_answer_is_abstain_not_an_error() -> None:
+    worker = BrokenWorker()
+    worker.pipelines = {p: SlowPipe() for p in range(worker.partitions)}
+    online = OnlineScorer(worker, RulesOnly(TOPO.rules, TOPO.features.versioned_name))
+    client = TestClient(TestServer(build_app(worker, online, None)))
+    await client.start_server()
+    try:
+        event = {"event_id": "e1", "card_id": "c1", "merchant_id": "m1", "amount": 10.0,
+                 "currency": "USD", "country": "US", "ts_ms": 1_767_225_600_000}
+        t0 = time.perf_counter()
+        resp = await client.post("/v1/score?budget_ms=20", data=orjson.dumps(event),
+                                 headers={"Content-Type": "application/json"})
+        elapsed_ms = (time.perf_counter() - t0) * 1000
+        body = await resp.json()
+        assert resp.status == 200, body
+        assert (body["path"], body["decision"], body["reasons"]) == \
+            ("abstain", "review", ["budget_exceeded"])
+        assert body["decision_id"] == decision_id("e1", "none", TOPO.features.versioned_name)
+        assert elapsed_ms < 800  # did not wait for the stalled call (1 s)
+        bad = await client.post("/v1/score", data=b'{"card_id": "c1"}',
+                                headers={"Content-Type": "application/json"})
+        assert bad.status == 422 and (await bad.json())["reason"] == "missing_key"
+    finally:
+        await client.close()
