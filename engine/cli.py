@@ -104,6 +104,10 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--events", type=int, default=10_000)
     d.add_argument("--keep", action="store_true", help="leave Kafka and the worker running")
     d.add_argument("--web-port", type=int, default=6066)
+
+    from .bench import add_arguments as _bench_arguments
+    _bench_arguments(sub.add_parser("bench", help="throughput and latency next to the Kafka "
+                                                  "ceiling and idiomatic Faust baselines"))
     return ap
 
 
@@ -133,6 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from .demo import run_demo
             return run_demo(events=args.events, keep=args.keep, web_port=args.web_port)
+        if args.command == "bench":
+            from .bench import run_command
+            return run_command(args)
         cfg = _config(args)
         import topologies
         topology = topologies.get(args.topology)

@@ -1,0 +1,61 @@
+"""The one-screen table of a bench report."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .systems import SYSTEMS
+
+__all__ = ["render"]
+
+
+def _f(x: Any, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def render(report: dict[str, Any]) -> str:
+    meta = report.get("meta", {})
+    lines = [f"streamwise bench: {meta.get('events', 0):,} events, {meta.get('partitions')} "
+             f"partitions, {meta.get('repeat')} repeat(s), medians; latency open loop at "
+             f"{meta.get('latency_share', 0) * 100:.0f}% of each system's events/s "
+             f"for {meta.get('latency_s')} s",
+             "",
+             f"{'system':<28}{'events/s':>11}{'p50 ms':>10}{'p99 ms':>10}{'rate/s':>10}"
+             f"{'RSS MB':>9}",
+             "-" * 78]
+    behind = False
+    for s in SYSTEMS:
+        p = report.get(s.key)
+        if p is None:
+            continue
+        rate, sent = p.get("open_loop_rate_per_s"), p.get("open_loop_sent_per_s")
+        mark = "*" if rate and sent and sent < 0.9 * rate else " "
+        behind = behind or mark == "*"
+        lines.append(f"{s.label:<28}{_f(p.get('events_per_s'), ',.0f'):>11}"
+                     f"{_f(p.get('p50_ms'), '.1f'):>10}{_f(p.get('p99_ms'), '.1f'):>10}"
+                     f"{_f(rate, ',.0f'):>10}{mark}{_f(p.get('peak_rss_mb'), ',.0f'):>8}")
+    if behind:
+        lines.append("* the harness's producer fell more than 10% behind this rate (shared "
+                     "cores): latency is measured at the rate it reached")
+    r = report.get("ratios", {})
+    lines += ["", "streamwise / ceiling " + _f(r.get("vs_ceiling"), ".2f") + "x   "
+              "streamwise / faust per-event " + _f(r.get("vs_baseline"), ".1f") + "x   "
+              "streamwise / faust batched " + _f(r.get("vs_baseline_batched"), ".1f") + "x"]
+    sw = report.get("streamwise", {})
+    for key, title in (("stage_p99_ms", "open loop"), ("stage_p99_ms_backlog", "backlog")):
+        stages = sw.get(key)
+        if stages:
+            body = "  ".join(f"{k} {_f(v, 'g')}" for k, v in stages.items())
+            lines.append(f"streamwise stage p99 ms ({title}, per batch, bucket bound): {body}")
+    online = report.get("online")
+    if online:
+        for name, res in online.items():
+            if isinstance(res, dict):
+                lines.append(f"online {name}: {res['concurrency']} clients, "
+                             f"{_f(res['requests_per_s'], ',.0f')} req/s, p50 "
+                             f"{_f(res['p50_ms'], '.2f')} ms, p99 {_f(res['p99_ms'], '.2f')} ms, "
+                             f"status {res['status']}")
+            else:
+                lines.append(f"online {name}: {res}")
+    lines.append(f"wall time {meta.get('wall_s')} s")
+    return "\n".join(lines)

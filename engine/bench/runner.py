@@ -1,0 +1,277 @@
+"""`streamwise bench`: every system against one broker and one data set, phase by phase.
+
+Per system and repeat, with a private topic prefix (own group, outputs, state):
+1. the data set's exact bytes are produced to the system's input topic (a backlog);
+2. the system is started as its own process and drains the backlog: events/s is the backlog
+   size over first consume → last output record (Kafka timestamp);
+3. still running, it gets fresh events open loop at `latency_share` of its own measured
+   rate for `latency_s`: latency = output record timestamp − input record timestamp, matched
+   by event id; then its peak RSS (VmHWM) is read and it is stopped by PID.
+Streamwise's per-stage p99 comes from its /metrics histograms (backlog and open-loop phase).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+from engine.topology import TopicNames
+
+from . import measure, online_load, workload
+from .systems import SYSTEMS, System
+
+__all__ = ["BenchOptions", "BenchError", "dumps", "run"]
+
+log = logging.getLogger("streamwise.bench")
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    broker: str
+    events: int = 50_000
+    partitions: int = 8
+    repeat: int = 1
+    latency_s: float = 10.0
+    latency_share: float = 0.5   # of the system's own measured events/s
+    online: bool = False
+    online_s: float = 5.0
+    online_concurrency: int = 32
+    seed: int = 7
+    phase_timeout_s: float = 240.0
+    systems: tuple[str, ...] = field(default_factory=lambda: tuple(s.key for s in SYSTEMS))
+
+
+# The open-loop phase is shorter than latency_s for a system this fast (harness memory).
+_MAX_OPEN_LOOP_EVENTS = 300_000
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _say(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class _Proc:
+    """A system's process: started by us, stopped by us, by PID."""
+
+    def __init__(self, argv: list[str], logfile: Path) -> None:
+        self.logfile = logfile
+        self._fh = open(logfile, "wb")  # noqa: SIM115 (closed in stop)
+        self.popen = subprocess.Popen(argv, stdout=self._fh, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL)
+
+    def check(self) -> None:
+        if self.popen.poll() is not None:
+            tail = self.logfile.read_text(errors="replace")[-2000:]
+            raise BenchError(f"{self.popen.args[2]} exited with {self.popen.returncode}:\n{tail}")
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout=10)
+        self._fh.close()
+
+
+async def _progress(o: BenchOptions, sysm: System, t: TopicNames, group: str) -> int:
+    if sysm.progress == "committed":
+        return await measure.committed_total(o.broker, group, t.events)
+    return sum((await measure.end_offsets(o.broker, t.decisions, o.partitions)).values())
+
+
+async def _wait_for(o: BenchOptions, sysm: System, t: TopicNames, group: str, proc: _Proc,
+                    target: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        proc.check()
+        done = await _progress(o, sysm, t, group)
+        if done >= target:
+            return
+        if time.monotonic() > deadline:
+            raise BenchError(f"{sysm.key}: {done:,}/{target:,} after {timeout_s:.0f}s")
+        await asyncio.sleep(0.25)
+
+
+async def _scrape(port: int) -> str:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s, \
+            s.get(f"http://127.0.0.1:{port}/metrics") as r:
+        return await r.text()
+
+
+def _group(sysm: System, prefix: str) -> str:
+    if sysm.key == "streamwise":
+        return TopicNames.of("fraud", prefix).group
+    return f"{prefix}bench-{'ceiling' if sysm.key == 'ceiling' else 'faust'}"
+
+
+async def _one(o: BenchOptions, sysm: System, ds: workload.DataSet, run_prefix: str, r: int,
+               work: Path, online: bool) -> dict[str, Any]:
+    prefix = f"{run_prefix}{sysm.short}{r}."
+    t = TopicNames.of("fraud", prefix)
+    group = _group(sysm, prefix)
+    n = len(ds.events)
+    await workload.produce_backlog(o.broker, t, ds)
+    in_ends = await measure.end_offsets(o.broker, t.events, o.partitions)
+    port = _free_port()
+    data = work / f"{sysm.key}-{r}"
+    data.mkdir(parents=True, exist_ok=True)
+    proc = _Proc(sysm.argv(prefix, o.broker, data, o.partitions, port), work / f"{sysm.key}-{r}.log")
+    result: dict[str, Any] = {}
+    try:
+        # 1. backlog → events/s
+        await _wait_for(o, sysm, t, group, proc, n, o.phase_timeout_s)
+        outs = await measure.read_outputs(o.broker, t.decisions)
+        first = measure.first_consumed_ms(outs, sysm.consumed_at_ms)
+        last = max(ts for _, ts, _ in outs)
+        eps = n / max((last - first) / 1000, 1e-3)
+        result["events_per_s"] = round(eps, 1)
+        _say(f"{sysm.key} #{r + 1}: {n:,} events in {(last - first) / 1000:.2f}s "
+             f"= {eps:,.0f} events/s")
+        out_ends = await measure.end_offsets(o.broker, t.decisions, o.partitions)
+        if sysm.key == "streamwise":
+            before = measure.stage_buckets(await _scrape(port))
+            result["stage_p99_ms_backlog"] = measure.stage_p99_ms(before)
+        # 2. open loop → latency
+        rate = max(1.0, eps * o.latency_share)
+        fresh = workload.open_loop_events(
+            ds, max(1, min(int(rate * o.latency_s), _MAX_OPEN_LOOP_EVENTS)), o.seed + 1000 + r)
+        sent, send_s = await workload.open_loop(o.broker, t.events, fresh, rate,
+                                                o.latency_s * 3)
+        target = n + sent
+        await _wait_for(o, sysm, t, group, proc, target, max(60.0, o.latency_s * 6))
+        inputs = await measure.read_input_times(o.broker, t.events, in_ends)
+        lat_outs = await measure.read_outputs(o.broker, t.decisions, out_ends)
+        lat = measure.latencies_ms(inputs, lat_outs)
+        result.update(p50_ms=_r(measure.percentile(lat, 50)),
+                      p99_ms=_r(measure.percentile(lat, 99)),
+                      open_loop_rate_per_s=round(rate, 1),
+                      open_loop_sent_per_s=round(sent / max(send_s, 1e-3), 1),
+                      latency_samples=len(lat))
+        _say(f"{sysm.key} #{r + 1}: {sent:,} events at {rate:,.0f}/s "
+             f"(sent {result['open_loop_sent_per_s']:,.0f}/s): p50 {result['p50_ms']} ms, "
+             f"p99 {result['p99_ms']} ms ({len(lat):,} matched)")
+        if sysm.key == "streamwise":
+            after = measure.stage_buckets(await _scrape(port))
+            result["stage_p99_ms"] = measure.stage_p99_ms(after, before)
+            if online:
+                result["online"] = await _online(o, port, ds)
+        result["peak_rss_mb"] = _r(measure.peak_rss_mb(proc.popen.pid))
+    finally:
+        proc.stop()
+    return result
+
+
+async def _online(o: BenchOptions, port: int, ds: workload.DataSet) -> dict[str, Any]:
+    import topologies
+
+    base = f"http://127.0.0.1:{port}"
+    table = topologies.get("fraud").tables[0].name
+    keys = list(dict.fromkeys(k.decode() for _, k, _ in ds.events))[:2000]
+    lookups = [("GET", f"/v1/tables/{table}/{k}", None) for k in keys]
+    out: dict[str, Any] = {"lookup": await online_load.closed_loop(
+        base, lookups, o.online_concurrency, o.online_s)}
+    _say(f"online lookups: {out['lookup']}")
+    fresh = workload.open_loop_events(ds, 2000, o.seed + 5000)
+    scores = [("POST", "/v1/score", value) for _, _, value in fresh]
+    status = await online_load.probe(base, *scores[0])
+    if status in (0, 404, 405):
+        out["score"] = f"not available (POST /v1/score answered {status or 'nothing'})"
+    else:
+        out["score"] = await online_load.closed_loop(base, scores, o.online_concurrency,
+                                                     o.online_s)
+    _say(f"online score: {out['score']}")
+    return out
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(x, 2)
+
+
+def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median of each numeric field over repeats (per stage for stage maps); anything else
+    (the online part, run once) from the last repeat that has it."""
+    out: dict[str, Any] = {}
+    for k in dict.fromkeys(k for run in runs for k in run):
+        vals = [run[k] for run in runs if run.get(k) is not None]
+        if vals and all(isinstance(v, int | float) for v in vals):
+            out[k] = _r(statistics.median(vals))
+        elif vals and k.startswith("stage_p99"):
+            stages = dict.fromkeys(s for v in vals for s in v)
+            out[k] = {s: _r(statistics.median(xs)) if (xs := [v[s] for v in vals
+                                                             if v.get(s) is not None])
+                      else None for s in stages}
+        else:
+            out[k] = vals[-1] if vals else None
+    return out
+
+
+async def _run(o: BenchOptions) -> dict[str, Any]:
+    t0 = time.monotonic()
+    ds = workload.build(o.events, o.partitions, o.seed)
+    _say(f"data set: {len(ds.events):,} events, {len(ds.profiles):,} profiles, "
+         f"{o.partitions} partitions, broker {o.broker}")
+    run_prefix = f"bench{secrets.token_hex(3)}."
+    report: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="streamwise-bench-") as tmp:
+        work = Path(tmp)
+        chosen = [s for s in SYSTEMS if s.key in o.systems]
+        runs: dict[str, list[dict[str, Any]]] = {s.key: [] for s in chosen}
+        # Round robin (all systems, then again): on shared cores, a noisy minute then hurts
+        # one repeat of every system rather than every repeat of one.
+        for r in range(o.repeat):
+            for sysm in chosen:
+                runs[sysm.key].append(await _one(o, sysm, ds, run_prefix, r, work,
+                                                 online=o.online and r == o.repeat - 1))
+        for key, done in runs.items():
+            report[key] = _median(done)
+            if o.repeat > 1:
+                report[key]["repeats"] = [{k: run.get(k) for k in (
+                    "events_per_s", "p50_ms", "p99_ms", "peak_rss_mb")} for run in done]
+    sw = report.get("streamwise", {}).get("events_per_s")
+    ratios = {}
+    for name, key in (("vs_ceiling", "ceiling"), ("vs_baseline", "baseline"),
+                      ("vs_baseline_batched", "baseline_batched")):
+        base = report.get(key, {}).get("events_per_s")
+        ratios[name] = round(sw / base, 3) if sw and base else None
+    report["ratios"] = ratios
+    online = report.get("streamwise", {}).pop("online", None)
+    if online is not None:
+        report["online"] = online
+    report["meta"] = {"events": len(ds.events), "partitions": o.partitions,
+                      "repeat": o.repeat, "latency_s": o.latency_s,
+                      "latency_share": o.latency_share, "seed": o.seed,
+                      "wall_s": round(time.monotonic() - t0, 1)}
+    return report
+
+
+def run(o: BenchOptions) -> dict[str, Any]:
+    """Run the bench; returns the report (see `report.render` for the table)."""
+    return asyncio.run(_run(o))
+
+
+def dumps(report: dict[str, Any]) -> bytes:
+    return orjson.dumps(report, option=orjson.OPT_INDENT_2)

@@ -1,0 +1,117 @@
+"""The bench data set: the reference workload, generated and encoded once per run.
+
+Every system reads the same bytes in the same partitions. Each system (and repeat) gets its
+own topic prefix, so consumer groups, outputs, changelogs and the open-loop phase of one
+system never touch another's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from engine.kafka_io import ensure_topics, partition_for, send_records
+from engine.topology import TopicNames
+from engine.worker import topic_specs
+from topologies.fraud import workload as fraud_workload
+
+__all__ = ["DataSet", "build", "encode", "open_loop", "open_loop_events", "produce_backlog"]
+
+Encoded = list[tuple[int, bytes, bytes]]  # partition, key, value; in production order
+
+
+@dataclass(frozen=True)
+class DataSet:
+    """Encoded events and card profiles, ready to send."""
+
+    events: Encoded
+    profiles: Encoded
+    partitions: int
+    next_start_ms: int  # event time for a later open-loop workload (after every backlog event)
+
+
+def encode(events: list[dict], partitions: int) -> Encoded:
+    out = []
+    for e in events:
+        key = e["card_id"].encode()
+        out.append((partition_for(key, partitions), key, orjson.dumps(e)))
+    return out
+
+
+def build(n_events: int, partitions: int, seed: int = 7) -> DataSet:
+    """The reference workload of `n_events` records (2% duplicates, disorder, late)."""
+    w = fraud_workload.generate(n_events, seed)
+    profiles = [(partition_for(c.encode(), partitions), c.encode(), orjson.dumps(p))
+                for c, p in w.profiles.items()]
+    last = max((e["ts_ms"] for e in w.events), default=0)
+    return DataSet(encode(w.events, partitions), profiles, partitions, last + 10_000)
+
+
+def open_loop_events(ds: DataSet, n_events: int, seed: int) -> Encoded:
+    """Fresh events (new ids) whose event time starts after the backlog's."""
+    w = fraud_workload.generate(n_events, seed, start_ms=ds.next_start_ms)
+    return encode(w.events, ds.partitions)
+
+
+def _producer(bootstrap: str) -> AIOKafkaProducer:
+    return AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
+                            max_batch_size=1 << 20, max_request_size=16 << 20, linger_ms=0)
+
+
+async def _send_all(producer: AIOKafkaProducer, topic: str, records: Encoded) -> None:
+    by_partition: dict[int, list] = defaultdict(list)
+    for p, key, value in records:
+        by_partition[p].append((key, value, []))
+    futures = []
+    for p, recs in by_partition.items():
+        futures += await send_records(producer, topic, p, recs)
+    await asyncio.gather(*(f for f, _ in futures))
+
+
+async def produce_backlog(bootstrap: str, topics: TopicNames, ds: DataSet) -> None:
+    """Create every topic of the fraud topology under this prefix; send profiles and events."""
+    await ensure_topics(bootstrap, topic_specs(topics, ds.partitions))
+    producer = _producer(bootstrap)
+    await producer.start()
+    try:
+        await _send_all(producer, topics.profiles, ds.profiles)
+        for i in range(0, len(ds.events), 20_000):
+            await _send_all(producer, topics.events, ds.events[i:i + 20_000])
+    finally:
+        await producer.stop()
+
+
+async def open_loop(bootstrap: str, topic: str, events: Encoded, rate_per_s: float,
+                    max_s: float) -> tuple[int, float]:
+    """Send `events` at a fixed rate, whatever the consumer does (open loop); returns the
+    number sent and the seconds it took (a producer that falls behind shows here). Each tick
+    sends what is due by then; record timestamps are set at send."""
+    producer = _producer(bootstrap)
+    await producer.start()
+    futures: list = []
+    sent = 0
+    try:
+        start = time.monotonic()
+        while sent < len(events):
+            elapsed = time.monotonic() - start
+            if elapsed > max_s:
+                break
+            due = min(len(events), int(elapsed * rate_per_s) + 1)
+            if due > sent:
+                by_partition: dict[int, list] = defaultdict(list)
+                for p, key, value in events[sent:due]:
+                    by_partition[p].append((key, value, []))
+                for p, recs in by_partition.items():
+                    futures += await send_records(producer, topic, p, recs)
+                sent = due
+            await asyncio.sleep(0.002)
+        elapsed = time.monotonic() - start
+        await asyncio.gather(*(f for f, _ in futures))
+    finally:
+        await producer.stop()
+    return sent, elapsed
