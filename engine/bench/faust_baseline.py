@@ -139,7 +139,9 @@ def main() -> int:
         batched_agent(app, source, sink, table, model)
     else:
         per_event_agent(app, source, sink, table, model)
-    worker = faust.Worker(app, loglevel="WARNING", quiet=True)
+    # INFO, as the Faust docs run workers: at WARNING and above Faust turns its terminal
+    # spinner on, which sets the root logger to DEBUG so every debug call builds a record.
+    worker = faust.Worker(app, loglevel="INFO", quiet=True)
     worker.execute_from_commandline()
     return 0
 
