@@ -23,7 +23,7 @@ def render(report: dict[str, Any]) -> str:
              f"{'system':<28}{'events/s':>11}{'p50 ms':>10}{'p99 ms':>10}{'rate/s':>10}"
              f"{'RSS MB':>9}",
              "-" * 78]
-    behind = False
+    behind = short = False
     for s in SYSTEMS:
         p = report.get(s.key)
         if p is None:
@@ -31,12 +31,16 @@ def render(report: dict[str, Any]) -> str:
         rate, sent = p.get("open_loop_rate_per_s"), p.get("open_loop_sent_per_s")
         mark = "*" if rate and sent and sent < 0.9 * rate else " "
         behind = behind or mark == "*"
-        lines.append(f"{s.label:<28}{_f(p.get('events_per_s'), ',.0f'):>11}"
+        coarse = "+" if (p.get("backlog_s") or 0) < 1.0 else " "
+        short = short or coarse == "+"
+        lines.append(f"{s.label:<27}{coarse}{_f(p.get('events_per_s'), ',.0f'):>11}"
                      f"{_f(p.get('p50_ms'), '.1f'):>10}{_f(p.get('p99_ms'), '.1f'):>10}"
                      f"{_f(rate, ',.0f'):>10}{mark}{_f(p.get('peak_rss_mb'), ',.0f'):>8}")
     if behind:
         lines.append("* the harness's producer fell more than 10% behind this rate (shared "
                      "cores): latency is measured at the rate it reached")
+    if short:
+        lines.append("+ the backlog drained in under 1 s: a coarse events/s (use more --events)")
     r = report.get("ratios", {})
     lines += ["", "streamwise / ceiling " + _f(r.get("vs_ceiling"), ".2f") + "x   "
               "streamwise / faust per-event " + _f(r.get("vs_baseline"), ".1f") + "x   "

@@ -46,6 +46,7 @@ class BenchOptions:
     repeat: int = 1
     latency_s: float = 10.0
     latency_share: float = 0.5   # of the system's own measured events/s
+    max_open_loop_rate: float = 50_000.0  # what the harness's one producer sustains here
     online: bool = False
     online_s: float = 5.0
     online_concurrency: int = 32
@@ -149,6 +150,7 @@ async def _one(o: BenchOptions, sysm: System, ds: workload.DataSet, run_prefix: 
         last = max(ts for _, ts, _ in outs)
         eps = n / max((last - first) / 1000, 1e-3)
         result["events_per_s"] = round(eps, 1)
+        result["backlog_s"] = round((last - first) / 1000, 3)
         _say(f"{sysm.key} #{r + 1}: {n:,} events in {(last - first) / 1000:.2f}s "
              f"= {eps:,.0f} events/s")
         out_ends = await measure.end_offsets(o.broker, t.decisions, o.partitions)
@@ -156,7 +158,7 @@ async def _one(o: BenchOptions, sysm: System, ds: workload.DataSet, run_prefix: 
             before = measure.stage_buckets(await _scrape(port))
             result["stage_p99_ms_backlog"] = measure.stage_p99_ms(before)
         # 2. open loop → latency
-        rate = max(1.0, eps * o.latency_share)
+        rate = max(1.0, min(eps * o.latency_share, o.max_open_loop_rate))
         fresh = workload.open_loop_events(
             ds, max(1, min(int(rate * o.latency_s), _MAX_OPEN_LOOP_EVENTS)), o.seed + 1000 + r)
         sent, send_s = await workload.open_loop(o.broker, t.events, fresh, rate,
