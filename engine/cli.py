@@ -257,6 +257,9 @@ async def _worker(cfg: EngineConfig, topology, args: argparse.Namespace) -> int:
     from .worker import Worker
 
     clock = SystemClock()
+    # The pipeline runs in a thread beside the event loop (HTTP); a 1 ms GIL switch interval
+    # (default 5 ms) keeps online answers from waiting behind a long batch.
+    sys.setswitchinterval(0.001)
     decider, registry = _build_decider(topology, args, clock)
     await connect_check(cfg.kafka.bootstrap)
     worker = Worker(cfg, topology, decider, clock=clock, models=registry)

@@ -178,14 +178,10 @@ class Worker:
     # -- the hot path ----------------------------------------------------------------------
 
     async def _process(self, batches: Mapping[TopicPartition, list]) -> None:
-        results: dict[int, BatchResult] = {}
-        for tp, msgs in batches.items():
-            pipe = self.pipelines.get(tp.partition)
-            if pipe is None or not msgs:
-                continue  # revoked while the poll was in flight
-            records = [Record(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp)
-                       for m in msgs]
-            results[tp.partition] = pipe.process(records, self.profiles)
+        # The pipeline runs in a worker thread: a large batch (catching up) takes hundreds of
+        # ms, and the event loop must keep answering HTTP meanwhile. The partition lock is
+        # held, so no revoke can close a store under it; writes stay on the loop, below.
+        results = await asyncio.to_thread(self._run_pipelines, batches)
         if not results:
             return
         producer = self._producer
@@ -221,6 +217,17 @@ class Worker:
             # their decisions. Nothing is lost.
             log.warning("offset commit skipped (%s); records will be re-delivered", exc)
         self._observe(results)
+
+    def _run_pipelines(self, batches: Mapping[TopicPartition, list]) -> dict[int, BatchResult]:
+        results: dict[int, BatchResult] = {}
+        for tp, msgs in batches.items():
+            pipe = self.pipelines.get(tp.partition)
+            if pipe is None or not msgs:
+                continue  # revoked while the poll was in flight
+            records = [Record(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp)
+                       for m in msgs]
+            results[tp.partition] = pipe.process(records, self.profiles)
+        return results
 
     def _observe(self, results: Mapping[int, BatchResult]) -> None:
         m, name = self.metrics, self.topology.name
