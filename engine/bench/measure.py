@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from engine.kafka_io import read_to_end
 
 __all__ = ["Output", "committed_total", "end_offsets", "first_consumed_ms", "latencies_ms",
+           "latency_parts_ms",
            "peak_rss_mb",
            "percentile", "read_outputs", "read_input_times", "stage_buckets", "stage_p99_ms"]
 
@@ -75,6 +76,32 @@ def latencies_ms(inputs: Iterable[tuple[str, int]], outputs: Iterable[Output]) -
         ins = sorted(sent.get(eid, ()))
         lat += [o - i for i, o in zip(ins, sorted(outs), strict=False)]
     return lat
+
+
+def latency_parts_ms(inputs: Iterable[tuple[str, int]], outputs: Iterable[Output],
+                     batch_start: Callable[[dict], float | None]) -> dict[str, dict]:
+    """Where a decision's latency goes, for events sent and decided once: `before_batch`
+    (produce → the start of the batch that decided it: fetch wait and queueing), `pipeline`
+    (batch start → decision) and `after_decision` (decision → output record timestamp:
+    everything the worker awaits before producing it). p50 and p99 of each, in ms."""
+    sent: dict[str, list[int]] = defaultdict(list)
+    for eid, ts in inputs:
+        sent[eid].append(ts)
+    parts: dict[str, list[float]] = {"before_batch": [], "pipeline": [], "after_decision": []}
+    for eid, ts, doc in outputs:
+        ins = sent.get(eid)
+        start, decided = batch_start(doc), doc.get("decided_at_ms")
+        if ins is None or len(ins) != 1 or start is None or decided is None:
+            continue
+        parts["before_batch"].append(start - ins[0])
+        parts["pipeline"].append(decided - start)
+        parts["after_decision"].append(ts - decided)
+    return {k: {"p50": _r1(percentile(v, 50)), "p99": _r1(percentile(v, 99))}
+            for k, v in parts.items()}
+
+
+def _r1(x: float | None) -> float | None:
+    return None if x is None else round(x, 1)
 
 
 def percentile(values: list[float], q: float) -> float | None:

@@ -51,6 +51,11 @@ def render(report: dict[str, Any]) -> str:
         if stages:
             body = "  ".join(f"{k} {_f(v, 'g')}" for k, v in stages.items())
             lines.append(f"streamwise stage p99 ms ({title}, per batch, bucket bound): {body}")
+    parts = sw.get("latency_parts_ms")
+    if parts:
+        body = "  ".join(f"{k} {_f(v.get('p50'), 'g')}/{_f(v.get('p99'), 'g')}"
+                         for k, v in parts.items())
+        lines.append(f"streamwise latency parts p50/p99 ms (open loop): {body}")
     online = report.get("online")
     if online:
         for name, res in online.items():

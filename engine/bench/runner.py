@@ -179,6 +179,9 @@ async def _one(o: BenchOptions, sysm: System, ds: workload.DataSet, run_prefix: 
         if sysm.key == "streamwise":
             after = measure.stage_buckets(await _scrape(port))
             result["stage_p99_ms"] = measure.stage_p99_ms(after, before)
+            result["latency_parts_ms"] = measure.latency_parts_ms(inputs, lat_outs,
+                                                                  sysm.consumed_at_ms)
+            _say(f"{sysm.key} #{r + 1}: where the latency goes: {result['latency_parts_ms']}")
             if online:
                 result["online"] = await _online(o, port, ds)
         result["peak_rss_mb"] = _r(measure.peak_rss_mb(proc.popen.pid))
