@@ -33,8 +33,8 @@ def render(report: dict[str, Any]) -> str:
         behind = behind or mark == "*"
         coarse = "+" if (p.get("backlog_s") or 0) < 1.0 else " "
         short = short or coarse == "+"
-        lines.append(f"{s.label:<27}{coarse}{_f(p.get('events_per_s'), ',.0f'):>11}"
-                     f"{_f(p.get('p50_ms'), '.1f'):>10}{_f(p.get('p99_ms'), '.1f'):>10}"
+        lines.append(f"{s.label:<28}{_f(p.get('events_per_s'), ',.0f'):>11}{coarse}"
+                     f"{_f(p.get('p50_ms'), '.1f'):>9}{_f(p.get('p99_ms'), '.1f'):>10}"
                      f"{_f(rate, ',.0f'):>10}{mark}{_f(p.get('peak_rss_mb'), ',.0f'):>8}")
     if behind:
         lines.append("* the harness's producer fell more than 10% behind this rate (shared "

@@ -27,6 +27,8 @@ from typing import Any
 
 import aiohttp
 import orjson
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from engine.topology import TopicNames
 
@@ -144,7 +146,7 @@ async def _one(o: BenchOptions, sysm: System, ds: workload.DataSet, run_prefix: 
     result: dict[str, Any] = {}
     try:
         # 1. backlog → events/s
-        await _wait_for(o, sysm, t, group, proc, n, o.phase_timeout_s)
+        await _wait_for(o, sysm, t, group, proc, n, max(o.phase_timeout_s, n / 200))
         outs = await measure.read_outputs(o.broker, t.decisions)
         first = measure.first_consumed_ms(outs, sysm.consumed_at_ms)
         last = max(ts for _, ts, _ in outs)
@@ -187,7 +189,22 @@ async def _one(o: BenchOptions, sysm: System, ds: workload.DataSet, run_prefix: 
         result["peak_rss_mb"] = _r(measure.peak_rss_mb(proc.popen.pid))
     finally:
         proc.stop()
+        await _delete_topics(o.broker, prefix)
     return result
+
+
+async def _delete_topics(bootstrap: str, prefix: str) -> None:
+    """Best effort: leave nothing of this run on a shared broker (Faust's own topics too)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
+    try:
+        await asyncio.wait_for(admin.start(), 15)
+        names = [n for n in await admin.list_topics() if n.startswith(prefix)]
+        if names:
+            await admin.delete_topics(names, timeout_ms=15_000)
+    except (KafkaError, OSError, TimeoutError) as exc:
+        log.warning("could not delete the topics of %s*: %s", prefix, exc)
+    finally:
+        await admin.close()
 
 
 async def _online(o: BenchOptions, port: int, ds: workload.DataSet) -> dict[str, Any]:
