@@ -13,7 +13,7 @@ uses), not the event's `ts_ms`: event-time windows would be expired against wall
 
 Tuning: Faust's aiokafka driver hard-codes ``fetch_max_wait_ms=1500`` and has no setting for
 it; `_tune_fetch_wait` sets the consumer's value to the worker's (20 ms) after Faust builds it.
-Everything else is Faust's defaults.
+The worker logs at INFO, as the docs run it (see `main`). Everything else is Faust's defaults.
 
 Run: ``python -m engine.bench.faust_baseline --broker B --source T --sink T --app-id ID
 --data-dir D [--batched]`` (stops on SIGTERM).
