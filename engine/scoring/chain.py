@@ -91,7 +91,9 @@ class FallbackChain:
         self._clock = clock
         self._guards = {name: _Guard(CircuitBreaker(settings.breaker, clock))
                         for name in (settings.primary, settings.backup) if name}
-        self._pool = cf.ThreadPoolExecutor(max_workers=4, thread_name_prefix="inference")
+        # Enough threads that a backup call never queues behind timed-out primary calls that
+        # are still winding down (onnxruntime's terminate flag ends them, not at once).
+        self._pool = cf.ThreadPoolExecutor(max_workers=16, thread_name_prefix="inference")
         self.stats = ChainStats()
         self._thresholds: dict[str, Thresholds] = {}
 
