@@ -22,7 +22,6 @@ import random
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from engine.bench.broker import LocalBroker, free_ports  # noqa: E402
 from topologies.fraud.workload import generate  # noqa: E402
 
 PARTITIONS = 8
@@ -50,50 +50,6 @@ REQUEST_TIMEOUT_S = 2.0
 BUDGET_MS = 50
 MAX_REQUESTS_PER_CLIENT = 1_000_000  # a count bound next to the time bound
 STOP_TIMEOUT_S = 30.0
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-class _Broker:
-    """A private scripts/kafka-local.sh broker on free ports in a temp dir, stopped by PID."""
-
-    def __init__(self) -> None:
-        port, cport = _free_ports(2)
-        self.dir = tempfile.mkdtemp(prefix="streamwise-load-kafka-")
-        self._env = {**os.environ, "KAFKA_PORT": str(port), "KAFKA_CONTROLLER_PORT": str(cport),
-                     "KAFKA_LOCAL_DIR": self.dir,
-                     # the script stops the broker itself should this process die first
-                     "KAFKA_OWNER_PID": str(os.getpid())}
-        self.bootstrap = f"127.0.0.1:{port}"
-
-    def _run(self, verb: str, timeout_s: float) -> str:
-        proc = subprocess.run(["bash", str(ROOT / "scripts" / "kafka-local.sh"), verb],
-                              env=self._env, capture_output=True, text=True, timeout=timeout_s,
-                              check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(f"kafka-local.sh {verb} failed: {proc.stderr.strip()[-800:]}")
-        return proc.stdout
-
-    def start(self) -> str:
-        self.bootstrap = self._run("start", 1200).strip().splitlines()[-1].strip()
-        return self.bootstrap
-
-    def stop(self) -> None:
-        try:
-            self._run("stop", 90)
-        finally:
-            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @dataclass
@@ -354,20 +310,20 @@ def main() -> int:
     workload = generate(args.events, 7)
     events = workload.events
     cards = sorted({e["card_id"] for e in events})
-    broker: _Broker | None = None
+    broker: LocalBroker | None = None
     workers: list[subprocess.Popen] = []
     producer: subprocess.Popen | None = None
     logs: list[Path] = []
     try:
         bootstrap = args.broker
         if not bootstrap:
-            broker = _Broker()
+            broker = LocalBroker()
             print("starting a private local broker ...", file=sys.stderr)
             bootstrap = broker.start()
         common = ["--broker", bootstrap, "--topic-prefix", prefix,
                   "--partitions", str(PARTITIONS)]
         env = {**os.environ, "STREAMWISE_API_TOKEN": token}
-        ports = _free_ports(args.workers)
+        ports = free_ports(args.workers)
         urls = [f"http://127.0.0.1:{p}" for p in ports]
         for i, port in enumerate(ports):
             log = tmp / f"worker{i}.log"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -10,12 +11,13 @@ from pathlib import Path
 
 from engine.errors import ConfigError
 
-__all__ = ["LocalBroker"]
+__all__ = ["LocalBroker", "free_ports"]
 
 _SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "kafka-local.sh"
 
 
-def _free_ports(n: int) -> list[int]:
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free TCP ports on 127.0.0.1 (free when asked; bind soon after)."""
     socks = []
     try:
         for _ in range(n):
@@ -36,9 +38,10 @@ class LocalBroker:
         if not _SCRIPT.exists():
             raise ConfigError("no --broker given and no scripts/kafka-local.sh (a source "
                               "checkout) to start one")
-        port, cport = _free_ports(2)
+        port, cport = free_ports(2)
+        self.dir = tempfile.mkdtemp(prefix="streamwise-kafka-")
         self._env = {**os.environ, "KAFKA_PORT": str(port), "KAFKA_CONTROLLER_PORT": str(cport),
-                     "KAFKA_LOCAL_DIR": tempfile.mkdtemp(prefix="streamwise-bench-kafka-"),
+                     "KAFKA_LOCAL_DIR": self.dir,
                      "KAFKA_OWNER_PID": str(os.getpid())}
         self.bootstrap = f"127.0.0.1:{port}"
 
@@ -55,4 +58,8 @@ class LocalBroker:
         return self.bootstrap
 
     def stop(self) -> None:
-        self._script("stop", 60)
+        """Stop this broker (by the PID the script recorded) and delete its data."""
+        try:
+            self._script("stop", 90)
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
