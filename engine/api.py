@@ -88,7 +88,6 @@ def build_app(worker: Worker, online: OnlineScorer | None = None,
         t0 = time.perf_counter()
         route = request.match_info.route.resource
         route_name = route.canonical if route is not None else "unmatched"
-        status = 500
         try:
             if len(str(request.rel_url)) > MAX_URL_CHARS:
                 raise ApiError(414, f"URL longer than {MAX_URL_CHARS} characters")
@@ -115,9 +114,8 @@ def build_app(worker: Worker, online: OnlineScorer | None = None,
             log.exception("request %s failed", request_id)  # the trace stays in the log
             response = _json({"error": "internal error", "status": 500,
                               "request_id": request_id}, 500)
-        status = response.status
         response.headers["X-Request-Id"] = request_id
-        metrics.http_requests.labels(topo.name, route_name, str(status)).inc()
+        metrics.http_requests.labels(topo.name, route_name, str(response.status)).inc()
         metrics.http_seconds.labels(topo.name, route_name).observe(time.perf_counter() - t0)
         return response
 

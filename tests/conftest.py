@@ -24,7 +24,6 @@ import asyncio
 import os
 import re
 import secrets
-import socket
 import subprocess
 import tempfile
 import threading
@@ -34,6 +33,8 @@ from pathlib import Path
 
 import pytest
 from hypothesis import settings
+
+from engine.bench.broker import free_ports
 
 # Shared, noisy 2-core machines: hypothesis' per-example time limit would make property tests
 # fail on a slow moment, not on a wrong answer.
@@ -109,19 +110,6 @@ def _run_kafka_local(command: str, env: dict[str, str], timeout: float = 1200) -
     return proc.stdout
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 # --------------------------------------------------------------------------- broker sources
 
 
@@ -141,7 +129,7 @@ def _docker_answers() -> bool:
 def _start_local(tmp_root: Path) -> KafkaBroker:
     last_error: Exception | None = None
     for _attempt in range(2):  # a free port can be taken between the probe and the bind
-        port, cport = _free_ports(2)
+        port, cport = free_ports(2)
         env = {
             **os.environ,
             "KAFKA_PORT": str(port),
@@ -173,7 +161,7 @@ def _start_testcontainer():
     from testcontainers.core.container import DockerContainer
     from testcontainers.core.waiting_utils import wait_for_logs
 
-    (port,) = _free_ports(1)
+    (port,) = free_ports(1)
     container = DockerContainer(f"apache/kafka:{KAFKA_VERSION}")
     env = {
         "KAFKA_NODE_ID": "1",
