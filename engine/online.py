@@ -74,11 +74,12 @@ class OnlineScorer:
         for i, item in enumerate(items):
             by_partition.setdefault(item.partition, []).append(i)
         for p, idx in by_partition.items():
-            pipe = self._worker.pipelines.get(p)
-            if pipe is None:
-                continue
-            previews = pipe.preview([items[i].value for i in idx], self._worker.profiles,
-                                    self._decider)
+            with self._worker.state_lock:  # the partition's store stays open while we read
+                pipe = self._worker.pipelines.get(p)
+                if pipe is None:
+                    continue  # revoked meanwhile: NotOwned, the caller forwards
+                previews = pipe.preview([items[i].value for i in idx], self._worker.profiles,
+                                        self._decider)
             for i, prev in zip(idx, previews, strict=True):
                 out[i] = prev
         if isinstance(self._decider, FallbackChain):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -97,6 +98,9 @@ class Worker:
         self.profiles_loaded = False
         self.assigned_once = False
         self._lock = asyncio.Lock()
+        # Online scoring reads stores from a worker thread: a store is closed only under this
+        # lock, and online reads take it, so no read ever meets a closing RocksDB.
+        self.state_lock = threading.Lock()
         self._stopping = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -306,7 +310,8 @@ class Worker:
         self.pipelines.pop(p, None)
         store = self.stores.pop(p, None)
         if store is not None:
-            store.close()
+            with self.state_lock:
+                store.close()
 
     async def _restore(self, p: int, store: RocksStore) -> int:
         """Bring local state up to the end of the partition's changelog.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import runpy
+import threading
 import time
 from pathlib import Path
 
@@ -34,6 +35,7 @@ class BrokenWorker:
     models = None
     owners = OwnerMap()
     ready = (True, "ready")
+    state_lock = threading.Lock()
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
