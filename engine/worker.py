@@ -14,6 +14,10 @@ A crash after 1 leaves the changelog ahead of local state: restore replays it (w
 only: each batch's last changelog record carries an end marker, and a cut batch is dropped).
 A crash after 2 or 3 re-delivers the input: dedup finds every event and re-emits its stored
 decision, and a re-delivered late record its late record too.
+
+Steps 1-4 of one poll run on the event loop while the pipeline already works on the next poll
+(whose reads see the previous poll's changes staged in `StagedStore` until step 2 wrote them).
+One poll's writes are in flight at a time; a revoke or close waits for them.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from .pipeline import BatchResult, Decider, PartitionPipeline, Record
 from .profiles import apply_profile_records
 from .routing import Member, OwnerMap
 from .scoring.chain import ChainStats, FallbackChain
-from .state import RocksStore
+from .state import RocksStore, StagedStore
 from .topology import TopicNames, Topology
 
 if TYPE_CHECKING:
@@ -93,7 +97,7 @@ class Worker:
         self.state_dir = Path(cfg.state.data_dir) / topology.name
         self.profiles: dict[str, Mapping[str, Any]] = {}
         self._profile_positions: dict[int, int] = {}
-        self.stores: dict[int, RocksStore] = {}
+        self.stores: dict[int, StagedStore] = {}
         self.pipelines: dict[int, PartitionPipeline] = {}
         self.profiles_loaded = False
         self.assigned_once = False
@@ -105,6 +109,7 @@ class Worker:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._tasks: list[asyncio.Task] = []
+        self._inflight: asyncio.Task | None = None  # the last poll's writes
         self.decided = 0
         self.url: str | None = None  # where this worker's HTTP API answers; set before start()
         self.owners = OwnerMap()  # partition → worker, from the members topic
@@ -157,6 +162,10 @@ class Worker:
         """Leave the group, flush the producer, close the stores. Safe to call twice."""
         for task in self._tasks:
             task.cancel()
+        try:
+            await self._drain()  # the last poll's state, outputs and commit
+        except Exception:
+            log.exception("the last poll's writes failed; its records will be re-delivered")
         if self._consumer is not None:
             await self._consumer.stop()  # leaves the group: partitions move on at once
             self._consumer = None
@@ -184,22 +193,34 @@ class Worker:
     async def _process(self, batches: Mapping[TopicPartition, list]) -> None:
         # The pipeline runs in a worker thread: a large batch (catching up) takes hundreds of
         # ms, and the event loop must keep answering HTTP meanwhile. The partition lock is
-        # held, so no revoke can close a store under it; writes stay on the loop, below.
+        # held, so no revoke can close a store under it. Meanwhile the previous poll's writes
+        # finish on the loop: its changes are staged in the stores, so this batch reads them.
         results = await asyncio.to_thread(self._run_pipelines, batches)
+        await self._drain()  # polls finish in order: one poll's writes in flight at a time
         if not results:
             return
         producer = self._producer
         assert producer is not None
+        changelog = {}
+        for p, r in results.items():
+            if r.changes:
+                self.stores[p].stage(r.changes)
+                # the last record of each batch carries the end marker
+                changelog[p] = await send_records(producer, self.topics.changelog, p,
+                                                  _changelog_group(r.changes))
+        self._inflight = asyncio.create_task(self._finish(results, changelog))
+
+    async def _finish(self, results: Mapping[int, BatchResult],
+                      changelog: Mapping[int, list[tuple[asyncio.Future, int]]]) -> None:
+        """Steps 2-4 of a poll (1, the changelog, is in flight): local state, outputs, commit."""
+        producer = self._producer
+        assert producer is not None
         t = self.topics
-        # 1. changelog first, awaited; the last record of each batch carries the end marker
-        pending = {p: await send_records(producer, t.changelog, p, _changelog_group(r.changes))
-                   for p, r in results.items() if r.changes}
-        for p, sent in pending.items():
+        for p, sent in changelog.items():
             metas = await asyncio.gather(*(fut for fut, _ in sent))
-            last_offset = metas[-1].offset + sent[-1][1] - 1
             # 2. local state, atomically with the changelog offset it corresponds to
-            self.stores[p].apply(results[p].changes, changelog_offset=last_offset)
-        # 3. outputs
+            self.stores[p].apply_oldest(metas[-1].offset + sent[-1][1] - 1)
+        # 3. outputs: only now, so every decision sent is one a re-delivery finds in state
         futures = []
         for p, r in results.items():
             futures += await send_records(producer, t.decisions, p,
@@ -221,6 +242,12 @@ class Worker:
             # their decisions. Nothing is lost.
             log.warning("offset commit skipped (%s); records will be re-delivered", exc)
         self._observe(results)
+
+    async def _drain(self) -> None:
+        """Wait for the poll whose writes are in flight; its failure is raised here."""
+        task, self._inflight = self._inflight, None
+        if task is not None:
+            await task
 
     def _run_pipelines(self, batches: Mapping[TopicPartition, list]) -> dict[int, BatchResult]:
         results: dict[int, BatchResult] = {}
@@ -276,6 +303,7 @@ class Worker:
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         async with self._lock:  # waits for the batch in flight to be fully written
+            await self._drain()
             for tp in revoked:
                 self._close_partition(tp.partition)
             log.info("revoked partitions %s", sorted(tp.partition for tp in revoked))
@@ -302,8 +330,9 @@ class Worker:
     async def _open_partition(self, p: int) -> None:
         store = RocksStore(self.state_dir / f"p{p:04d}")
         restored = await self._restore(p, store)
-        self.stores[p] = store
-        self.pipelines[p] = PartitionPipeline(self.topology, p, store, self.decider, self.clock)
+        self.stores[p] = staged = StagedStore(store)
+        self.pipelines[p] = PartitionPipeline(self.topology, p, staged, self.decider,
+                                              self.clock)
         log.info("partition %d ready (%d changelog records restored)", p, restored)
 
     def _close_partition(self, p: int) -> None:
