@@ -123,6 +123,8 @@ class PartitionPipeline:
     """
 
     DLQ_TRUNCATE_BYTES = 64 * 1024
+    DEDUP_SWEEP_IDS = 4096  # expired event ids a batch deletes at most
+    TILE_SWEEP_ENTITIES = 256  # entities a batch examines while a tile sweep is under way
     ENTITY_CACHE_SIZE = 50_000  # decoded entities kept across batches (this pipeline is their
     # only writer, so the cache cannot go stale)
 
@@ -149,6 +151,8 @@ class PartitionPipeline:
         self._tile_sweep_every_ms = min(tb.retain_ms for tb in topology.tables) // 4 or 1
         self._last_dedup_sweep: int | None = None
         self._last_tile_sweep: int | None = None
+        self._tile_cursor: tuple[int, bytes] | None = None  # (table index, next key)
+        self._dedup_sweep_unfinished = False
         self._entity_cache: dict[bytes, EntityTiles] = {}
 
     # -- the batch -------------------------------------------------------------------------
@@ -493,23 +497,47 @@ class PartitionPipeline:
         wm = self.watermark.watermark_ms
         if wm is None:
             return
-        if self._last_dedup_sweep is None or wm - self._last_dedup_sweep >= self._sweep_every_ms:
+        if self._dedup_sweep_unfinished or self._last_dedup_sweep is None \
+                or wm - self._last_dedup_sweep >= self._sweep_every_ms:
             self._last_dedup_sweep = wm
             lo, hi = self._dedup.expiry_range(wm)
-            for ikey, _ in list(self._store.items_between(lo, hi)):
+            # at most a bounded number of ids per batch; the rest in the next batches
+            budget = self.DEDUP_SWEEP_IDS
+            self._dedup_sweep_unfinished = False
+            for ikey, _ in self._store.items_between(lo, hi):
+                if budget == 0:
+                    self._dedup_sweep_unfinished = True
+                    break
+                budget -= 1
                 overlay[ikey] = None
                 overlay[self._dedup.seen_key(self._dedup.event_id_of_index(ikey))] = None
-        if self._last_tile_sweep is None or wm - self._last_tile_sweep >= self._tile_sweep_every_ms:
+        if self._tile_cursor is None and (
+                self._last_tile_sweep is None
+                or wm - self._last_tile_sweep >= self._tile_sweep_every_ms):
             self._last_tile_sweep = wm
-            horizon = self._tile_horizon()
-            for tb in self.topology.tables:
-                lo = tb.state_prefix
-                for skey, raw in list(self._store.items_between(lo, lo + b"\xff")):
-                    if skey in overlay:
-                        continue
-                    ent = self._entity_cache.get(skey) or EntityTiles.from_json(orjson.loads(raw))
-                    if ent.expire(horizon, tb.tile_ms):
-                        overlay[skey] = orjson.dumps(ent.to_json())
+            self._tile_cursor = (0, self.topology.tables[0].state_prefix)
+        if self._tile_cursor is not None:
+            self._sweep_tiles(overlay)
+
+    def _sweep_tiles(self, overlay: dict[bytes, bytes | None]) -> None:
+        """Expire the tiles of up to `TILE_SWEEP_ENTITIES` stored entities, from the cursor
+        on: a sweep of every entity is spread over batches instead of stalling one."""
+        horizon = self._tile_horizon()
+        tables = self.topology.tables
+        i, start = self._tile_cursor
+        tb = tables[i]
+        budget = self.TILE_SWEEP_ENTITIES
+        for skey, raw in self._store.items_between(start, tb.state_prefix + b"\xff"):
+            if budget == 0:
+                self._tile_cursor = (i, skey)
+                return
+            budget -= 1
+            if skey in overlay:
+                continue
+            ent = self._entity_cache.get(skey) or EntityTiles.from_json(orjson.loads(raw))
+            if ent.expire(horizon, tb.tile_ms):
+                overlay[skey] = orjson.dumps(ent.to_json())
+        self._tile_cursor = (i + 1, tables[i + 1].state_prefix) if i + 1 < len(tables) else None
 
 
 def abstain_decision(topology: Topology, event: Any, feature_set: str, reason: str,

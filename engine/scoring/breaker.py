@@ -38,6 +38,7 @@ class CircuitBreaker:
         self.state = BreakerState.CLOSED
         self._consecutive = 0
         self._calls: deque[tuple[int, bool]] = deque()  # (time ms, failed)
+        self._failed = 0  # failures among `_calls`, kept as calls come and go (O(1) per call)
         self._opened_at = 0
         self.transitions = 0
 
@@ -63,12 +64,13 @@ class CircuitBreaker:
             return
         self._consecutive = 0 if ok else self._consecutive + 1
         self._calls.append((now, not ok))
+        self._failed += not ok
         while self._calls and self._calls[0][0] <= now - s.window_ms:
-            self._calls.popleft()
-        failed = sum(1 for _, f in self._calls if f)
+            self._failed -= self._calls.popleft()[1]
+        n = len(self._calls)
         if self.state is BreakerState.CLOSED and (
                 self._consecutive >= s.consecutive_failures
-                or (len(self._calls) >= s.min_calls and failed / len(self._calls) >= s.failure_rate)):
+                or (n >= s.min_calls and self._failed / n >= s.failure_rate)):
             self._open(now)
 
     def _open(self, now: int) -> None:
@@ -82,3 +84,4 @@ class CircuitBreaker:
         if state is BreakerState.CLOSED:
             self._consecutive = 0
             self._calls.clear()
+            self._failed = 0

@@ -675,3 +675,34 @@ def test_preview_decides_as_process_would_and_changes_nothing() -> None:
     # An event id already decided gives back its stored decision.
     seen = pipe.preview([recs[0].value], PROFILES, decider)[0]
     assert seen.duplicate and seen.decision == store.get(b"d/" + doc(recs[0].value)["event_id"].encode())
+
+
+# --------------------------------------------------------------------------- sweeps
+
+
+def test_expiry_sweeps_are_spread_over_batches_and_finish() -> None:
+    """Idle cards' tiles and old event ids expire a bounded number per batch, until none is
+    left: no batch stalls on a whole partition's state."""
+    topo = dataclasses.replace(TOPOLOGY, dedup_ttl_ms=10 * MINUTE)
+    store = MemoryStore()
+    pipe = new_pipeline(store, topo)
+    pipe.TILE_SWEEP_ENTITIES, pipe.DEDUP_SWEEP_IDS = 4, 5
+    idle = [payment(f"old{i}", f"c{i}", T0 + i) for i in range(30)]
+    feed(pipe, store, records(idle), 30)
+    assert all(tiles(store, f"c{i}") for i in range(30))
+    # One busy card, 3 h later and on: every idle card's tiles and every old id are due.
+    busy = [payment(f"new{i}", "c99", T0 + 3 * HOUR + i * 1_000) for i in range(40)]
+    results = feed(pipe, store, records(busy, first_offset=30), 1)
+
+    for r in results:
+        tiles_written = sum(1 for k in r.changes if k.startswith(VELOCITY_PREFIX))
+        ids_deleted = sum(1 for k, v in r.changes.items() if k.startswith(b"d/") and v is None)
+        assert tiles_written <= 4 + 1 and ids_deleted <= 5  # the budgets (+ the busy card)
+    assert sum(1 for r in results if any(v is None for v in r.changes.values())) >= 30 // 5
+    assert not any(tiles(store, f"c{i}") for i in range(30))
+    assert not any(store.get(b"d/old%d" % i) for i in range(30))
+
+
+def tiles(store: MemoryStore, card: str) -> list:
+    raw = entity(store, card)
+    return orjson.loads(raw)["t"] if raw else []
