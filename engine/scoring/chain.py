@@ -122,17 +122,20 @@ class FallbackChain:
                     last_decision: LastDecision) -> list[Verdict]:
         s = self.settings
         n = len(vectors)
+        if n == 0:
+            return []
         out: list[Verdict | None] = [None] * n
         why: list[tuple[str, ...]] = [()] * n
-        rows: list[list[float] | None] = [None] * n
-        for i, vec in enumerate(vectors):
-            bad = [k for k, v in vec.items() if v is None or not math.isfinite(v)]
-            if bad:
-                why[i] = (f"missing_features:{','.join(bad)}",)
-                self.stats.fallbacks["missing_features"] += 1
-            else:
-                rows[i] = list(vec.values())
-        todo = [i for i in range(n) if rows[i] is not None]
+        # One matrix for the batch (None → NaN); only rows with a missing or non-finite value
+        # are looked at one by one.
+        matrix = np.array([list(v.values()) for v in vectors], dtype=np.float64).reshape(n, -1)
+        usable = np.isfinite(matrix).all(axis=1)
+        for i in np.flatnonzero(~usable).tolist():
+            bad = [k for k, v in vectors[i].items() if v is None or not math.isfinite(v)]
+            why[i] = (f"missing_features:{','.join(bad)}",)
+            self.stats.fallbacks["missing_features"] += 1
+        rows = _Rows(matrix, usable.tolist())
+        todo = [i for i in range(n) if rows.usable[i]]
 
         if todo and s.cheap_first is not None and s.backup:
             cheap, reason = self._score(s.backup, todo, rows)
@@ -151,7 +154,7 @@ class FallbackChain:
             scores, reason = self._score(s.primary, todo, rows)
             if scores is not None:
                 model = self._models(s.primary)
-                for i, score in zip(todo, scores, strict=True):
+                for i, score in zip(todo, scores.tolist(), strict=True):
                     out[i] = self._verdict(model, score, "model", ())
             else:
                 self.stats.fallbacks[reason] += len(todo)
@@ -162,7 +165,7 @@ class FallbackChain:
         pending = [i for i in range(n) if out[i] is None]
         for i in pending:
             out[i] = self._last_score(keys[i], ts_ms[i], why[i], last_decision)
-        backup_rows = [i for i in pending if out[i] is None and rows[i] is not None]
+        backup_rows = [i for i in pending if out[i] is None and rows.usable[i]]
         if backup_rows and s.backup:
             scores, reason = self._score(s.backup, backup_rows, rows)
             if scores is not None:
@@ -205,8 +208,7 @@ class FallbackChain:
         return Verdict(last["score"], last["decision"], last["model"], "fallback:last_score",
                        (*why, f"last_score_age_ms={age}"))
 
-    def _score(self, name: str, idx: list[int], rows: list[list[float] | None]
-               ) -> tuple[np.ndarray | None, str]:
+    def _score(self, name: str, idx: list[int], rows: _Rows) -> tuple[np.ndarray | None, str]:
         """Scores for rows `idx` from model `name`, or (None, reason)."""
         timeout_s = (self.settings.timeout_ms if name == self.settings.primary
                      else self.settings.backup_timeout_ms) / 1000
@@ -218,7 +220,7 @@ class FallbackChain:
         guard = self._guards[name]
         if not guard.breaker.allow():
             return None, "breaker_open"
-        matrix = np.asarray([rows[i] for i in idx], dtype=np.float32)
+        matrix = rows.matrix[idx].astype(np.float32)
         attempts = 1 + self.settings.retries
         reason = "model_error"
         for _ in range(attempts):
@@ -246,3 +248,11 @@ class FallbackChain:
             self.stats.inference_s.append((self._clock.now_ms() - t0) / 1000)
             return scores, ""
         return None, reason
+
+
+@dataclass(frozen=True, slots=True)
+class _Rows:
+    """A batch's feature matrix (float64, NaN for None) and which rows a model may score."""
+
+    matrix: np.ndarray
+    usable: list[bool]
