@@ -240,7 +240,7 @@ def build_app(worker: Worker, online: OnlineScorer | None = None,
         if not worker.owns(p):
             return await forward(request, p, body)
         try:
-            preview = await online.score(kb, body, budget_ms)
+            preview = await online.score(kb, event, budget_ms)
         except Overloaded as exc:
             raise ApiError(429, str(exc), {"Retry-After": "1"}) from None
         except NotOwned:
@@ -251,8 +251,6 @@ def build_app(worker: Worker, online: OnlineScorer | None = None,
             preview = Preview(decision=abstain_decision(
                 topo, event, topo.features.versioned_name, "budget_exceeded",
                 int(time.time() * 1000)))
-        if preview.rejection is not None:  # validated above; kept for safety
-            raise ApiError(422, preview.rejection.detail)
         doc = orjson.loads(preview.decision)
         doc["duplicate"] = preview.duplicate
         doc["served_by"] = worker.worker_id

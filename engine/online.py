@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .kafka_io import partition_for
 from .pipeline import Decider, Preview
@@ -36,7 +36,7 @@ class NotOwned(Exception):
 @dataclass(frozen=True, slots=True)
 class _Item:
     partition: int
-    value: bytes
+    event: Any  # validated by the topology's decoder
 
 
 class OnlineScorer:
@@ -49,13 +49,13 @@ class OnlineScorer:
         self._batcher: MicroBatcher[_Item, Preview | None] = MicroBatcher(
             self._score_many, max_size=max_batch, max_wait_ms=max_wait_ms, reserve_ms=2.0)
 
-    async def score(self, key: bytes, value: bytes, budget_ms: float) -> Preview:
-        """The decision for one event within `budget_ms` (TimeoutError past it)."""
+    async def score(self, key: bytes, event: Any, budget_ms: float) -> Preview:
+        """The decision for one validated event within `budget_ms` (TimeoutError past it)."""
         if self._pending >= self.max_pending:
             raise Overloaded(f"{self._pending} online requests in flight")
         self._pending += 1
         try:
-            item = _Item(partition_for(key, self._worker.partitions), value)
+            item = _Item(partition_for(key, self._worker.partitions), event)
             result = await asyncio.wait_for(self._batcher.submit(item, budget_ms),
                                             budget_ms / 1000)
         finally:
@@ -78,7 +78,7 @@ class OnlineScorer:
                 pipe = self._worker.pipelines.get(p)
                 if pipe is None:
                     continue  # revoked meanwhile: NotOwned, the caller forwards
-                previews = pipe.preview([items[i].value for i in idx], self._worker.profiles,
+                previews = pipe.preview([items[i].event for i in idx], self._worker.profiles,
                                         self._decider)
             for i, prev in zip(idx, previews, strict=True):
                 out[i] = prev

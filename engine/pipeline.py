@@ -94,10 +94,9 @@ class BatchResult:
 
 @dataclass(frozen=True, slots=True)
 class Preview:
-    """One online event's outcome: a decision (JSON bytes), or why it was rejected."""
+    """One online event's decision (JSON bytes); `duplicate` when its id was decided before."""
 
-    decision: bytes | None = None
-    rejection: Rejection | None = None
+    decision: bytes = b""
     duplicate: bool = False
 
 
@@ -253,32 +252,29 @@ class PartitionPipeline:
                      {"validate": 0.0, "dedup": _ms(time.perf_counter() - t0)}, t0)
         return out
 
-    def preview(self, values: Sequence[bytes], profiles: Mapping[str, Mapping[str, Any]],
+    def preview(self, events: Sequence[Any], profiles: Mapping[str, Mapping[str, Any]],
                 decider: Decider) -> list[Preview]:
         """Online scoring: the decision each event would get if it arrived now, changing
         nothing (no state, no watermark, no cache). Events are independent of each other.
 
-        Same stages as `process`: validation (a `Rejection` comes back as the preview's
-        `rejection`), dedup (an event id already decided returns its stored decision with
-        `duplicate=True`), lateness against the current watermark, features over a private
-        copy of the entity's tiles with the event folded in, one `decider` call for all.
+        `events` are already validated (the topology's `EventDecoder`, as the caller answers
+        a rejection itself). Then the stages of `process`: dedup (an event id already decided
+        returns its stored decision with `duplicate=True`), lateness against the current
+        watermark, features over a private copy of the entity's tiles with the event folded
+        in, one `decider` call for all.
         """
         t0 = time.perf_counter()
         out: list[Preview] = []
         pending: list[tuple[int, _Pending]] = []
         t = self.topology
-        for i, raw in enumerate(values):
-            ev = self._decoder.decode(raw)
-            if type(ev) is Rejection:
-                out.append(Preview(rejection=ev))
-                continue
+        for i, ev in enumerate(events):
             eid = getattr(ev, t.event_id_field)
             stored = self._store.get(self._dedup.seen_key(eid))
             if stored:
                 out.append(Preview(decision=stored, duplicate=True))
                 continue
             ts = getattr(ev, t.time_field)
-            p = _Pending(Record("", self.partition, -1, None, raw, 0), ev,
+            p = _Pending(Record("", self.partition, -1, None, None, 0), ev,
                          getattr(ev, t.key_field), eid, ts,
                          self.watermark.verdict(ts) is Lateness.LATE)
             if p.late:
