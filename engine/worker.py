@@ -154,6 +154,7 @@ class Worker:
             if batches:
                 async with self._lock:
                     await self._process(batches)
+        await self._drain()  # the last poll's writes; raises what they raised
 
     def stop(self) -> None:
         self._stopping.set()
@@ -209,6 +210,7 @@ class Worker:
                 changelog[p] = await send_records(producer, self.topics.changelog, p,
                                                   _changelog_group(r.changes))
         self._inflight = asyncio.create_task(self._finish(results, changelog))
+        self._inflight.add_done_callback(self._stop_on_failure)
 
     async def _finish(self, results: Mapping[int, BatchResult],
                       changelog: Mapping[int, list[tuple[asyncio.Future, int]]]) -> None:
@@ -242,6 +244,12 @@ class Worker:
             # their decisions. Nothing is lost.
             log.warning("offset commit skipped (%s); records will be re-delivered", exc)
         self._observe(results)
+
+    def _stop_on_failure(self, task: asyncio.Task) -> None:
+        """A poll whose writes failed stops the loop at once (even with no more input), and
+        `run` raises the error: nothing is committed past it, its records are re-delivered."""
+        if not task.cancelled() and task.exception() is not None:
+            self._stopping.set()
 
     async def _drain(self) -> None:
         """Wait for the poll whose writes are in flight; its failure is raised here."""
