@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import math
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -53,7 +54,7 @@ class ScoringSettings:
     primary: str = "primary"
     backup: str | None = "backup"
     timeout_ms: int = 30
-    backup_timeout_ms: int = 8  # after a primary timeout the stage is still within budget + 10
+    backup_timeout_ms: int = 8  # model calls of a batch end by timeout_ms + this
     retries: int = 1
     last_score_max_age_ms: int = 600_000
     breaker: BreakerSettings = BreakerSettings()
@@ -124,6 +125,9 @@ class FallbackChain:
         n = len(vectors)
         if n == 0:
             return []
+        # The backup gets what is left of the stage's budget (primary + backup timeouts), not
+        # a fresh timeout of its own: late wake-ups before it are absorbed, not added.
+        deadline = time.perf_counter() + (s.timeout_ms + s.backup_timeout_ms) / 1000
         out: list[Verdict | None] = [None] * n
         why: list[tuple[str, ...]] = [()] * n
         # One matrix for the batch (None → NaN); only rows with a missing or non-finite value
@@ -167,7 +171,7 @@ class FallbackChain:
             out[i] = self._last_score(keys[i], ts_ms[i], why[i], last_decision)
         backup_rows = [i for i in pending if out[i] is None and rows.usable[i]]
         if backup_rows and s.backup:
-            scores, reason = self._score(s.backup, backup_rows, rows)
+            scores, reason = self._score(s.backup, backup_rows, rows, deadline)
             if scores is not None:
                 model = self._models(s.backup)
                 for i, score in zip(backup_rows, scores, strict=True):
@@ -208,10 +212,12 @@ class FallbackChain:
         return Verdict(last["score"], last["decision"], last["model"], "fallback:last_score",
                        (*why, f"last_score_age_ms={age}"))
 
-    def _score(self, name: str, idx: list[int], rows: _Rows) -> tuple[np.ndarray | None, str]:
-        """Scores for rows `idx` from model `name`, or (None, reason)."""
-        timeout_s = (self.settings.timeout_ms if name == self.settings.primary
-                     else self.settings.backup_timeout_ms) / 1000
+    def _score(self, name: str, idx: list[int], rows: _Rows, deadline: float | None = None
+               ) -> tuple[np.ndarray | None, str]:
+        """Scores for rows `idx` from model `name`, or (None, reason). `deadline`
+        (`time.perf_counter` seconds) caps each attempt's timeout; past it: "timeout"."""
+        base_timeout_s = (self.settings.timeout_ms if name == self.settings.primary
+                          else self.settings.backup_timeout_ms) / 1000
         model = self._models(name)
         if model is None:
             return None, "model_unavailable"
@@ -224,6 +230,11 @@ class FallbackChain:
         attempts = 1 + self.settings.retries
         reason = "model_error"
         for _ in range(attempts):
+            timeout_s = base_timeout_s
+            if deadline is not None:
+                timeout_s = min(timeout_s, deadline - time.perf_counter())
+                if timeout_s <= 0:
+                    return None, "timeout"
             opts = model.run_options()
             t0 = self._clock.now_ms()
             future = self._pool.submit(model.score_many, matrix, opts)

@@ -128,3 +128,21 @@ def test_rules_failure_abstains(tmp_path):
     chain._rules = replace(TOPO.rules, evaluate=explode)  # noqa: SLF001
     out = _decide(chain, [_vector()])
     assert out[0].path == "abstain" and out[0].decision == "review"
+
+
+def test_the_backup_gets_only_what_is_left_of_the_stage_budget(tmp_path):
+    # Primary missing, then a store read (last score) that eats the whole stage budget of
+    # 20 + 200 ms: the backup, fast as it is, is not started past the deadline.
+    chain = _chain(tmp_path, models=("backup",),
+                   settings=ScoringSettings(timeout_ms=20, backup_timeout_ms=200))
+
+    def slow_read(key):
+        time.sleep(0.25)
+        return None
+
+    (out,) = chain.decide_many(["k0"], [_vector()], [1_000], [False], slow_read)
+    assert out.path == "fallback:rules"
+    assert out.reasons[:2] == ("model_unavailable", "backup:timeout")
+    # with the budget intact the same backup serves
+    (ok,) = _decide(chain, [_vector()])
+    assert ok.path == "fallback:backup_model"
