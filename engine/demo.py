@@ -20,7 +20,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from .errors import ConfigError
-from .kafka_io import ensure_topics, partition_for, send_records
+from .kafka_io import ensure_topics, partition_for, send_all
 from .worker import topic_specs
 
 __all__ = ["run_demo"]
@@ -136,14 +136,11 @@ async def _produce_profiles(broker: str, prefix: str, profiles: dict) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=broker, max_batch_size=1 << 20)
     await producer.start()
     try:
-        by_p: dict[int, list] = {}
+        records = []
         for card, prof in profiles.items():
             k = card.encode()
-            by_p.setdefault(partition_for(k, PARTITIONS), []).append((k, orjson.dumps(prof), []))
-        futs = []
-        for p, recs in by_p.items():
-            futs += await send_records(producer, topics.profiles, p, recs)
-        await asyncio.gather(*(f for f, _ in futs))
+            records.append((partition_for(k, PARTITIONS), (k, orjson.dumps(prof), [])))
+        await send_all(producer, topics.profiles, records)
     finally:
         await producer.stop()
 
@@ -183,16 +180,12 @@ async def _produce_and_collect(broker: str, prefix: str, events: list[dict]) -> 
         t0 = time.time()
         rate, tick = 2000, 50  # events/s, chunk: an open loop well below saturation
         for i in range(0, len(events), tick):
-            by_p: dict[int, list] = {}
+            records = []
             for e in events[i:i + tick]:
                 k = e["card_id"].encode()
-                by_p.setdefault(partition_for(k, PARTITIONS), []).append(
-                    (k, orjson.dumps(e), []))
+                records.append((partition_for(k, PARTITIONS), (k, orjson.dumps(e), [])))
                 produced_at.setdefault(e["event_id"], time.time() * 1000)
-            futs = []
-            for p, recs in by_p.items():
-                futs += await send_records(producer, topic_events, p, recs)
-            await asyncio.gather(*(f for f, _ in futs))
+            await send_all(producer, topic_events, records)
             await asyncio.sleep(max(0.0, t0 + (i + tick) / rate - time.time()))
         _say(f"4. Produced {len(events):,} reference events to {topic_events} "
              f"in {time.time() - t0:.1f}s (open loop, {rate:,} events/s)")

@@ -22,6 +22,7 @@ __all__ = [
     "ensure_topics",
     "partition_for",
     "read_to_end",
+    "send_all",
     "send_records",
 ]
 
@@ -117,6 +118,19 @@ async def send_records(producer: AIOKafkaProducer, topic: str, partition: int,
     if count:
         sent.append((await producer.send_batch(batch, topic, partition=partition), count))
     return sent
+
+
+async def send_all(producer: AIOKafkaProducer, topic: str,
+                   records: Iterable[tuple[int, OutRecord]]) -> None:
+    """Send (partition, record) pairs with the batch API, grouped by partition (order kept
+    within each), and wait until every one is acknowledged."""
+    by_partition: dict[int, list[OutRecord]] = {}
+    for partition, record in records:
+        by_partition.setdefault(partition, []).append(record)
+    futures = []
+    for partition, recs in by_partition.items():
+        futures += await send_records(producer, topic, partition, recs)
+    await asyncio.gather(*(fut for fut, _ in futures))
 
 
 async def read_to_end(bootstrap: str, topic: str, partitions: Sequence[int] | None = None,

@@ -7,7 +7,6 @@ import asyncio
 import importlib
 import sys
 import time
-from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from aiokafka import AIOKafkaProducer
 from .config import EngineConfig
 from .errors import ConfigError
 from .event_files import keyed_events
-from .kafka_io import connect_check, ensure_topics, partition_for, send_records
+from .kafka_io import OutRecord, connect_check, ensure_topics, partition_for, send_all
 from .topology import Topology
 from .worker import topic_specs
 
@@ -72,24 +71,19 @@ async def _send(producer: AIOKafkaProducer, topic: str, partitions: int,
     done = False
     rr = 0
     while not done:
-        by_partition: dict[int, list] = defaultdict(list)
-        chunk = 0
+        batch: list[tuple[int, OutRecord]] = []
         for key, value in records:
             if key is not None:
                 p = partition_for(key, partitions)
             else:
                 p, rr = rr % partitions, rr + 1
-            by_partition[p].append((key, value, []))
-            chunk += 1
-            if chunk >= (_CHUNK if rate <= 0 else max(1, int(rate / 20))):
+            batch.append((p, (key, value, [])))
+            if len(batch) >= (_CHUNK if rate <= 0 else max(1, int(rate / 20))):
                 break
         else:
             done = True
-        futures = []
-        for p, recs in by_partition.items():
-            futures += await send_records(producer, topic, p, recs)
-        await asyncio.gather(*(f for f, _ in futures))
-        sent += chunk
+        await send_all(producer, topic, batch)
+        sent += len(batch)
         if rate > 0:
             ahead = sent / rate - (time.monotonic() - start)
             if ahead > 0:

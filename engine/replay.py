@@ -12,7 +12,6 @@ out of files, so two replays of one range write identical bytes.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import heapq
 import shutil
@@ -33,7 +32,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from .clock import ManualClock
 from .errors import ConfigError
 from .event_files import keyed_events
-from .kafka_io import TopicSpec, ensure_topics, partition_for, read_to_end, send_records
+from .kafka_io import TopicSpec, ensure_topics, partition_for, read_to_end, send_all
 from .pipeline import Decider, PartitionPipeline, Record
 from .profiles import apply_profile_records
 from .state import RocksStore
@@ -184,12 +183,9 @@ class TopicSink(_Sink):
         self._pending.append((partition, decisions))
 
     async def flush(self) -> None:
-        futures = []
-        for p, decisions in self._pending:
-            futures += await send_records(self._producer, self._topic, p,
-                                          ((k, v, []) for k, v in decisions))
-        self._pending = []
-        await asyncio.gather(*(f for f, _ in futures))
+        pending, self._pending = self._pending, []
+        await send_all(self._producer, self._topic,
+                       ((p, (k, v, [])) for p, decisions in pending for k, v in decisions))
 
 
 # -- the driver ----------------------------------------------------------------------------

@@ -34,13 +34,12 @@ from typing import Any
 
 import aiohttp
 import numpy as np
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine.bench.broker import LocalBroker, free_ports  # noqa: E402
+from engine.bench.measure import progress  # noqa: E402
 from topologies.fraud.workload import generate  # noqa: E402
 
 PARTITIONS = 8
@@ -95,36 +94,19 @@ class _Lag:
                 "samples": len(self.samples), "sample_errors": self.sample_errors}
 
 
-async def _stream_lag(admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer, group: str,
-                      tps: list[TopicPartition]) -> int:
-    """End offsets of the input minus the group's committed offsets (0 where none yet)."""
-    ends = await consumer.end_offsets(tps)
-    committed = await admin.list_consumer_group_offsets(group)
-    return sum(max(0, ends[tp] - (committed[tp].offset if tp in committed
-                                  and committed[tp].offset >= 0 else 0)) for tp in tps)
-
-
 async def _watch_lag(broker: str, group: str, topic: str, stop: asyncio.Event, lag: _Lag) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=broker)
-    consumer = AIOKafkaConsumer(bootstrap_servers=broker)
-    await admin.start()
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-        while True:
-            try:
-                lag.samples.append(await asyncio.wait_for(
-                    _stream_lag(admin, consumer, group, tps), 5))
-            except Exception:  # a missed sample is reported, not fatal
-                lag.sample_errors += 1
-            try:
-                await asyncio.wait_for(stop.wait(), 1.0)
-                return
-            except TimeoutError:
-                pass
-    finally:
-        await consumer.stop()
-        await admin.close()
+    """Every second: the input's end offsets minus the group's committed offsets."""
+    while True:
+        try:
+            done, total = await asyncio.wait_for(progress(broker, group, topic, PARTITIONS), 5)
+            lag.samples.append(total - done)
+        except Exception:  # a missed sample is reported, not fatal
+            lag.sample_errors += 1
+        try:
+            await asyncio.wait_for(stop.wait(), 1.0)
+            return
+        except TimeoutError:
+            pass
 
 
 async def _client(n: int, session: aiohttp.ClientSession, urls: list[str], token: str,

@@ -19,24 +19,7 @@ import tempfile
 import time
 import uuid
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
-
-
-async def _progress(broker: str, group: str, topic: str, partitions: int) -> tuple[int, int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=broker)
-    consumer = AIOKafkaConsumer(bootstrap_servers=broker)
-    await admin.start()
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        ends = await consumer.end_offsets(tps)
-        committed = await admin.list_consumer_group_offsets(group)
-        done = sum(committed[tp].offset for tp in tps if tp in committed)
-        return done, sum(ends.values())
-    finally:
-        await consumer.stop()
-        await admin.close()
+from engine.bench.measure import progress
 
 
 def main() -> int:
@@ -66,7 +49,7 @@ def main() -> int:
                 print(f"worker exited with {worker.returncode}", file=sys.stderr)
                 return 1
             done, total = asyncio.run(asyncio.wait_for(
-                _progress(args.broker, group, topic, args.partitions), 30))
+                progress(args.broker, group, topic, args.partitions), 30))
             now = time.monotonic()
             if done and t_first is None:
                 t_first, first_done = now, done

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from engine.kafka_io import read_to_end
 
-__all__ = ["Output", "committed_total", "end_offsets", "first_consumed_ms", "latencies_ms",
+__all__ = ["Output", "committed_total", "end_offsets", "first_consumed_ms", "latencies_ms", "progress",
            "latency_parts_ms",
            "peak_rss_mb",
            "percentile", "read_outputs", "read_input_times", "stage_buckets", "stage_p99_ms"]
@@ -40,6 +40,12 @@ async def committed_total(bootstrap: str, group: str, topic: str) -> int:
         return sum(m.offset for tp, m in committed.items() if tp.topic == topic and m.offset > 0)
     finally:
         await admin.close()
+
+
+async def progress(bootstrap: str, group: str, topic: str, partitions: int) -> tuple[int, int]:
+    """(the group's committed offsets, the end offsets), each summed over `topic`."""
+    ends = await end_offsets(bootstrap, topic, partitions)
+    return await committed_total(bootstrap, group, topic), sum(ends.values())
 
 
 async def read_outputs(bootstrap: str, topic: str, start: dict[int, int] | None = None,

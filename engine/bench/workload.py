@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from engine.kafka_io import ensure_topics, partition_for, send_records
+from engine.kafka_io import ensure_topics, partition_for, send_all, send_records
 from engine.topology import TopicNames
 from engine.worker import topic_specs
 from topologies.fraud import workload as fraud_workload
@@ -63,25 +63,16 @@ def _producer(bootstrap: str) -> AIOKafkaProducer:
                             max_batch_size=1 << 20, max_request_size=16 << 20, linger_ms=0)
 
 
-async def _send_all(producer: AIOKafkaProducer, topic: str, records: Encoded) -> None:
-    by_partition: dict[int, list] = defaultdict(list)
-    for p, key, value in records:
-        by_partition[p].append((key, value, []))
-    futures = []
-    for p, recs in by_partition.items():
-        futures += await send_records(producer, topic, p, recs)
-    await asyncio.gather(*(f for f, _ in futures))
-
-
 async def produce_backlog(bootstrap: str, topics: TopicNames, ds: DataSet) -> None:
     """Create every topic of the fraud topology under this prefix; send profiles and events."""
     await ensure_topics(bootstrap, topic_specs(topics, ds.partitions))
     producer = _producer(bootstrap)
     await producer.start()
     try:
-        await _send_all(producer, topics.profiles, ds.profiles)
+        await send_all(producer, topics.profiles, ((p, (k, v, [])) for p, k, v in ds.profiles))
         for i in range(0, len(ds.events), 20_000):
-            await _send_all(producer, topics.events, ds.events[i:i + 20_000])
+            await send_all(producer, topics.events,
+                           ((p, (k, v, [])) for p, k, v in ds.events[i:i + 20_000]))
     finally:
         await producer.stop()
 
