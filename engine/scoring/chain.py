@@ -127,7 +127,8 @@ class FallbackChain:
         if n == 0:
             return []
         # The backup gets what is left of the stage's budget (primary + backup timeouts), not
-        # a fresh timeout of its own: late wake-ups before it are absorbed, not added.
+        # a timeout of its own: late wake-ups before it are absorbed, not added, and a primary
+        # that failed fast (missing, breaker open) leaves the backup most of the budget.
         deadline = time.perf_counter() + (s.timeout_ms + s.backup_timeout_ms) / 1000
         out: list[Verdict | None] = [None] * n
         why: list[tuple[str, ...]] = [()] * n
@@ -215,8 +216,9 @@ class FallbackChain:
 
     def _score(self, name: str, idx: list[int], rows: _Rows, deadline: float | None = None
                ) -> tuple[np.ndarray | None, str]:
-        """Scores for rows `idx` from model `name`, or (None, reason). `deadline`
-        (`time.perf_counter` seconds) caps each attempt's timeout; past it: "timeout"."""
+        """Scores for rows `idx` from model `name`, or (None, reason). With a `deadline`
+        (`time.perf_counter` seconds) each attempt may run until it; past it: "timeout".
+        Without one, an attempt gets the model's own timeout."""
         base_timeout_s = (self.settings.timeout_ms if name == self.settings.primary
                           else self.settings.backup_timeout_ms) / 1000
         model = self._models(name)
@@ -233,7 +235,7 @@ class FallbackChain:
         for _ in range(attempts):
             timeout_s = base_timeout_s
             if deadline is not None:
-                timeout_s = min(timeout_s, deadline - time.perf_counter())
+                timeout_s = deadline - time.perf_counter()
                 if timeout_s <= 0:
                     return None, "timeout"
             opts = model.run_options()

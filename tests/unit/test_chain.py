@@ -146,3 +146,13 @@ def test_the_backup_gets_only_what_is_left_of_the_stage_budget(tmp_path):
     # with the budget intact the same backup serves
     (ok,) = _decide(chain, [_vector()])
     assert ok.path == "fallback:backup_model"
+
+
+def test_a_backup_after_a_fast_primary_failure_gets_the_rest_of_the_budget(tmp_path):
+    # Primary missing (fails at once) and a backup that takes 30 ms, past its own 5 ms: the
+    # stage budget of 200 + 5 ms is nearly whole when the backup starts, so it serves.
+    chain = _chain(tmp_path, models=("backup",), faults="slow=1:30",
+                   settings=ScoringSettings(timeout_ms=200, backup_timeout_ms=5))
+    (out,) = _decide(chain, [_vector()])
+    assert out.path == "fallback:backup_model"
+    assert out.reasons == ("model_unavailable",)
