@@ -21,6 +21,7 @@ __all__ = [
     "connect_check",
     "ensure_topics",
     "partition_for",
+    "queue_all",
     "read_to_end",
     "send_all",
     "send_records",
@@ -120,17 +121,23 @@ async def send_records(producer: AIOKafkaProducer, topic: str, partition: int,
     return sent
 
 
-async def send_all(producer: AIOKafkaProducer, topic: str,
-                   records: Iterable[tuple[int, OutRecord]]) -> None:
-    """Send (partition, record) pairs with the batch API, grouped by partition (order kept
-    within each), and wait until every one is acknowledged."""
+async def queue_all(producer: AIOKafkaProducer, topic: str,
+                    records: Iterable[tuple[int, OutRecord]]) -> list[asyncio.Future]:
+    """Queue (partition, record) pairs with the batch API, grouped by partition (order kept
+    within each); returns the acknowledgement futures, one per batch."""
     by_partition: dict[int, list[OutRecord]] = {}
     for partition, record in records:
         by_partition.setdefault(partition, []).append(record)
     futures = []
     for partition, recs in by_partition.items():
-        futures += await send_records(producer, topic, partition, recs)
-    await asyncio.gather(*(fut for fut, _ in futures))
+        futures += [fut for fut, _ in await send_records(producer, topic, partition, recs)]
+    return futures
+
+
+async def send_all(producer: AIOKafkaProducer, topic: str,
+                   records: Iterable[tuple[int, OutRecord]]) -> None:
+    """`queue_all`, then wait until every record is acknowledged."""
+    await asyncio.gather(*await queue_all(producer, topic, records))
 
 
 async def read_to_end(bootstrap: str, topic: str, partitions: Sequence[int] | None = None,

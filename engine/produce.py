@@ -70,6 +70,7 @@ async def _send(producer: AIOKafkaProducer, topic: str, partitions: int,
     sent = 0
     done = False
     rr = 0
+    chunk = _CHUNK if rate <= 0 else max(1, int(rate / 20))  # 20 sends a second when paced
     while not done:
         batch: list[tuple[int, OutRecord]] = []
         for key, value in records:
@@ -78,7 +79,7 @@ async def _send(producer: AIOKafkaProducer, topic: str, partitions: int,
             else:
                 p, rr = rr % partitions, rr + 1
             batch.append((p, (key, value, [])))
-            if len(batch) >= (_CHUNK if rate <= 0 else max(1, int(rate / 20))):
+            if len(batch) >= chunk:
                 break
         else:
             done = True

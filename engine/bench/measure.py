@@ -13,10 +13,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from engine.kafka_io import read_to_end
 
-__all__ = ["Output", "committed_total", "end_offsets", "first_consumed_ms", "latencies_ms", "progress",
-           "latency_parts_ms",
-           "peak_rss_mb",
-           "percentile", "read_outputs", "read_input_times", "stage_buckets", "stage_p99_ms"]
+__all__ = ["Output", "committed_total", "end_offsets", "first_consumed_ms", "latencies_ms",
+           "latency_parts_ms", "peak_rss_mb", "percentile", "progress", "read_input_times",
+           "read_outputs", "stage_buckets", "stage_p99_ms"]
 
 Output = tuple[str, int, dict]  # event id, Kafka timestamp (ms), decoded value
 

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from engine.kafka_io import ensure_topics, partition_for, send_all, send_records
+from engine.kafka_io import ensure_topics, partition_for, queue_all, send_all
 from engine.topology import TopicNames
 from engine.worker import topic_specs
 from topologies.fraud import workload as fraud_workload
@@ -94,15 +93,12 @@ async def open_loop(bootstrap: str, topic: str, events: Encoded, rate_per_s: flo
                 break
             due = min(len(events), int(elapsed * rate_per_s) + 1)
             if due > sent:
-                by_partition: dict[int, list] = defaultdict(list)
-                for p, key, value in events[sent:due]:
-                    by_partition[p].append((key, value, []))
-                for p, recs in by_partition.items():
-                    futures += await send_records(producer, topic, p, recs)
+                futures += await queue_all(producer, topic,
+                                           ((p, (k, v, [])) for p, k, v in events[sent:due]))
                 sent = due
             await asyncio.sleep(0.01)  # ~100 sends per second and partition at most
         elapsed = time.monotonic() - start
-        await asyncio.gather(*(f for f, _ in futures))
+        await asyncio.gather(*futures)
     finally:
         await producer.stop()
     return sent, elapsed
