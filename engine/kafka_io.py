@@ -82,6 +82,27 @@ async def ensure_topics(bootstrap: str, specs: Sequence[TopicSpec],
                                   f"{s.partitions}; pass --partitions {have[s.name]}")
     finally:
         await admin.close()
+    if missing:
+        await _wait_for_leaders(bootstrap, missing)
+
+
+async def _wait_for_leaders(bootstrap: str, specs: Sequence[TopicSpec],
+                            timeout_s: float = 30.0) -> None:
+    """Until the leader of every partition of `specs` serves it. A new partition's leader
+    is in the metadata before that broker has taken the partition on (KRaft applies it a
+    little later); a produce in between fails with NOT_LEADER_OR_FOLLOWER, which aiokafka
+    retries with a warning per partition. A ListOffsets request meets the same check, and
+    aiokafka retries that one quietly, so asking every partition's end offset waits it out."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap,
+                                request_timeout_ms=int(timeout_s * 1000))
+    await consumer.start()
+    try:
+        tps = [TopicPartition(s.name, p) for s in specs for p in range(s.partitions)]
+        await consumer.end_offsets(tps)  # retried until request_timeout_ms
+    except KafkaError as exc:
+        raise ConfigError(f"new topics not served after {timeout_s:.0f}s: {exc}") from None
+    finally:
+        await consumer.stop()
 
 
 async def _wait_for_metadata(admin: AIOKafkaAdminClient, names: list[str],
