@@ -30,6 +30,11 @@ class Dedup:
     def index_key(ts_ms: int, event_id: str) -> bytes:
         return b"%s%016d/%s" % (_INDEX, max(ts_ms, 0), event_id.encode())
 
+    def expired(self, ts_ms: int, watermark_ms: int | None) -> bool:
+        """Has the id of an event at `ts_ms` expired at this watermark? Exactly the ids that
+        `expiry_range` lists, whether or not a sweep has deleted them yet."""
+        return watermark_ms is not None and max(ts_ms, 0) < watermark_ms - self.ttl_ms
+
     def expiry_range(self, watermark_ms: int) -> tuple[bytes, bytes]:
         """Index keys in ``[lo, hi)`` belong to expired ids."""
         return _INDEX, b"%s%016d" % (_INDEX, max(watermark_ms - self.ttl_ms, 0))

@@ -187,9 +187,7 @@ class PartitionPipeline:
         emits: list = []  # output order: a _Pending, or (key, original) for a duplicate
         for rec, ev in decoded:
             eid = getattr(ev, id_f)
-            original = in_batch.get(eid) or self._buffered.get(eid)
-            if original is None:
-                original = self._get(self._dedup.seen_key(eid), overlay)
+            original = self._original(eid, in_batch, overlay)
             if original is not None:
                 out.duplicates += 1
                 if isinstance(original, _Pending) and original.event_id in self._buffered:
@@ -270,7 +268,8 @@ class PartitionPipeline:
         for i, ev in enumerate(events):
             eid = getattr(ev, t.event_id_field)
             stored = self._store.get(self._dedup.seen_key(eid))
-            if stored:
+            if stored and not self._dedup.expired(orjson.loads(stored)["event_ts_ms"],
+                                                  self.watermark.watermark_ms):
                 out.append(Preview(decision=stored, duplicate=True))
                 continue
             ts = getattr(ev, t.time_field)
@@ -439,6 +438,23 @@ class PartitionPipeline:
             if skey.startswith(tb.state_prefix):
                 return tb.tile_ms
         raise KeyError(skey)
+
+    def _original(self, eid: str, in_batch: Mapping[str, _Pending],
+                  overlay: Mapping[bytes, bytes | None]) -> _Pending | bytes | None:
+        """The first occurrence of event id `eid` within the dedup TTL, or None.
+
+        An id whose TTL has passed counts as unseen even before a sweep deletes it, so what
+        is a duplicate never depends on how far the (bounded, batch-paced) sweeps have got.
+        """
+        original = in_batch.get(eid) or self._buffered.get(eid)
+        if original is not None:
+            return None if self._dedup.expired(original.ts_ms, self.watermark.watermark_ms) \
+                else original
+        stored = self._get(self._dedup.seen_key(eid), overlay)
+        if stored and self._dedup.expired(orjson.loads(stored)["event_ts_ms"],
+                                          self.watermark.watermark_ms):
+            return None
+        return stored
 
     def _is_redelivery(self, rec: Record, ev: Any, overlay: Mapping[bytes, bytes | None]
                        ) -> bool:
