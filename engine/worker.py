@@ -37,7 +37,13 @@ from prometheus_client import CollectorRegistry
 from .clock import Clock, SystemClock
 from .config import EngineConfig
 from .kafka_io import TopicSpec, ensure_topics, partition_for, read_to_end, send_records
-from .metrics import EngineMetrics
+from .metrics import (
+    EngineMetrics,
+    WorkerSnapshot,
+    WorkerStateCollector,
+    count_decisions,
+    register_runtime_collectors,
+)
 from .pipeline import BatchResult, Decider, PartitionPipeline, Record
 from .profiles import apply_profile_records
 from .routing import Member, OwnerMap
@@ -91,9 +97,14 @@ class Worker:
         self.clock = clock or SystemClock()
         self.registry = registry or CollectorRegistry()
         self.metrics = EngineMetrics.create(self.registry, topology.name)
+        register_runtime_collectors(self.registry)
+        self.registry.register(WorkerStateCollector(topology.name, self._snapshot))
         for stage, budget in topology.budgets.items():
-            for q, ms in (("0.95", budget.p95_ms), ("0.99", budget.p99_ms)):
+            for q, ms in (("p95", budget.p95_ms), ("p99", budget.p99_ms)):
                 self.metrics.stage_budget_seconds.labels(topology.name, stage, q).set(ms / 1000)
+        self._committed: dict[int, int] = {}  # partition → offset this worker last committed
+        self._lag: dict[int, int] = {}  # partition → records behind the end (scrape reads it)
+        self._watermarked: set[int] = set()  # partitions with a watermark series
         self.state_dir = Path(cfg.state.data_dir) / topology.name
         self.profiles: dict[str, Mapping[str, Any]] = {}
         self._profile_positions: dict[int, int] = {}
@@ -143,6 +154,7 @@ class Worker:
         self._tasks.append(asyncio.create_task(self._tail_shared(), name="profiles+members"))
         if self.models is not None:
             self._tasks.append(asyncio.create_task(self._reload_models(), name="models"))
+        self._tasks.append(asyncio.create_task(self._track_lag(), name="lag"))
 
     async def run(self) -> None:
         """Process until `stop()`; the batch in flight is finished, then `close()` is due."""
@@ -196,6 +208,8 @@ class Worker:
         # ms, and the event loop must keep answering HTTP meanwhile. The partition lock is
         # held, so no revoke can close a store under it. Meanwhile the previous poll's writes
         # finish on the loop: its changes are staged in the stores, so this batch reads them.
+        self.metrics.records_in.labels(self.topology.name, self.topics.events).inc(
+            sum(len(msgs) for msgs in batches.values()))
         results = await asyncio.to_thread(self._run_pipelines, batches)
         await self._drain()  # polls finish in order: one poll's writes in flight at a time
         if not results:
@@ -239,6 +253,7 @@ class Worker:
                    if r.commit_offset is not None}
         try:
             await self._consumer.commit(offsets)
+            self._committed.update((tp.partition, off) for tp, off in offsets.items())
         except (CommitFailedError, IllegalStateError, KafkaError) as exc:
             # Rebalance in progress: the new owner re-reads these records and dedup re-emits
             # their decisions. Nothing is lost.
@@ -269,7 +284,7 @@ class Worker:
         return results
 
     def _observe(self, results: Mapping[int, BatchResult]) -> None:
-        m, name = self.metrics, self.topology.name
+        m, name, t = self.metrics, self.topology.name, self.topics
         for p, r in results.items():
             m.batch_records.labels(name).observe(len(r.decisions) + len(r.dlq))
             m.events.labels(name, "accepted").inc(r.accepted)
@@ -280,22 +295,62 @@ class Worker:
                 m.dlq.labels(name, reason).inc()
             for stage, ms in r.stage_ms.items():
                 m.stage_seconds.labels(name, stage).observe(ms / 1000)
+            # A cheap scan of the encoded decisions (see count_decisions); the columnar
+            # pipeline will hand these counts over in its BatchResult directly.
+            for (path, decision), n in count_decisions(v for _, v in r.decisions).items():
+                m.decisions.labels(name, path, decision).inc(n)
+            for topic, n in ((t.decisions, len(r.decisions)), (t.dlq, len(r.dlq)),
+                             (t.late, len(r.late)), (t.changelog, len(r.changes))):
+                if n:
+                    m.records_out.labels(name, topic).inc(n)
             wm = self.pipelines[p].watermark.watermark_ms if p in self.pipelines else None
             if wm is not None:
-                m.watermark_ms.labels(name, str(p)).set(wm)
+                m.watermark_seconds.labels(name, str(p)).set(wm / 1000)
+                self._watermarked.add(p)
             self.decided += len(r.decisions)
+        for p in self._watermarked - self.pipelines.keys():  # revoked: another worker reports
+            m.watermark_seconds.remove(name, str(p))
+            self._watermarked.discard(p)
         chain = self.decider
         if isinstance(chain, FallbackChain):
             stats, chain.stats = chain.stats, ChainStats()
-            for reason, count in stats.fallbacks.items():
-                m.fallbacks.labels(name, reason).inc(count)
-            for ref, count in stats.rows_scored.items():
-                m.model_rows.labels(name, ref).inc(count)
-            for seconds in stats.inference_s:
-                m.inference_seconds.labels(name, "batch").observe(seconds)
-            m.primary_skipped.labels(name).inc(stats.primary_skipped)
+            m.observe_chain(name, stats)
             for model in chain.breaker_names():
                 m.breaker_state.labels(name, model).set(chain.breaker_state(model).value)
+
+    def _snapshot(self) -> WorkerSnapshot:
+        """What a Prometheus scrape reads now (see metrics.WorkerStateCollector)."""
+        chain = self.decider
+        usable = len(chain.usable()) if isinstance(chain, FallbackChain) else None
+        active = {} if self.models is None else {
+            n: s.active.ref.partition(":")[2] for n, s in self.models.slots.items()
+            if s.active is not None}
+        lag = {p: n for p, n in self._lag.items() if p in self.pipelines}
+        return WorkerSnapshot(self.ready[0], usable, active, lag)
+
+    async def _track_lag(self, every_s: float = 1.0) -> None:
+        """Consumer lag per owned partition: its end offset (asked of the broker, so the lag
+        grows even while this worker is stuck) minus what this worker last committed there,
+        or its fetch position before its first commit."""
+        events = self.topics.events
+        while not self._stopping.is_set():
+            await asyncio.sleep(every_s)
+            consumer = self._consumer
+            tps = [TopicPartition(events, p) for p in sorted(self.pipelines)]
+            if consumer is None or not tps:
+                continue
+            try:
+                ends = await asyncio.wait_for(consumer.end_offsets(tps), timeout=5)
+                lag = {}
+                for tp in tps:
+                    done = self._committed.get(tp.partition)
+                    if done is None:
+                        done = await asyncio.wait_for(consumer.position(tp), timeout=1)
+                    lag[tp.partition] = max(0, ends[tp] - done)
+            except (TimeoutError, KafkaError, IllegalStateError) as exc:
+                log.debug("consumer lag not measured this time: %r", exc)
+                continue
+            self._lag = lag
 
     # -- partitions ------------------------------------------------------------------------
 
@@ -345,6 +400,7 @@ class Worker:
 
     def _close_partition(self, p: int) -> None:
         self.pipelines.pop(p, None)
+        self._committed.pop(p, None)  # another worker commits there now
         store = self.stores.pop(p, None)
         if store is not None:
             with self.state_lock:
@@ -361,18 +417,24 @@ class Worker:
         start = {p: local + 1} if local is not None else None
         applied = 0
         group: dict[bytes, bytes | None] = {}
-        async for chunk in read_to_end(self.cfg.kafka.bootstrap, self.topics.changelog,
-                                       [p], start_offsets=start):
-            for m in chunk:
-                group[m.key] = m.value
-                if _END_OF_BATCH in m.headers:
-                    store.apply(group, changelog_offset=m.offset)
-                    applied += len(group)
-                    group = {}
+        restored = self.metrics.restored_records.labels(self.topology.name)
+        restoring = self.metrics.restoring_partitions.labels(self.topology.name)
+        restoring.inc()
+        try:
+            async for chunk in read_to_end(self.cfg.kafka.bootstrap, self.topics.changelog,
+                                           [p], start_offsets=start):
+                for m in chunk:
+                    group[m.key] = m.value
+                    if _END_OF_BATCH in m.headers:
+                        store.apply(group, changelog_offset=m.offset)
+                        applied += len(group)
+                        restored.inc(len(group))
+                        group = {}
+        finally:
+            restoring.dec()
         if group:
             log.warning("partition %d: dropped %d changelog records of an unfinished batch",
                         p, len(group))
-        self.metrics.restored_records.labels(self.topology.name).inc(applied)
         return applied
 
     # -- models ----------------------------------------------------------------------------

@@ -167,8 +167,8 @@ async def test_broken_primary_at_start_falls_back_to_backup(kafka_bootstrap, uni
         assert paths <= {"fallback:backup_model", "fallback:last_score"}, paths
         assert all(d["model"] == "backup:1" for d in complete)
         assert all("model_unavailable" in d["reasons"] for d in complete)
-        assert _metric(metrics, "model_fallback_total", reason="model_unavailable") >= len(
-            complete)
+        assert _metric(metrics, "streamwise_model_fallbacks_total",
+                       reason="model_unavailable") >= len(complete)
         status, body = await _readyz(worker.url)
         assert status == 200, body  # the backup is usable
         assert "model rejected" in worker.log_path.read_text()
@@ -256,7 +256,8 @@ async def test_slow_inference_gets_a_fallback_within_budget(kafka_bootstrap, uni
                                                   "fallback:rules"}
         slowest = max(d["stage_ms"]["inference"] for d in timed_out)
         assert slowest <= TIMEOUT_MS + BUDGET_SLACK_MS, slowest
-        assert _metric(metrics, "model_fallback_total", reason="timeout") >= len(timed_out)
+        assert _metric(metrics, "streamwise_model_fallbacks_total",
+                       reason="timeout") >= len(timed_out)
     finally:
         worker.stop()
 
