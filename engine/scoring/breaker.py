@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum
@@ -9,6 +10,8 @@ from enum import Enum
 from ..clock import Clock
 
 __all__ = ["BreakerSettings", "BreakerState", "CircuitBreaker"]
+
+log = logging.getLogger("streamwise.breaker")
 
 
 class BreakerState(Enum):
@@ -32,8 +35,12 @@ class BreakerSettings:
 
 
 class CircuitBreaker:
-    def __init__(self, settings: BreakerSettings, clock: Clock) -> None:
+    """One model's breaker. Every state change is logged (``circuit breaker NAME: open ->
+    half_open``): the half-open state lasts one probe call, too short for a metric scrape."""
+
+    def __init__(self, settings: BreakerSettings, clock: Clock, name: str = "") -> None:
         self.settings = settings
+        self.name = name
         self._clock = clock
         self.state = BreakerState.CLOSED
         self._consecutive = 0
@@ -79,6 +86,9 @@ class CircuitBreaker:
 
     def _move(self, state: BreakerState) -> None:
         if state is not self.state:
+            log.log(logging.WARNING if state is BreakerState.OPEN else logging.INFO,
+                    "circuit breaker %s: %s -> %s", self.name, self.state.name.lower(),
+                    state.name.lower())
             self.state = state
             self.transitions += 1
         if state is BreakerState.CLOSED:

@@ -76,6 +76,8 @@ class ChainStats:
     rows_scored: Counter = field(default_factory=Counter)  # model ref
     primary_skipped: int = 0  # cheap-first saving
     inference_s: list[tuple[str, float]] = field(default_factory=list)  # (model ref, seconds)
+    # (model name, seconds the call was given to finish) for every model call started
+    call_timeouts_s: list[tuple[str, float]] = field(default_factory=list)
 
 
 class FallbackChain:
@@ -91,7 +93,7 @@ class FallbackChain:
         self._models = models
         self._wrap = wrap  # fault injection in chaos tests; None in production
         self._clock = clock
-        self._guards = {name: _Guard(CircuitBreaker(settings.breaker, clock))
+        self._guards = {name: _Guard(CircuitBreaker(settings.breaker, clock, name))
                         for name in (settings.primary, settings.backup) if name}
         # Enough threads that a backup call never queues behind timed-out primary calls that
         # are still winding down (onnxruntime's terminate flag ends them, not at once).
@@ -239,6 +241,7 @@ class FallbackChain:
                 if timeout_s <= 0:
                     return None, "timeout"
             opts = model.run_options()
+            self.stats.call_timeouts_s.append((name, timeout_s))
             t0 = time.perf_counter()  # the clock's whole ms are too coarse for a model call
             future = self._pool.submit(model.score_many, matrix, opts)
             try:

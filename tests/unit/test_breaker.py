@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import logging
+
 from engine.clock import ManualClock
 from engine.scoring.breaker import BreakerSettings, BreakerState, CircuitBreaker
 
@@ -62,3 +64,94 @@ def test_success_resets_consecutive_count():
     for ok in (False, False, True, False, False):
         b.record(ok)
     assert b.state is BreakerState.CLOSED
+
+
+def test_shipped_defaults() -> None:
+    assert BreakerSettings() == BreakerSettings(consecutive_failures=5, failure_rate=0.5,
+                                                window_ms=10_000, min_calls=20,
+                                                cool_down_ms=5_000)
+
+
+def test_error_rate_exactly_at_the_threshold_opens_and_just_below_does_not() -> None:
+    at, _ = _breaker(consecutive_failures=100, failure_rate=0.5, min_calls=20)
+    below, _ = _breaker(consecutive_failures=100, failure_rate=0.5, min_calls=20)
+    for i in range(20):  # alternate: 10 failures of 20 = 0.5
+        at.record(i % 2 == 0)
+    assert at.state is BreakerState.OPEN
+    for i in range(19):  # 9 failures of 19, then a success: 9 of 20 = 0.45
+        below.record(i % 2 == 0)
+    below.record(True)
+    assert below.state is BreakerState.CLOSED
+
+
+def test_error_rate_needs_min_calls_in_the_window() -> None:
+    b, _ = _breaker(consecutive_failures=100, failure_rate=0.5, min_calls=20)
+    for _ in range(10):
+        b.record(True)
+    for _ in range(9):
+        b.record(False)
+    assert b.state is BreakerState.CLOSED  # 9 of 19: too few calls to judge
+    b.record(False)
+    assert b.state is BreakerState.OPEN  # 10 of 20
+
+
+def test_a_call_exactly_window_ms_old_has_left_the_window() -> None:
+    b, clock = _breaker(consecutive_failures=100, failure_rate=0.5, window_ms=1_000, min_calls=2)
+    b.record(False)
+    clock.advance(1_000)
+    b.record(True)  # the failure is 1,000 ms old: out; 0 of 1, too few calls
+    b.record(True)
+    assert b.state is BreakerState.CLOSED
+    c, clock = _breaker(consecutive_failures=100, failure_rate=0.5, window_ms=1_000, min_calls=2)
+    c.record(False)
+    clock.advance(999)
+    c.record(True)  # 999 ms old: still in; 1 of 2 failed
+    assert c.state is BreakerState.OPEN
+
+
+def test_open_lets_nothing_through_until_the_whole_cool_down_has_passed() -> None:
+    b, clock = _breaker(consecutive_failures=1, cool_down_ms=5_000)
+    b.record(False)
+    for _ in range(3):
+        clock.advance(1_666)
+        assert not b.allow() and b.state is BreakerState.OPEN
+    clock.advance(2)  # 5,000 ms after opening
+    assert b.allow() and b.state is BreakerState.HALF_OPEN
+
+
+def test_closing_after_a_probe_forgets_the_earlier_failures() -> None:
+    b, clock = _breaker(consecutive_failures=2, failure_rate=0.5, window_ms=60_000, min_calls=3)
+    b.record(False)
+    b.record(False)
+    assert b.state is BreakerState.OPEN
+    clock.advance(5_000)
+    assert b.allow()
+    b.record(True)
+    assert b.state is BreakerState.CLOSED
+    b.record(False)  # with the old two failures this would be 3 in a row, and 3 of 3 calls
+    assert b.state is BreakerState.CLOSED
+
+
+def test_every_state_change_is_counted_and_logged_with_the_models_name(caplog) -> None:
+    clock = ManualClock(0)
+    b = CircuitBreaker(BreakerSettings(consecutive_failures=1, cool_down_ms=100), clock,
+                       name="primary")
+    with caplog.at_level(logging.INFO, logger="streamwise.breaker"):
+        b.record(False)
+        clock.advance(100)
+        assert b.allow()
+        b.record(False)  # the probe fails: open again
+        clock.advance(100)
+        assert b.allow()
+        b.record(True)
+        b.record(True)  # closed stays closed: no transition
+    assert b.transitions == 5
+    assert [r.getMessage() for r in caplog.records] == [
+        "circuit breaker primary: closed -> open",
+        "circuit breaker primary: open -> half_open",
+        "circuit breaker primary: half_open -> open",
+        "circuit breaker primary: open -> half_open",
+        "circuit breaker primary: half_open -> closed",
+    ]
+    assert [r.levelno for r in caplog.records] == [logging.WARNING, logging.INFO,
+                                                   logging.WARNING, logging.INFO, logging.INFO]
