@@ -3,12 +3,14 @@
 A batch is flushed when it holds `max_size` items, when `max_wait_ms` has passed since its first
 item arrived, or when waiting longer would break the budget of its oldest item (its deadline
 minus `reserve_ms`, the time the scoring call itself needs), whichever comes first. Results
-return to each caller in the order of submission.
+return to each caller in the order of submission. `flush_reasons` counts which of the three
+(``size``, ``max_wait``, ``deadline``) ended each batch.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -42,6 +44,7 @@ class MicroBatcher(Generic[T, R]):
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self.batches = 0
+        self.flush_reasons: Counter[str] = Counter()  # size | max_wait | deadline
 
     async def submit(self, value: T, budget_ms: float) -> R:
         """Score `value` within about `budget_ms` from now (the batch will not wait past it)."""
@@ -66,10 +69,10 @@ class MicroBatcher(Generic[T, R]):
             if not self._pending:
                 continue
             first = self._pending[0]
-            flush_at = min(loop.time() + self.max_wait_s,
-                           min(i.deadline_s for i in self._pending) - self.reserve_s)
+            wait_until = loop.time() + self.max_wait_s
+            budget_until = min(i.deadline_s for i in self._pending) - self.reserve_s
             while len(self._pending) < self.max_size:
-                remaining = flush_at - loop.time()
+                remaining = min(wait_until, budget_until) - loop.time()
                 if remaining <= 0:
                     break
                 try:
@@ -78,7 +81,9 @@ class MicroBatcher(Generic[T, R]):
                     break
                 self._wake.clear()
                 # a newcomer with a tighter budget pulls the flush earlier
-                flush_at = min(flush_at, self._pending[-1].deadline_s - self.reserve_s)
+                budget_until = min(budget_until, self._pending[-1].deadline_s - self.reserve_s)
+            self.flush_reasons["size" if len(self._pending) >= self.max_size
+                               else "deadline" if budget_until < wait_until else "max_wait"] += 1
             batch, self._pending = self._pending[:self.max_size], self._pending[self.max_size:]
             if self._pending:
                 self._wake.set()  # the overflow starts the next batch at once

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
@@ -21,6 +20,7 @@ async def test_concurrent_requests_share_one_call_and_keep_their_order():
     await b.close()
     assert results == [i * 10 for i in range(10)]
     assert calls == [list(range(10))]
+    assert b.flush_reasons == {"max_wait": 1}
 
 
 async def test_max_size_splits_batches():
@@ -31,15 +31,32 @@ async def test_max_size_splits_batches():
     await b.close()
     assert out == list(range(10))
     assert sizes == [4, 4, 2]
+    assert b.flush_reasons == {"size": 2, "max_wait": 1}
+    assert b.batches == 3
 
 
 async def test_a_batch_never_waits_past_its_oldest_items_budget():
+    # max wait 1 s, budget 30 ms: the batch is flushed for the item's budget, not the wait
     b = MicroBatcher(lambda items: items, max_size=1000, max_wait_ms=1000, reserve_ms=2)
-    t0 = time.monotonic()
     assert await b.submit("x", budget_ms=30) == "x"
-    waited_ms = (time.monotonic() - t0) * 1000
     await b.close()
-    assert waited_ms < 200  # flushed near 28 ms, not at the 1 s max wait
+    assert b.flush_reasons == {"deadline": 1}
+
+
+async def test_a_newcomer_with_a_tighter_budget_pulls_the_flush_earlier():
+    b = MicroBatcher(lambda items: items, max_size=1000, max_wait_ms=5_000, reserve_ms=1)
+    loose = asyncio.ensure_future(b.submit("loose", budget_ms=5_000))
+    await asyncio.sleep(0)  # the batch is open and waiting on the loose item's budget
+    assert await b.submit("tight", budget_ms=20) == "tight"
+    assert await loose == "loose"
+    await b.close()
+    assert b.flush_reasons == {"deadline": 1} and b.batches == 1
+
+
+def test_bad_settings_are_refused():
+    for kw in ({"max_size": 0}, {"max_wait_ms": -1}, {"reserve_ms": -1}):
+        with pytest.raises(ValueError, match="max_size >= 1"):
+            MicroBatcher(lambda items: items, **kw)
 
 
 async def test_errors_reach_every_caller_of_the_batch():
