@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+from typing import Literal
+
 import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import BaseModel, ConfigDict
 
 from engine.schemas import EventDecoder, Rejection, decision_id
 from topologies.fraud.schema import CardPayment
@@ -189,3 +193,63 @@ def test_decision_id_deterministic_and_sensitive_to_each_input(e: str, m: str, f
 def test_decision_id_not_just_concatenation() -> None:
     assert decision_id("ab", "c", "d") != decision_id("a", "bc", "d")
     assert decision_id("a", "bc", "d") != decision_id("a", "b", "cd")
+
+
+def _blake2b_128(event_id: str, model: str, feature_set: str) -> str:
+    """The documented formula, written independently of the engine."""
+    joined = f"{event_id}\x1f{model}\x1f{feature_set}".encode()
+    return hashlib.blake2b(joined, digest_size=16).hexdigest()
+
+
+def test_decision_id_is_the_documented_blake2b_128_by_value() -> None:
+    assert decision_id("e-1", "primary:1", "fraud:v1") == "53405a531a2bf3b1f07b70ececd1e036"
+    assert decision_id("é-ü", "rules:v1", "fraud:v1") == "9b4c6474e971dda515f8fa76089c46de"
+
+
+@given(e=ids, m=ids, f=ids)
+def test_decision_id_equals_blake2b_128_of_the_unit_separated_fields(e: str, m: str,
+                                                                     f: str) -> None:
+    assert decision_id(e, m, f) == _blake2b_128(e, m, f)
+
+
+# --------------------------------------------------------------------------- exact details
+
+
+@pytest.mark.parametrize(("value", "reason", "detail"), [
+    (b"", "empty", "record has no value"),
+    (b"\xff\xfe{}", "not_utf8", "invalid UTF-8 at byte 0"),
+    (b'{"a": "\xff"}', "not_utf8", "invalid UTF-8 at byte 7"),
+    (b"{", "invalid_json", "Invalid JSON: EOF while parsing an object at line 1 column 1"),
+    (b"[1]", "schema", "Input should be an object"),
+    (raw(card_id=""), "missing_key", "card_id: String should have at least 1 character"),
+    (raw(amount=-1.0), "schema", "amount: Input should be greater than 0"),
+    (with_literal("amount", "NaN"), "non_finite", "amount: Input should be a finite number"),
+])
+def test_rejections_by_exact_reason_and_detail(decoder: EventDecoder, value: bytes, reason: str,
+                                               detail: str) -> None:
+    assert decoder.decode(value) == Rejection(reason, detail)
+
+
+def test_oversized_detail_names_size_and_limit(decoder: EventDecoder) -> None:
+    assert decoder.decode(b"x" * (LIMIT + 1)) == Rejection(
+        "oversized", f"{LIMIT + 1} bytes > limit {LIMIT}")
+
+
+def test_a_long_schema_detail_is_cut_at_300_characters() -> None:
+    class Choice(BaseModel):
+        model_config = ConfigDict(allow_inf_nan=False, strict=True)
+        event_id: str
+        kind: Literal[tuple(f"option-{i:03d}" for i in range(60))]  # type: ignore[valid-type]
+
+    dec = EventDecoder(Choice, ("event_id",), LIMIT)
+    r = dec.decode(b'{"event_id": "e", "kind": "other"}')
+    assert r.reason == "schema"
+    assert r.detail.startswith("kind: Input should be 'option-000', 'option-001'")
+    assert len(r.detail) == 300
+
+
+def test_a_missing_key_field_beats_schema_errors_only_for_key_fields() -> None:
+    dec = EventDecoder(CardPayment, ("event_id",), LIMIT)  # card_id is not a key field here
+    assert dec.decode(raw(card_id="")).reason == "schema"
+    assert dec.decode(raw(event_id="")) == Rejection(
+        "missing_key", "event_id: String should have at least 1 character")
