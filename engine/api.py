@@ -37,11 +37,15 @@ from .windows import EntityTiles
 if TYPE_CHECKING:
     from .worker import Worker
 
-__all__ = ["MAX_BODY_BYTES", "MAX_URL_CHARS", "build_app"]
+__all__ = ["MAX_BODY_BYTES", "MAX_IN_FLIGHT", "MAX_REQUEST_LINE_BYTES", "MAX_URL_CHARS",
+           "build_app"]
 
 log = logging.getLogger("streamwise.api")
 
 MAX_URL_CHARS = 2048
+# aiohttp's HTTP parser refuses a longer request line itself with a plain 400 before any
+# middleware runs (its default is 8,190 bytes); raised so URLs up to here get the JSON 414.
+MAX_REQUEST_LINE_BYTES = 64 * 1024
 MAX_BODY_BYTES = 64 * 1024
 MAX_IN_FLIGHT = 512  # requests being served at once; past it: 429
 FORWARD_TIMEOUT_S = 2.0
@@ -282,7 +286,8 @@ def build_app(worker: Worker, online: OnlineScorer | None = None,
         if online is not None:
             await online.close()
 
-    app = web.Application(middlewares=[guard], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(middlewares=[guard], client_max_size=MAX_BODY_BYTES,
+                          handler_args={"max_line_size": MAX_REQUEST_LINE_BYTES})
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)
     app.router.add_get("/healthz", healthz)

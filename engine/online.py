@@ -49,6 +49,11 @@ class OnlineScorer:
         self._batcher: MicroBatcher[_Item, Preview | None] = MicroBatcher(
             self._score_many, max_size=max_batch, max_wait_ms=max_wait_ms, reserve_ms=2.0)
 
+    @property
+    def in_flight(self) -> int:
+        """Requests admitted and not yet answered (the admission limit is `max_pending`)."""
+        return self._pending
+
     async def score(self, key: bytes, event: Any, budget_ms: float) -> Preview:
         """The decision for one validated event within `budget_ms` (TimeoutError past it)."""
         if self._pending >= self.max_pending:

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import runpy
 import threading
-import time
 from pathlib import Path
 
+import aiohttp
 import orjson
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
 import topologies
-from engine.api import build_app
+from engine.api import MAX_REQUEST_LINE_BYTES, MAX_URL_CHARS, build_app
 from engine.metrics import EngineMetrics
 from engine.online import OnlineScorer
+from engine.pipeline import Preview
 from engine.policy import RulesOnly
 from engine.routing import OwnerMap
 from engine.schemas import decision_id
@@ -102,33 +104,148 @@ def test_the_openapi_document_is_current_and_lists_every_route() -> None:
         TOPO.schema.model_json_schema()["required"]
 
 
-class SlowPipe:
-    def preview(self, values, profiles, decider):
-        time.sleep(1.0)  # a stalled model call
-        return []
+EVENT = {"event_id": "e1", "card_id": "c1", "merchant_id": "m1", "amount": 10.0,
+         "currency": "USD", "country": "US", "ts_ms": 1_767_225_600_000}
+JSON = {"Content-Type": "application/json"}
 
 
-async def test_past_the_budget_the_answer_is_abstain_not_an_error() -> None:
+class StalledPipe:
+    """A partition pipeline whose preview hangs (a stalled model call) until `release`."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        self.finished = threading.Event()
+
+    def preview(self, events, profiles, decider) -> list[Preview]:
+        self.entered.set()
+        self.release.wait(timeout=60)
+        self.finished.set()
+        return [Preview(decision=b'{"path": "model"}') for _ in events]
+
+
+def _stalled_worker() -> tuple[BrokenWorker, StalledPipe]:
     worker = BrokenWorker()
-    worker.pipelines = {p: SlowPipe() for p in range(worker.partitions)}
+    pipe = StalledPipe()
+    worker.pipelines = dict.fromkeys(range(worker.partitions), pipe)
+    return worker, pipe
+
+
+async def test_past_the_budget_the_answer_is_abstain_without_waiting_for_the_model() -> None:
+    worker, pipe = _stalled_worker()
     online = OnlineScorer(worker, RulesOnly(TOPO.rules, TOPO.features.versioned_name))
     client = TestClient(TestServer(build_app(worker, online, None)))
     await client.start_server()
     try:
-        event = {"event_id": "e1", "card_id": "c1", "merchant_id": "m1", "amount": 10.0,
-                 "currency": "USD", "country": "US", "ts_ms": 1_767_225_600_000}
-        t0 = time.perf_counter()
-        resp = await client.post("/v1/score?budget_ms=20", data=orjson.dumps(event),
-                                 headers={"Content-Type": "application/json"})
-        elapsed_ms = (time.perf_counter() - t0) * 1000
+        resp = await client.post("/v1/score?budget_ms=20", data=orjson.dumps(EVENT),
+                                 headers=JSON)
         body = await resp.json()
         assert resp.status == 200, body
+        assert not pipe.finished.is_set()  # answered while the model call still hangs
         assert (body["path"], body["decision"], body["reasons"]) == \
             ("abstain", "review", ["budget_exceeded"])
         assert body["decision_id"] == decision_id("e1", "none", TOPO.features.versioned_name)
-        assert elapsed_ms < 800  # did not wait for the stalled call (1 s)
-        bad = await client.post("/v1/score", data=b'{"card_id": "c1"}',
-                                headers={"Content-Type": "application/json"})
+        assert worker.registry.get_sample_value(
+            "streamwise_online_fallbacks_total",
+            {"topology": "fraud", "reason": "budget_exceeded"}) == 1.0
+        assert pipe.entered.wait(timeout=30)  # the stalled call had started
+        bad = await client.post("/v1/score", data=b'{"card_id": "c1"}', headers=JSON)
         assert bad.status == 422 and (await bad.json())["reason"] == "missing_key"
+    finally:
+        pipe.release.set()
+        await client.close()
+
+
+# --------------------------------------------------------------------------- limits
+
+
+async def _hold(client: TestClient, online: OnlineScorer, n: int) -> list[asyncio.Task]:
+    """Start `n` score requests that stay in flight (the pipe is stalled, the budget long)."""
+    tasks = [asyncio.ensure_future(client.post(
+        "/v1/score?budget_ms=10000", data=orjson.dumps({**EVENT, "event_id": f"e{i}"}),
+        headers=JSON)) for i in range(n)]
+    for _ in range(3_000):  # until every request is admitted; at most ~30 s
+        if online.in_flight == n:
+            return tasks
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"only {online.in_flight} of {n} requests were admitted")
+
+
+async def _finish(tasks: list[asyncio.Task]) -> list[int]:
+    statuses = []
+    for resp in await asyncio.gather(*tasks):
+        statuses.append(resp.status)
+        resp.release()
+    return statuses
+
+
+async def test_the_257th_online_score_in_flight_gets_429_at_once() -> None:
+    worker, pipe = _stalled_worker()
+    online = OnlineScorer(worker, RulesOnly(TOPO.rules, TOPO.features.versioned_name))
+    assert online.max_pending == 256  # the shipped default, as the README documents
+    client = TestClient(TestServer(build_app(worker, online, None)),
+                        connector=aiohttp.TCPConnector(limit=0))
+    await client.start_server()
+    tasks: list[asyncio.Task] = []
+    try:
+        tasks = await _hold(client, online, 256)
+        resp = await client.post("/v1/score", data=orjson.dumps({**EVENT, "event_id": "x"}),
+                                 headers=JSON)
+        body = await resp.json()
+        assert resp.status == 429 and resp.headers["Retry-After"] == "1"
+        assert body["status"] == 429 and body["request_id"]
+        assert body["error"] == "256 online requests in flight"
+        assert (await client.get("/v1/models")).status == 200  # only scoring is limited here
+        pipe.release.set()
+        assert await _finish(tasks) == [200] * 256
+    finally:
+        pipe.release.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await client.close()
+
+
+async def test_the_513th_request_in_flight_gets_429_at_once_and_probes_stay_open() -> None:
+    worker, pipe = _stalled_worker()
+    online = OnlineScorer(worker, RulesOnly(TOPO.rules, TOPO.features.versioned_name),
+                          max_pending=10_000)
+    client = TestClient(TestServer(build_app(worker, online, None)),
+                        connector=aiohttp.TCPConnector(limit=0))
+    await client.start_server()
+    tasks: list[asyncio.Task] = []
+    try:
+        tasks = await _hold(client, online, 512)
+        for path in ("/v1/models", "/v1/decisions/c1"):
+            resp = await client.get(path, headers={"X-Request-Id": "over"})
+            assert resp.status == 429 and resp.headers["Retry-After"] == "1", path
+            assert await resp.json() == {"error": "too many requests in flight",
+                                         "status": 429, "request_id": "over"}
+        for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
+            assert (await client.get(path)).status == 200, path  # probes are never limited
+        pipe.release.set()
+        assert await _finish(tasks) == [200] * 512
+        assert (await client.get("/v1/models")).status == 200  # admitted again
+    finally:
+        pipe.release.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await client.close()
+
+
+async def test_url_length_limit_is_414_as_documented() -> None:
+    client = await _client()
+    try:
+        at_limit = "/healthz?pad=" + "p" * (MAX_URL_CHARS - len("/healthz?pad="))
+        assert len(at_limit) == 2048
+        assert (await client.get(at_limit)).status == 200
+        for url in (at_limit + "p", "/v1/tables/velocity/" + "k" * 3000,
+                    "/healthz?pad=" + "p" * (MAX_REQUEST_LINE_BYTES - 100)):
+            resp = await client.get(url, headers={"X-Request-Id": "long"})
+            assert resp.status == 414, len(url)
+            assert await resp.json() == {"error": "URL longer than 2048 characters",
+                                         "status": 414, "request_id": "long"}
+        # Past the HTTP parser's request-line limit aiohttp itself answers 400 (plain text),
+        # before the API sees the request (README, "Security and limits").
+        resp = await client.get("/healthz?pad=" + "p" * (MAX_REQUEST_LINE_BYTES + 1))
+        assert resp.status == 400
+        assert MAX_URL_CHARS == 2048 and MAX_REQUEST_LINE_BYTES == 65_536
     finally:
         await client.close()
