@@ -22,22 +22,19 @@ Run: ``python -m engine.bench.faust_baseline --broker B --source T --sink T --ap
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import faust
-import numpy as np
-import onnxruntime as ort
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-__all__ = ["FraudModel", "Payment", "build_app", "features_1h", "main"]
+from .baseline_model import FraudModel, features_1h
+
+__all__ = ["Payment", "build_app", "main"]
 
 FETCH_MAX_WAIT_MS = 20
 WINDOW_S = 3600
-MODEL_DIR = Path(__file__).resolve().parents[2] / "topologies" / "fraud" / "models" / "primary" / "1"
 
 
 class Payment(faust.Record, serializer="json"):
@@ -48,40 +45,6 @@ class Payment(faust.Record, serializer="json"):
     currency: str
     country: str
     ts_ms: int
-
-
-class FraudModel:
-    """The primary fraud model, as a plain onnxruntime session (one thread, like the worker)."""
-
-    def __init__(self, model_dir: Path = MODEL_DIR) -> None:
-        manifest = json.loads((model_dir / "model.json").read_text())
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(model_dir / "model.onnx"), sess_options=opts,
-                                            providers=["CPUExecutionProvider"])
-        self.input = manifest["input"]["name"]
-        self.output = manifest["output"]["name"]
-        self.index = manifest["output"]["index"]
-        self.review_at = manifest["thresholds"]["review_at"]
-        self.decline_at = manifest["thresholds"]["decline_at"]
-
-    def score_many(self, rows: list[list[float]]) -> list[float]:
-        x = np.asarray(rows, dtype=np.float32)
-        probs = self.session.run([self.output], {self.input: x})[0]
-        return probs[:, self.index].tolist()
-
-    def decide(self, score: float) -> str:
-        if score >= self.decline_at:
-            return "decline"
-        return "review" if score >= self.review_at else "approve"
-
-
-def features_1h(agg: list[float], p: Payment) -> list[float]:
-    """The model's 12 features from the 1 h window; 0 for what this baseline does not keep."""
-    count, total, _peak = agg
-    hour = (p.ts_ms // 3_600_000) % 24
-    return [0.0, 0.0, 0.0, count, total, total / count, 0.0, 0.0, 0.0, 0.0, p.amount, hour]
 
 
 def _tune_fetch_wait() -> None:
@@ -116,9 +79,9 @@ def per_event_agent(app: faust.App, source: Any, sink: Any, table: Any,
         async for payment in stream:
             consumed_ms = time.time() * 1000
             count, total, peak = table[payment.card_id].current()
-            agg = [count + 1, total + payment.amount, max(peak, payment.amount)]
-            table[payment.card_id] = agg
-            s = model.score_many([features_1h(agg, payment)])[0]
+            count, total, peak = count + 1, total + payment.amount, max(peak, payment.amount)
+            table[payment.card_id] = [count, total, peak]
+            s = model.score_many([features_1h(count, total, payment.amount, payment.ts_ms)])[0]
             await sink.send(key=payment.card_id.encode(), value={
                 "event_id": payment.event_id, "score": s, "decision": model.decide(s),
                 "consumed_at_ms": consumed_ms})

@@ -14,7 +14,7 @@ from typing import Any
 
 import faust
 
-from .faust_baseline import FraudModel, features_1h
+from .baseline_model import FraudModel, features_1h
 
 __all__ = ["batched_agent"]
 
@@ -39,7 +39,7 @@ def batched_agent(app: faust.App, source: Any, sink: Any, table: Any,
                 count, total, peak = agg
                 agg = aggs[p.card_id] = [count + 1, total + p.amount, max(peak, p.amount)]
                 last_event[p.card_id] = event
-                rows.append(features_1h(agg, p))
+                rows.append(features_1h(count + 1, total + p.amount, p.amount, p.ts_ms))
             for card, agg in aggs.items():
                 stream._set_current_event(last_event[card])  # noqa: SLF001 (see docstring)
                 table[card] = agg
