@@ -4,10 +4,15 @@ the JSON file."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 
+from .systems import SYSTEMS
+
 __all__ = ["add_arguments", "run_command"]
+
+EXTRA_HINT = "streamwise: the bench needs the bench extra: pip install 'streamwise[bench]'"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,8 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--online", action="store_true",
                    help="also lookups and POST /v1/score at 32 concurrent clients")
     p.add_argument("--only", action="append", default=[],
-                   choices=["ceiling", "baseline", "baseline_batched", "streamwise"],
-                   help="run only these rows (repeatable)")
+                   choices=[s.key for s in SYSTEMS],
+                   help="run only these rows (repeatable; the replay row comes with "
+                        "streamwise)")
     p.add_argument("--json", metavar="OUT.json", help="write the report as JSON")
 
 
@@ -40,6 +46,10 @@ def run_command(args: argparse.Namespace) -> int:
     if not 0 < args.latency_share <= 1 or args.latency_s <= 0:
         print("streamwise: --latency-share must be in (0, 1] and --latency-s > 0",
               file=sys.stderr)
+        return 2
+    chosen = [s for s in SYSTEMS if not args.only or s.key in args.only]
+    if any(importlib.util.find_spec(m) is None for s in chosen for m in s.needs):
+        print(EXTRA_HINT, file=sys.stderr)
         return 2
     local = None
     broker = args.broker

@@ -1,21 +1,24 @@
-"""The four rows of the bench: how each system is started and how it reports consume time."""
+"""The rows of the bench: how each system is started, which consumer group it commits under
+and how it reports consume time."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from engine.topology import TopicNames
 
-__all__ = ["SYSTEMS", "System"]
+__all__ = ["SYSTEMS", "System", "streamwise_system"]
 
 
 @dataclass(frozen=True)
 class System:
     """One row. `progress` is how the harness sees that a backlog is done: "outputs" (one
-    output per input) or "committed" (the group's committed offsets reach the input's end)."""
+    output per input) or "committed" (the group's committed offsets reach the input's end).
+    `worker` marks a Streamwise worker: its /metrics give the stage p99 and latency parts.
+    `needs` are the modules the row imports beyond the engine's own (the `bench` extra)."""
 
     key: str      # JSON key
     label: str    # table row
@@ -23,6 +26,9 @@ class System:
     progress: str
     argv: Callable[[str, str, Path, int, int], list[str]]  # prefix, broker, data, P, port
     consumed_at_ms: Callable[[dict], float | None]
+    group: Callable[[str], str]  # the consumer group under a topic prefix
+    worker: bool = False
+    needs: tuple[str, ...] = ()
 
 
 def _ceiling(prefix: str, broker: str, data: Path, partitions: int, port: int) -> list[str]:
@@ -41,11 +47,11 @@ def _faust(batched: bool):
     return argv
 
 
-def _streamwise(prefix: str, broker: str, data: Path, partitions: int, port: int,
-                ) -> list[str]:
-    return [sys.executable, "-m", "engine", "--log-level", "WARNING", "worker", "fraud",
-            "--broker", broker, "--topic-prefix", prefix, "--partitions", str(partitions),
-            "--web-host", "127.0.0.1", "--web-port", str(port), "--data-dir", str(data)]
+def _quix(prefix: str, broker: str, data: Path, partitions: int, port: int) -> list[str]:
+    t = TopicNames.of("fraud", prefix)
+    return [sys.executable, "-m", "engine.bench.quix_baseline", "--broker", broker,
+            "--source", t.events, "--sink", t.decisions, "--group", f"{prefix}bench-quix",
+            "--state-dir", str(data)]
 
 
 def _batch_start_ms(doc: dict) -> float | None:
@@ -56,12 +62,37 @@ def _batch_start_ms(doc: dict) -> float | None:
     return decided - float((doc.get("stage_ms") or {}).get("total", 0.0))
 
 
+def _consumed_at_ms(doc: dict) -> float | None:
+    return doc.get("consumed_at_ms")
+
+
+def streamwise_system(key: str = "streamwise", label: str = "streamwise worker",
+                      short: str = "s", worker_flags: Sequence[str] = ()) -> System:
+    """A `streamwise worker fraud` row; `worker_flags` are appended to its command line."""
+    flags = list(worker_flags)
+
+    def argv(prefix: str, broker: str, data: Path, partitions: int, port: int) -> list[str]:
+        return [sys.executable, "-m", "engine", "--log-level", "WARNING", "worker", "fraud",
+                "--broker", broker, "--topic-prefix", prefix, "--partitions", str(partitions),
+                "--web-host", "127.0.0.1", "--web-port", str(port), "--data-dir", str(data),
+                *flags]
+
+    return System(key, label, short, "committed", argv, _batch_start_ms,
+                  lambda prefix: TopicNames.of("fraud", prefix).group, worker=True)
+
+
 SYSTEMS: tuple[System, ...] = (
-    System("ceiling", "ceiling (aiokafka, no work)", "c", "outputs", _ceiling,
-           lambda d: d.get("consumed_at_ms")),
-    System("baseline", "faust per-event", "f", "outputs", _faust(False),
-           lambda d: d.get("consumed_at_ms")),
+    System("ceiling", "ceiling (aiokafka, no work)", "c", "outputs", _ceiling, _consumed_at_ms,
+           lambda prefix: f"{prefix}bench-ceiling"),
+    System("baseline", "faust per-event", "f", "outputs", _faust(False), _consumed_at_ms,
+           lambda prefix: f"{prefix}bench-faust", needs=("faust",)),
     System("baseline_batched", "faust take_events(1000)", "b", "outputs", _faust(True),
-           lambda d: d.get("consumed_at_ms")),
-    System("streamwise", "streamwise worker", "s", "committed", _streamwise, _batch_start_ms),
+           _consumed_at_ms, lambda prefix: f"{prefix}bench-faust", needs=("faust",)),
+    # "committed": Quix skips an event whose window its card's newest event closed (no output).
+    System("quix", "quix streams", "q", "committed", _quix, _consumed_at_ms,
+           lambda prefix: f"{prefix}bench-quix", needs=("quixstreams",)),
+    streamwise_system(),
+    # Once the worker has `--processes`, its row is one more entry here:
+    #   streamwise_system("streamwise_processes", "streamwise --processes 2", "p",
+    #                     ("--processes", "2")),
 )
