@@ -36,15 +36,27 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"{s.label:<28}{_f(p.get('events_per_s'), ',.0f'):>11}{coarse}"
                      f"{_f(p.get('p50_ms'), '.1f'):>9}{_f(p.get('p99_ms'), '.1f'):>10}"
                      f"{_f(rate, ',.0f'):>10}{mark}{_f(p.get('peak_rss_mb'), ',.0f'):>8}")
+        if s.key == "streamwise" and report.get("replay"):
+            rp = report["replay"]
+            lines.append(f"{'streamwise replay (batch)':<28}"
+                         f"{_f(rp.get('events_per_s'), ',.0f'):>11} {'-':>9}{'-':>10}{'-':>10} "
+                         f"{_f(rp.get('peak_rss_mb'), ',.0f'):>8}")
     if behind:
         lines.append("* the harness's producer fell more than 10% behind this rate (shared "
                      "cores): latency is measured at the rate it reached")
     if short:
         lines.append("+ the backlog drained in under 1 s: a coarse events/s (use more --events)")
+    n = meta.get("events", 0)
+    skipped = [f"{s.label} {n - p['backlog_outputs']:,} of {n:,}" for s in SYSTEMS
+               if (p := report.get(s.key)) and (p.get("backlog_outputs") or n) < n]
+    if skipped:
+        lines.append("backlog events with no output record: " + "; ".join(skipped))
     r = report.get("ratios", {})
     lines += ["", "streamwise / ceiling " + _f(r.get("vs_ceiling"), ".2f") + "x   "
               "streamwise / faust per-event " + _f(r.get("vs_baseline"), ".1f") + "x   "
-              "streamwise / faust batched " + _f(r.get("vs_baseline_batched"), ".1f") + "x"]
+              "streamwise / faust batched " + _f(r.get("vs_baseline_batched"), ".1f") + "x",
+              "streamwise / quix streams " + _f(r.get("vs_quix"), ".1f") + "x   "
+              "replay / live worker " + _f(r.get("replay_vs_live"), ".2f") + "x"]
     sw = report.get("streamwise", {})
     for key, title in (("stage_p99_ms", "open loop"), ("stage_p99_ms_backlog", "backlog")):
         stages = sw.get(key)

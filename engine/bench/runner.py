@@ -8,6 +8,8 @@ Per system and repeat, with a private topic prefix (own group, outputs, state):
    rate for `latency_s`: latency = output record timestamp − input record timestamp, matched
    by event id; then its peak RSS (VmHWM) is read and it is stopped by PID.
 Streamwise's per-stage p99 comes from its /metrics histograms (backlog and open-loop phase).
+4. After the Streamwise worker is stopped, `streamwise replay` re-decides its backlog (the
+   same topics, up to the backlog's end offsets) as its own process: the replay row.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from aiokafka.errors import KafkaError
 from engine.topology import TopicNames
 
 from . import measure, online_load, workload
+from .replay_run import ReplayFailed, measure_replay, replay_argv
 from .systems import SYSTEMS, System
 
 __all__ = ["BenchOptions", "BenchError", "dumps", "run"]
@@ -125,17 +128,11 @@ async def _scrape(port: int) -> str:
         return await r.text()
 
 
-def _group(sysm: System, prefix: str) -> str:
-    if sysm.key == "streamwise":
-        return TopicNames.of("fraud", prefix).group
-    return f"{prefix}bench-{'ceiling' if sysm.key == 'ceiling' else 'faust'}"
-
-
 async def _one(o: BenchOptions, sysm: System, ds: workload.DataSet, run_prefix: str, r: int,
                work: Path, online: bool) -> dict[str, Any]:
     prefix = f"{run_prefix}{sysm.short}{r}."
     t = TopicNames.of("fraud", prefix)
-    group = _group(sysm, prefix)
+    group = sysm.group(prefix)
     n = len(ds.events)
     await workload.produce_backlog(o.broker, t, ds)
     in_ends = await measure.end_offsets(o.broker, t.events, o.partitions)
@@ -153,10 +150,11 @@ async def _one(o: BenchOptions, sysm: System, ds: workload.DataSet, run_prefix: 
         eps = n / max((last - first) / 1000, 1e-3)
         result["events_per_s"] = round(eps, 1)
         result["backlog_s"] = round((last - first) / 1000, 3)
+        result["backlog_outputs"] = len(outs)  # < events where a system skips some
         _say(f"{sysm.key} #{r + 1}: {n:,} events in {(last - first) / 1000:.2f}s "
              f"= {eps:,.0f} events/s")
         out_ends = await measure.end_offsets(o.broker, t.decisions, o.partitions)
-        if sysm.key == "streamwise":
+        if sysm.worker:
             before = measure.stage_buckets(await _scrape(port))
             result["stage_p99_ms_backlog"] = measure.stage_p99_ms(before)
         # 2. open loop → latency
@@ -178,27 +176,44 @@ async def _one(o: BenchOptions, sysm: System, ds: workload.DataSet, run_prefix: 
         _say(f"{sysm.key} #{r + 1}: {sent:,} events at {rate:,.0f}/s "
              f"(sent {result['open_loop_sent_per_s']:,.0f}/s): p50 {result['p50_ms']} ms, "
              f"p99 {result['p99_ms']} ms ({len(lat):,} matched)")
-        if sysm.key == "streamwise":
+        if sysm.worker:
             after = measure.stage_buckets(await _scrape(port))
             result["stage_p99_ms"] = measure.stage_p99_ms(after, before)
             result["latency_parts_ms"] = measure.latency_parts_ms(inputs, lat_outs,
                                                                   sysm.consumed_at_ms)
             _say(f"{sysm.key} #{r + 1}: where the latency goes: {result['latency_parts_ms']}")
-            if online:
-                result["online"] = await _online(o, port, ds)
+        if online and sysm.key == "streamwise":
+            result["online"] = await _online(o, port, ds)
         result["peak_rss_mb"] = _r(measure.peak_rss_mb(proc.popen.pid))
+        if sysm.key == "streamwise":
+            proc.stop()  # the replay gets the cores the live worker had
+            result["replay"] = await _replay(o, prefix, in_ends, work, r, n)
     finally:
         proc.stop()
         await _delete_topics(o.broker, prefix)
     return result
 
 
+async def _replay(o: BenchOptions, prefix: str, stops: dict[int, int], work: Path, r: int,
+                  n: int) -> dict[str, Any]:
+    argv = replay_argv(o.broker, prefix, o.partitions, stops, work / f"replay-{r}.jsonl")
+    try:
+        out = await measure_replay(argv, work / f"replay-{r}.log", max(o.phase_timeout_s, n / 200))
+    except ReplayFailed as exc:
+        raise BenchError(str(exc)) from None
+    _say(f"replay #{r + 1}: {out['events']:,} events in {out['elapsed_s']}s = "
+         f"{out['events_per_s']:,.0f} events/s (command {out['command_s']}s with start-up), "
+         f"peak RSS {out['peak_rss_mb']:,.0f} MB")
+    return out
+
+
 async def _delete_topics(bootstrap: str, prefix: str) -> None:
-    """Best effort: leave nothing of this run on a shared broker (Faust's own topics too)."""
+    """Best effort: leave nothing of this run on a shared broker (Faust's own topics, and
+    Quix's `changelog__<group>--...`, whose group carries the prefix)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
     try:
         await asyncio.wait_for(admin.start(), 15)
-        names = [n for n in await admin.list_topics() if n.startswith(prefix)]
+        names = [n for n in await admin.list_topics() if prefix in n]
         if names:
             await admin.delete_topics(names, timeout_ms=15_000)
     except (KafkaError, OSError, TimeoutError) as exc:
@@ -268,6 +283,8 @@ async def _run(o: BenchOptions) -> dict[str, Any]:
             for sysm in chosen:
                 runs[sysm.key].append(await _one(o, sysm, ds, run_prefix, r, work,
                                                  online=o.online and r == o.repeat - 1))
+        if "streamwise" in runs:
+            runs["replay"] = [run.pop("replay") for run in runs["streamwise"]]
         for key, done in runs.items():
             report[key] = _median(done)
             if o.repeat > 1:
@@ -276,9 +293,11 @@ async def _run(o: BenchOptions) -> dict[str, Any]:
     sw = report.get("streamwise", {}).get("events_per_s")
     ratios = {}
     for name, key in (("vs_ceiling", "ceiling"), ("vs_baseline", "baseline"),
-                      ("vs_baseline_batched", "baseline_batched")):
+                      ("vs_baseline_batched", "baseline_batched"), ("vs_quix", "quix")):
         base = report.get(key, {}).get("events_per_s")
         ratios[name] = round(sw / base, 3) if sw and base else None
+    replay = report.get("replay", {}).get("events_per_s")
+    ratios["replay_vs_live"] = round(replay / sw, 3) if sw and replay else None
     report["ratios"] = ratios
     online = report.get("streamwise", {}).pop("online", None)
     if online is not None:
