@@ -176,3 +176,50 @@ def test_a_second_topology_does_not_change_the_first_ones_features() -> None:
     assert vector() == {"sum_10m": 1.0}  # [t0 - 4m, t0 + 6m)
     topo(10 * MINUTE)  # same FeatureSet, 10-minute tiles
     assert vector() == {"sum_10m": 1.0}
+
+
+def test_the_fraud_topology_ships_these_settings() -> None:
+    """Every operational number of the reference topology, written out: a change to any of
+    them is a change of the product and must change this test too."""
+    t = TOPOLOGY
+    s = t.scoring
+    assert s is not None
+    assert (s.primary, s.backup, s.cheap_first) == ("primary", "backup", None)
+    assert (s.timeout_ms, s.backup_timeout_ms, s.retries) == (30, 6, 1)
+    assert s.last_score_max_age_ms == 600_000
+    b = s.breaker
+    assert (b.consecutive_failures, b.failure_rate, b.window_ms, b.min_calls,
+            b.cool_down_ms) == (5, 0.5, 10_000, 20, 5_000)
+    assert (t.time.max_out_of_orderness_ms, t.time.allowed_lateness_ms) == (2_000, 58_000)
+    assert (t.time.ordering, t.time.reorder_capacity) == ("arrival", 10_000)
+    assert t.dedup_ttl_ms == 86_400_000
+    assert t.score_late is True
+    assert (t.max_record_bytes, t.default_partitions) == (1_048_576, 8)
+    assert (t.key_field, t.event_id_field, t.time_field) == ("card_id", "event_id", "ts_ms")
+    (velocity,) = t.tables
+    assert (velocity.name, velocity.tile_ms, velocity.retain_ms, velocity.value_field,
+            velocity.distinct_field, velocity.version) == (
+        "velocity", 60_000, 3_600_000, "amount", "merchant_id", 1)
+    assert {stage: (b.p95_ms, b.p99_ms) for stage, b in t.budgets.items()} == {
+        "validate": (5, 10), "dedup": (5, 10), "features": (15, 30), "inference": (10, 30),
+        "policy": (5, 10), "total": (40, 80)}
+    fs = t.features
+    assert (fs.name, fs.version, fs.profile_max_age_ms) == ("fraud", 1, 691_200_000)
+    assert fs.critical == ("count_10m", "count_1h", "amount_over_avg", "is_foreign")
+    assert fs.names == ("count_10m", "sum_10m", "max_10m", "count_1h", "sum_1h", "mean_1h",
+                        "distinct_merchants_1h", "secs_since_last", "amount_over_avg",
+                        "is_foreign", "amount", "hour_of_day")
+    windows = {f.name: (f.table, f.agg, f.window) for f in fs.features
+               if isinstance(f, WindowFeature)}
+    assert windows == {
+        "count_10m": ("velocity", "count", Sliding(600_000)),
+        "sum_10m": ("velocity", "sum", Sliding(600_000)),
+        "max_10m": ("velocity", "max", Sliding(600_000)),
+        "count_1h": ("velocity", "count", Sliding(3_600_000)),
+        "sum_1h": ("velocity", "sum", Sliding(3_600_000)),
+        "mean_1h": ("velocity", "mean", Sliding(3_600_000)),
+        "distinct_merchants_1h": ("velocity", "distinct_count", Sliding(3_600_000)),
+    }
+    r = t.rules
+    assert (r.version, r.thresholds.review_at, r.thresholds.decline_at) == ("v1", 0.5, 0.9)
+    assert t.profiles is not None and t.profiles.fields == ("avg_amount_90d", "home_country")
