@@ -22,7 +22,7 @@ from rocksdict import (
     WriteOptions,
 )
 
-from .errors import StateError
+from ..errors import StateError
 
 __all__ = ["MemoryStore", "RocksStore", "StagedStore"]
 
