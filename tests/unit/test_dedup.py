@@ -1,12 +1,18 @@
-"""engine.dedup: seen-id keys, the time index and its expiry range."""
+"""engine.dedup: seen-id keys, the time index and its expiry range; and dedup as the pipeline
+applies it (a duplicate re-emits the original decision byte for byte and changes nothing)."""
 
 from __future__ import annotations
 
+import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
+from engine.clock import ManualClock
 from engine.dedup import Dedup
+from engine.pipeline import BatchResult, PartitionPipeline, Record
+from engine.policy import RulesOnly
 from engine.state import MemoryStore
+from topologies.fraud import TOPOLOGY
 
 HOUR = 3_600_000
 
@@ -74,3 +80,82 @@ def test_expiry_range_covers_exactly_ids_older_than_watermark_minus_ttl(
     assert {(ts, eid) for ts, eid in entries if ts < wm - ttl} == {
         (int(k[2:18]), d.event_id_of_index(k)) for k, _ in store.items_between(lo, hi)}
     assert expired == {eid for ts, eid in entries if ts < wm - ttl}
+
+
+# --------------------------------------------------------------------------- through the pipeline
+
+T0 = 1_767_225_600_000
+
+
+def _payment(eid: str, ts: int, amount: float = 10.0, card: str = "c1") -> bytes:
+    return orjson.dumps({"event_id": eid, "card_id": card, "merchant_id": "m1",
+                         "amount": amount, "currency": "USD", "country": "US", "ts_ms": ts})
+
+
+class _Stream:
+    """One partition's pipeline over a MemoryStore; each `send` is one batch, offsets go on.
+    The wall clock moves 1 s per batch, so a decision made again would differ in
+    `decided_at_ms` from the first one."""
+
+    def __init__(self) -> None:
+        self.store = MemoryStore()
+        self.clock = ManualClock(1_800_000_000_000)
+        self.pipe = PartitionPipeline(TOPOLOGY, 0, self.store,
+                                      RulesOnly(TOPOLOGY.rules, "fraud:v1"), self.clock)
+        self.offset = 0
+
+    def send(self, *values: bytes) -> BatchResult:
+        recs = [Record("fraud.events", 0, self.offset + i, None, v, 0)
+                for i, v in enumerate(values)]
+        self.offset += len(values)
+        res = self.pipe.process(recs, {})
+        self.store.apply(res.changes)
+        self.clock.advance(1_000)
+        return res
+
+
+def test_a_duplicate_in_a_later_batch_re_emits_the_original_decisions_exact_bytes() -> None:
+    s = _Stream()
+    (first,) = s.send(_payment("a", T0)).decisions
+    again = s.send(_payment("a", T0 + 5_000, amount=999.0))  # same id, other content
+    assert again.decisions == [first]  # key and bytes, decided_at_ms included
+    assert (again.accepted, again.duplicates) == (0, 1)
+
+
+def test_a_duplicate_in_the_same_batch_re_emits_the_first_ones_bytes() -> None:
+    res = _Stream().send(_payment("a", T0), _payment("b", T0 + 1), _payment("a", T0 + 2))
+    assert [orjson.loads(v)["event_id"] for _, v in res.decisions] == ["a", "b", "a"]
+    assert res.decisions[2] == res.decisions[0]
+    assert (res.accepted, res.duplicates) == (2, 1)
+
+
+def test_a_duplicate_changes_no_aggregate_and_no_watermark() -> None:
+    s = _Stream()
+    s.send(_payment("a", T0, amount=10.0))
+    tiles = s.store.get(TOPOLOGY.table("velocity").state_prefix + b"c1")
+    watermark = s.store.get(b"m/max_ts")
+    latest = s.store.get(b"l/c1")
+    s.send(_payment("a", T0 + 30_000, amount=999.0), _payment("a", T0 + 90_000, amount=5.0))
+    assert s.store.get(TOPOLOGY.table("velocity").state_prefix + b"c1") == tiles
+    assert s.store.get(b"m/max_ts") == watermark == str(T0).encode()
+    assert s.store.get(b"l/c1") == latest
+    (b,) = s.send(_payment("b", T0 + 1_000, amount=1.0)).decisions
+    f = orjson.loads(b[1])["features"]
+    assert (f["count_10m"], f["sum_10m"], f["max_10m"]) == (2, 11.0, 10.0)
+
+
+def test_dedup_holds_for_the_ttl_behind_the_watermark_and_not_a_millisecond_longer() -> None:
+    ttl = TOPOLOGY.dedup_ttl_ms
+    lag = TOPOLOGY.time.max_out_of_orderness_ms
+    s = _Stream()
+    (first,) = s.send(_payment("a", T0)).decisions
+    # watermark - ttl == T0: the id is kept (the event is late by now: dedup comes first)
+    s.send(_payment("x", T0 + ttl + lag, card="c2"))
+    again = s.send(_payment("a", T0))
+    assert again.decisions == [first] and again.late == [] and again.duplicates == 1
+    # watermark - ttl == T0 + 1: the id has expired, the event is new (and late)
+    s.send(_payment("y", T0 + ttl + lag + 1, card="c2"))
+    fresh = s.send(_payment("a", T0))
+    assert fresh.duplicates == 0 and len(fresh.late) == 1
+    (decision,) = fresh.decisions
+    assert decision != first and orjson.loads(decision[1])["reasons"][0] == "late_event"
