@@ -31,7 +31,7 @@ def core_modules() -> list[str]:
         if (ENGINE / f"{name}.py").is_file():
             found.append(f"engine.{name}")
         package = ENGINE / name
-        if (package / "__init__.py").is_file():
+        if package.is_dir():  # a package, or a namespace package without __init__.py
             for path in sorted(package.rglob("*")):
                 suffix = next((s for s in _SUFFIXES if path.name.endswith(s)), None)
                 if suffix is None or "__pycache__" in path.parts:
