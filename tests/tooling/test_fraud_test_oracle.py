@@ -1,4 +1,6 @@
-"""Hand-computed cases for the fraud oracle (tests/integration/fraud_oracle.py)."""
+"""Tests of test tooling, not of the engine: the fraud *oracle* (tests/integration/fraud_oracle.py),
+the independent model of the contract that the integration tests compare a live worker against,
+checked here on hand-computed cases. A change to the engine cannot make these fail."""
 
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ def run(*values: bytes, partition: int = 0, profiles=PROFILES):
     return run_oracle([(partition, i, v) for i, v in enumerate(values)], profiles)
 
 
-def test_first_event_features() -> None:
+def test_oracle_first_event_features() -> None:
     r = run(ev("a", T0 + 5, amount=30.0, country="FR"))
     assert r.outcome == {"a": "accepted"}
     assert r.features["a"] == {
@@ -40,7 +42,7 @@ def test_first_event_features() -> None:
     assert r.last_ts_ms == {"c1": T0 + 5}
 
 
-def test_tile_boundary_at_exactly_60000() -> None:
+def test_oracle_tile_boundary_at_exactly_60000() -> None:
     r = run(ev("a", T0 + 59_999, 1.0), ev("b", T0 + 60_000, 2.0), ev("c", T0 + 60_001, 4.0))
     assert r.tile_dicts("c1") == {
         T0: {"count": 1, "sum": 1.0, "min": 1.0, "max": 1.0, "distinct_count": 1},
@@ -50,7 +52,7 @@ def test_tile_boundary_at_exactly_60000() -> None:
     assert r.features["c"]["sum_10m"] == 7.0
 
 
-def test_ten_minute_window_is_tiles_t_minus_9_to_t() -> None:
+def test_oracle_ten_minute_window_is_tiles_t_minus_9_to_t() -> None:
     # tile t-9 is inside the 10-minute window, tile t-10 is not; the hour sees both
     r = run(ev("old", T0, 1.0, merchant="m1"), ev("mid", T0 + 60_000, 2.0, merchant="m2"),
             ev("now", T0 + 10 * 60_000 + 30_000, 4.0, merchant="m3"))
@@ -61,7 +63,7 @@ def test_ten_minute_window_is_tiles_t_minus_9_to_t() -> None:
     assert f["secs_since_last"] == (10 * 60_000 + 30_000 - 60_000) / 1000
 
 
-def test_hour_window_is_tiles_t_minus_59_to_t() -> None:
+def test_oracle_hour_window_is_tiles_t_minus_59_to_t() -> None:
     r = run(ev("a", T0 + 10), ev("b", T0 + 60_000), ev("c", T0 + 59 * 60_000),
             ev("d", T0 + 60 * 60_000 + 1))
     assert r.features["c"]["count_1h"] == 3   # tiles 0..59 all count
@@ -69,7 +71,7 @@ def test_hour_window_is_tiles_t_minus_59_to_t() -> None:
     assert r.features["d"]["hour_of_day"] == 1
 
 
-def test_disorder_does_not_see_later_tiles() -> None:
+def test_oracle_disorder_does_not_see_later_tiles() -> None:
     # "b" arrives after "a" but is 1.5 s older and in the previous tile
     r = run(ev("a", T0 + 60_500, 5.0), ev("b", T0 + 59_000, 3.0))
     assert r.outcome == {"a": "accepted", "b": "accepted"}
@@ -80,7 +82,7 @@ def test_disorder_does_not_see_later_tiles() -> None:
     assert r.watermark_ms[0] == T0 + 60_500 - 2000  # never moves back
 
 
-def test_lateness_cutoff_is_watermark_minus_58_s() -> None:
+def test_oracle_lateness_cutoff_is_watermark_minus_58_s() -> None:
     top = T0 + 200_000
     cutoff = top - 2_000 - 58_000
     r = run(ev("top", top, 1.0), ev("edge", cutoff, 2.0), ev("late", cutoff - 1, 4.0),
@@ -97,7 +99,7 @@ def test_lateness_cutoff_is_watermark_minus_58_s() -> None:
     assert r.features["after"]["count_10m"] == 3  # top, edge, after (edge is 3.3 min older)
 
 
-def test_late_event_with_empty_window_has_null_max() -> None:
+def test_oracle_late_event_with_empty_window_has_null_max() -> None:
     r = run(ev("a", T0 + 10 * 60_000), ev("old", T0, 7.0))
     f = r.features["old"]
     assert r.outcome["old"] == "late"
@@ -105,19 +107,19 @@ def test_late_event_with_empty_window_has_null_max() -> None:
     assert f["distinct_merchants_1h"] == 0
 
 
-def test_nothing_is_late_before_the_first_accepted_event() -> None:
+def test_oracle_nothing_is_late_before_the_first_accepted_event() -> None:
     r = run(ev("a", T0), ev("b", T0 + 10 * 60_000), ev("c", T0 + 5_000))
     assert r.outcome == {"a": "accepted", "b": "accepted", "c": "late"}
 
 
-def test_late_and_duplicates_do_not_move_the_watermark() -> None:
+def test_oracle_late_and_duplicates_do_not_move_the_watermark() -> None:
     r = run(ev("a", T0 + 600_000), ev("late", T0), ev("late", T0), ev("a", T0 + 600_000))
     assert r.watermark_ms[0] == T0 + 598_000
     assert r.duplicates == [(0, 2, "late"), (0, 3, "a")]
     assert r.late == {"late"}
 
 
-def test_dedup_comes_first_and_changes_nothing() -> None:
+def test_oracle_dedup_comes_first_and_changes_nothing() -> None:
     r = run(ev("a", T0 + 1, 5.0), ev("b", T0 + 2, 6.0), ev("a", T0 + 1, 5.0))
     assert r.duplicates == [(0, 2, "a")]
     assert r.tile_dicts("c1")[T0]["count"] == 2
@@ -125,7 +127,7 @@ def test_dedup_comes_first_and_changes_nothing() -> None:
     assert r.first_seen == {"a": (0, 0), "b": (0, 1)}
 
 
-def test_dedup_is_per_partition_and_ordered_by_offset() -> None:
+def test_oracle_dedup_is_per_partition_and_ordered_by_offset() -> None:
     records = [(1, 1, ev("a", T0 + 5, card="c2")), (1, 0, ev("a", T0 + 5, card="c2")),
                (0, 0, ev("x", T0 + 1))]
     r = run_oracle(records, {})
@@ -134,19 +136,19 @@ def test_dedup_is_per_partition_and_ordered_by_offset() -> None:
     assert r.features["x"]["amount_over_avg"] is None and r.features["x"]["is_foreign"] is None
 
 
-def test_one_card_in_two_partitions_is_refused() -> None:
+def test_oracle_one_card_in_two_partitions_is_refused() -> None:
     with pytest.raises(ValueError):
         run_oracle([(0, 0, ev("a", T0)), (1, 0, ev("b", T0))], {})
 
 
-def test_distinct_merchants_across_tiles() -> None:
+def test_oracle_distinct_merchants_across_tiles() -> None:
     r = run(ev("a", T0, merchant="m1"), ev("b", T0 + 60_000, merchant="m1"),
             ev("c", T0 + 120_000, merchant="m2"))
     assert r.features["c"]["distinct_merchants_1h"] == 2
     assert [t["distinct_count"] for t in r.tile_dicts("c1").values()] == [1, 1, 1]
 
 
-def test_bad_records_get_their_reasons() -> None:
+def test_oracle_bad_records_get_their_reasons() -> None:
     values = [v for _, v, _ in bad_records()]
     r = run(*values, ev("ok", T0))
     assert r.dlq == [(0, i, reason) for i, (_, _, reason) in enumerate(bad_records())]
@@ -165,18 +167,18 @@ def test_bad_records_get_their_reasons() -> None:
                  "currency": "USDX", "country": "US", "ts_ms": 1}).encode(), "schema"),
     (b'{"event_id": "e", "card_id": "c", "amount": Infinity}', "non_finite"),
 ])
-def test_parse_reasons(raw: bytes, reason: str) -> None:
+def test_oracle_parse_reasons(raw: bytes, reason: str) -> None:
     assert parse(raw) == reason
 
 
-def test_parse_accepts_integer_amounts_and_ignores_extra_fields() -> None:
+def test_oracle_parse_accepts_integer_amounts_and_ignores_extra_fields() -> None:
     doc = {"event_id": "e", "card_id": "c", "merchant_id": "m", "amount": 3,
            "currency": "USD", "country": "US", "ts_ms": 7, "extra": [1]}
     assert parse(json.dumps(doc).encode()) == {**{k: v for k, v in doc.items() if k != "extra"},
                                                "amount": 3.0}
 
 
-def test_generated_workload_runs_through_the_oracle() -> None:
+def test_oracle_generated_workload_runs_through_the_oracle() -> None:
     w = generate(5_000, seed=3)
     parts: dict[str, int] = {}
     records = []

@@ -1,4 +1,7 @@
-"""The reference fraud workload: determinism, shares, schema, hidden fraud signals, bad records."""
+"""Tests of tooling, not of the engine: the reference fraud workload *generator*
+(topologies/fraud/workload.py, behind `streamwise produce` and the benchmark): determinism,
+shares, schema, hidden fraud signals, the bad records it makes. A change to the engine cannot
+make these fail."""
 
 from __future__ import annotations
 
@@ -24,14 +27,14 @@ def _encode(events: list[dict]) -> bytes:
     return b"\n".join(json.dumps(e, sort_keys=True).encode() for e in events)
 
 
-def test_same_seed_same_bytes_other_seed_other_stream() -> None:
+def test_generator_same_seed_same_bytes_other_seed_other_stream() -> None:
     a, b = generate(3_000, seed=5), generate(3_000, seed=5)
     assert _encode(a.events) == _encode(b.events)
     assert a.profiles == b.profiles and a.labels == b.labels
     assert _encode(generate(3_000, seed=6).events) != _encode(a.events)
 
 
-def test_schema_of_every_event(workload) -> None:
+def test_generator_schema_of_every_event(workload) -> None:
     for ev in workload.events:
         assert set(ev) == set(FIELDS)
         for name, typ in FIELDS.items():
@@ -44,7 +47,7 @@ def test_schema_of_every_event(workload) -> None:
         assert ev["event_id"] and ev["merchant_id"]
 
 
-def test_count_includes_duplicates_and_duplicates_are_exact_copies(workload) -> None:
+def test_generator_count_includes_duplicates_and_duplicates_are_exact_copies(workload) -> None:
     events = workload.events
     assert len(events) == N
     first: dict[str, int] = {}
@@ -63,7 +66,7 @@ def test_count_includes_duplicates_and_duplicates_are_exact_copies(workload) -> 
     assert max(dup_positions) <= 600
 
 
-def test_disorder_and_late_shares_roughly_right(workload) -> None:
+def test_generator_disorder_and_late_shares_roughly_right(workload) -> None:
     distinct = list({ev["event_id"]: ev for ev in workload.events}.values())
     running_max = -1
     behind = late = 0
@@ -80,21 +83,21 @@ def test_disorder_and_late_shares_roughly_right(workload) -> None:
     assert 0.03 <= behind / n <= 0.08
 
 
-def test_time_advances_by_the_mean_gap(workload) -> None:
+def test_generator_time_advances_by_the_mean_gap(workload) -> None:
     times = [ev["ts_ms"] for ev in workload.events]
     assert times[0] == 1_767_225_600_000
     span = max(times) - times[0]  # min() may be an early event shifted back up to 300 s
     assert 0.8 * 20 * N < span < 1.2 * 20 * N
 
 
-def test_cards_are_skewed(workload) -> None:
+def test_generator_cards_are_skewed(workload) -> None:
     per_card = Counter(ev["card_id"] for ev in workload.events)
     top = per_card.most_common(10)
     assert top[0][1] > 10 * (N / len(per_card))   # a few cards are very busy
     assert sum(1 for c in per_card.values() if c <= 2) > len(per_card) / 3  # most are rare
 
 
-def test_profiles_cover_about_95_percent_of_cards(workload) -> None:
+def test_generator_profiles_cover_about_95_percent_of_cards(workload) -> None:
     share = len(workload.profiles) / 10_000
     assert 0.93 <= share <= 0.97
     for card, prof in workload.profiles.items():
@@ -102,7 +105,7 @@ def test_profiles_cover_about_95_percent_of_cards(workload) -> None:
         assert prof["avg_amount_90d"] > 0 and len(prof["home_country"]) == 2, card
 
 
-def test_fraud_labels_are_rare_and_carry_signals() -> None:
+def test_generator_fraud_labels_are_rare_and_carry_signals() -> None:
     # a 200 ms mean gap spreads 20,000 events over ~67 minutes, so 10-minute bursts stand out
     workload = generate(N, seed=11, mean_gap_ms=200.0)
     labels = workload.labels
@@ -139,7 +142,7 @@ def test_fraud_labels_are_rare_and_carry_signals() -> None:
     assert rate(burst, fraud) > 2 * rate(burst, legit)
 
 
-def test_zero_shares_give_a_clean_stream() -> None:
+def test_generator_zero_shares_give_a_clean_stream() -> None:
     w = generate(2_000, seed=3, duplicates=0, disorder=0, late=0)
     times = [ev["ts_ms"] for ev in w.events]
     assert times == sorted(times)
@@ -147,13 +150,13 @@ def test_zero_shares_give_a_clean_stream() -> None:
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 50])
-def test_tiny_streams(n: int) -> None:
+def test_generator_tiny_streams(n: int) -> None:
     w = generate(n, seed=1)
     assert len(w.events) == n
     assert len(w.labels) == len({ev["event_id"] for ev in w.events})
 
 
-def test_bad_arguments_are_refused() -> None:
+def test_generator_bad_arguments_are_refused() -> None:
     with pytest.raises(ValueError):
         generate(-1)
     with pytest.raises(ValueError):
@@ -162,7 +165,7 @@ def test_bad_arguments_are_refused() -> None:
         generate(10, disorder=0.7, late=0.5)
 
 
-def test_bad_records_one_per_distinct_reason() -> None:
+def test_generator_bad_records_one_per_distinct_reason() -> None:
     bad = bad_records()
     reasons = [r for _, _, r in bad]
     assert sorted(reasons) == sorted(
