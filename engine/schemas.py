@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import math
+from collections import namedtuple
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import annotated_types as at
+import orjson
 from pydantic import BaseModel, ValidationError
 
 __all__ = ["EventDecoder", "Rejection", "decision_id"]
@@ -23,9 +28,16 @@ class Rejection(NamedTuple):
 
 
 class EventDecoder:
-    """Decode one raw Kafka value with a pydantic contract.
+    """Decode one raw Kafka value with a pydantic contract into an event: a named tuple with the
+    model's fields (attribute access as on the model).
 
     The model should set ``allow_inf_nan=False`` so NaN/inf never reach features or models.
+
+    Fast path: when every field is a plain ``str``, ``int`` or ``float`` with length or bound
+    constraints only (no validators), `orjson` parses the value and the fields are checked
+    here. Anything the fast path does not accept as is (a wrong type, a missing field, a bound
+    broken, a number it cannot read exactly) goes to pydantic, which decides and explains the
+    rejection; so the accepted events, their values and every rejection reason are pydantic's.
     """
 
     def __init__(self, model: type[BaseModel], key_fields: tuple[str, ...],
@@ -33,16 +45,36 @@ class EventDecoder:
         self._validate = model.model_validate_json
         self._key_fields = key_fields
         self._max = max_record_bytes
+        self._fields = tuple(model.model_fields)
+        self.event_type = namedtuple(f"{model.__name__}Event", self._fields)  # noqa: PYI024
+        self._checks = _fast_checks(model)
 
     def decode(self, raw: bytes | None) -> Any | Rejection:
         if not raw:
             return Rejection("empty", "record has no value")
         if len(raw) > self._max:
             return Rejection("oversized", f"{len(raw)} bytes > limit {self._max}")
+        checks = self._checks
+        if checks is not None:
+            try:
+                doc = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                doc = None
+            if type(doc) is dict:
+                values = []
+                for name, check in checks:
+                    value = doc.get(name, _MISSING)
+                    value = check(value)
+                    if value is _MISSING:
+                        break
+                    values.append(value)
+                else:
+                    return self.event_type._make(values)
         try:
-            return self._validate(raw)
+            model = self._validate(raw)
         except ValidationError as exc:
             return self._reject(raw, exc)
+        return self.event_type._make([getattr(model, f) for f in self._fields])
 
     def _reject(self, raw: bytes, exc: ValidationError) -> Rejection:
         errors = exc.errors(include_url=False, include_input=False)
@@ -63,6 +95,75 @@ class EventDecoder:
                     "missing", "string_too_short"):
                 return Rejection("missing_key", f"{e['loc'][0]}: {e['msg']}")
         return Rejection("schema", detail[:300])
+
+
+_MISSING: Any = object()
+
+
+def _fast_checks(model: type[BaseModel]) -> tuple[tuple[str, Callable[[Any], Any]], ...] | None:
+    """Per field, a function returning the accepted value or `_MISSING` (let pydantic decide);
+    None when some field or the model is beyond what the fast path knows."""
+    decorators = model.__pydantic_decorators__
+    if any((decorators.validators, decorators.field_validators, decorators.root_validators,
+            decorators.model_validators)):
+        return None
+    if model.model_config.get("extra") == "forbid" or model.model_config.get(
+            "allow_inf_nan", True):
+        return None
+    checks = []
+    for name, info in model.model_fields.items():
+        if not info.is_required() or info.alias not in (None, name):
+            return None
+        bounds: dict[str, Any] = {}
+        for meta in info.metadata:
+            kind = {at.MinLen: "min_length", at.MaxLen: "max_length", at.Gt: "gt", at.Ge: "ge",
+                    at.Lt: "lt", at.Le: "le"}.get(type(meta))
+            if kind is None:
+                return None
+            bounds[kind] = getattr(meta, kind)
+        check = _check_for(info.annotation, bounds)
+        if check is None:
+            return None
+        checks.append((name, check))
+    return tuple(checks)
+
+
+def _check_for(annotation: Any, b: dict[str, Any]) -> Callable[[Any], Any] | None:
+    lo_len, hi_len = b.get("min_length", 0), b.get("max_length")
+    gt, ge, lt, le = b.get("gt"), b.get("ge"), b.get("lt"), b.get("le")
+
+    def in_bounds(x: float) -> bool:
+        return ((gt is None or x > gt) and (ge is None or x >= ge)
+                and (lt is None or x < lt) and (le is None or x <= le))
+
+    if annotation is str:
+        if gt is not None or ge is not None or lt is not None or le is not None:
+            return None
+
+        def check_str(v: Any) -> Any:
+            if type(v) is str and len(v) >= lo_len and (hi_len is None or len(v) <= hi_len):
+                return v
+            return _MISSING
+        return check_str
+    if "min_length" in b or "max_length" in b:
+        return None
+    if annotation is int:
+        def check_int(v: Any) -> Any:
+            return v if type(v) is int and in_bounds(v) else _MISSING
+        return check_int
+    if annotation is float:
+        def check_float(v: Any) -> Any:
+            t = type(v)
+            if t is int:  # exact only where a float holds the integer exactly
+                v = float(v) if -_EXACT < v < _EXACT else _MISSING
+            elif t is not float or not math.isfinite(v):
+                return _MISSING
+            return v if v is not _MISSING and in_bounds(v) else _MISSING
+        return check_float
+    return None
+
+
+_EXACT = 1 << 53
 
 
 def decision_id(event_id: str, model_version: str, feature_set: str) -> str:
