@@ -21,6 +21,15 @@ STEP_TIMEOUT_S=600
 quiet=0
 [ "${1:-}" = "--quiet" ] && quiet=1
 say() { [ "$quiet" -eq 1 ] || echo "deploy-tools: $*" >&2; }
+# Run a bounded step; with --quiet its output is shown only when it fails.
+step() {
+  local log rc=0
+  log="$(mktemp)"
+  timeout "$STEP_TIMEOUT_S" "$@" >"$log" 2>&1 || rc=$?
+  if [ "$rc" -ne 0 ] || [ "$quiet" -eq 0 ]; then cat "$log" >&2; fi
+  rm -f "$log"
+  return "$rc"
+}
 
 TOOLS="$PWD/.tools"
 mkdir -p "$TOOLS/bin"
@@ -35,11 +44,11 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
     say "installing Debian's prometheus package (about 10 s)"
     export DEBIAN_FRONTEND=noninteractive
     # The package's service is never started here (no systemd in CI); tests start their own.
+    # A new machine's package lists may be stale: update once if the first try fails.
     timeout "$STEP_TIMEOUT_S" apt-get install -y -qq --no-install-recommends prometheus \
       >/dev/null 2>&1 \
-      || { timeout "$STEP_TIMEOUT_S" apt-get update -qq >/dev/null 2>&1 \
-           && timeout "$STEP_TIMEOUT_S" apt-get install -y -qq --no-install-recommends \
-                prometheus >/dev/null; }
+      || { step apt-get update -qq \
+           && step apt-get install -y -qq --no-install-recommends prometheus; }
   else
     echo "deploy-tools: prometheus/promtool missing; as root: apt-get install -y prometheus" >&2
   fi
@@ -52,20 +61,19 @@ if ! command -v go >/dev/null; then
 fi
 if ! stamp_ok kubeconform "$KUBECONFORM_VERSION" || [ ! -x "$TOOLS/bin/kubeconform" ]; then
   say "go install kubeconform@$KUBECONFORM_VERSION"
-  timeout "$STEP_TIMEOUT_S" go install \
-    "github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION"
+  step go install "github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION"
   stamp kubeconform "$KUBECONFORM_VERSION"
 fi
 if ! stamp_ok kustomize "$KUSTOMIZE_VERSION" || [ ! -x "$TOOLS/bin/kustomize" ]; then
   say "go install kustomize@$KUSTOMIZE_VERSION"
-  timeout "$STEP_TIMEOUT_S" go install "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION"
+  step go install "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION"
   stamp kustomize "$KUSTOMIZE_VERSION"
 fi
 compose_src=deploy/tools/compose-config
 compose_sum="$(cat "$compose_src"/go.mod "$compose_src"/go.sum "$compose_src"/*.go | sha256sum)"
 if ! stamp_ok compose-config "$compose_sum" || [ ! -x "$TOOLS/bin/compose-config" ]; then
   say "go build deploy/tools/compose-config"
-  (cd "$compose_src" && timeout "$STEP_TIMEOUT_S" go build -o "$TOOLS/bin/compose-config" .)
+  (cd "$compose_src" && step go build -o "$TOOLS/bin/compose-config" .)
   stamp compose-config "$compose_sum"
 fi
 
@@ -77,7 +85,7 @@ if ! stamp_ok k8s-schemas "$schemas_id"; then
   say "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION (PyPI) -> .tools/k8s-schemas"
   python="${PYTHON:-$(command -v python3)}"
   rm -rf "$TOOLS/k8s-schemas" "$TOOLS/wheels"
-  timeout "$STEP_TIMEOUT_S" "$python" -m pip download -q --no-deps --only-binary=:all: \
+  step "$python" -m pip download -q --no-deps --only-binary=:all: \
     --disable-pip-version-check -d "$TOOLS/wheels" \
     "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
   "$python" - "$TOOLS" $K8S_SCHEMA_VERSIONS <<'PY'
