@@ -44,11 +44,11 @@ from .metrics import (
     count_decisions,
     register_runtime_collectors,
 )
-from .pipeline import Decider, PartitionState, Pipeline, PollResult
+from .pipeline import BatchResult, Decider, PartitionPipeline, Record
 from .profiles import apply_profile_records
 from .routing import Member, OwnerMap
 from .scoring.chain import ChainStats, FallbackChain
-from .state import RocksStore, StagedStore, layout
+from .state import RocksStore, StagedStore
 from .topology import TopicNames, Topology
 
 if TYPE_CHECKING:
@@ -60,7 +60,6 @@ log = logging.getLogger("streamwise.worker")
 
 
 _END_OF_BATCH = ("streamwise.end", b"1")
-_FORMAT = (layout.FORMAT_HEADER, str(layout.STATE_FORMAT_VERSION).encode())
 
 
 def _changelog_group(changes: Mapping[bytes, bytes | None]):
@@ -69,7 +68,7 @@ def _changelog_group(changes: Mapping[bytes, bytes | None]):
     for key, value in items[:-1]:
         yield key, value, []
     key, value = items[-1]
-    yield key, value, [_END_OF_BATCH, _FORMAT]
+    yield key, value, [_END_OF_BATCH]
 
 
 def topic_specs(t: TopicNames, partitions: int) -> list[TopicSpec]:
@@ -110,7 +109,7 @@ class Worker:
         self.profiles: dict[str, Mapping[str, Any]] = {}
         self._profile_positions: dict[int, int] = {}
         self.stores: dict[int, StagedStore] = {}
-        self.pipeline = Pipeline(topology, decider, self.clock, topic=self.topics.events)
+        self.pipelines: dict[int, PartitionPipeline] = {}
         self.profiles_loaded = False
         self.assigned_once = False
         self._lock = asyncio.Lock()
@@ -211,9 +210,8 @@ class Worker:
         # finish on the loop: its changes are staged in the stores, so this batch reads them.
         self.metrics.records_in.labels(self.topology.name, self.topics.events).inc(
             sum(len(msgs) for msgs in batches.values()))
-        poll = await asyncio.to_thread(self._run_pipeline, batches)
+        results = await asyncio.to_thread(self._run_pipelines, batches)
         await self._drain()  # polls finish in order: one poll's writes in flight at a time
-        results = poll.partitions
         if not results:
             return
         producer = self._producer
@@ -225,13 +223,12 @@ class Worker:
                 # the last record of each batch carries the end marker
                 changelog[p] = await send_records(producer, self.topics.changelog, p,
                                                   _changelog_group(r.changes))
-        self._inflight = asyncio.create_task(self._finish(poll, changelog))
+        self._inflight = asyncio.create_task(self._finish(results, changelog))
         self._inflight.add_done_callback(self._stop_on_failure)
 
-    async def _finish(self, poll: PollResult,
+    async def _finish(self, results: Mapping[int, BatchResult],
                       changelog: Mapping[int, list[tuple[asyncio.Future, int]]]) -> None:
         """Steps 2-4 of a poll (1, the changelog, is in flight): local state, outputs, commit."""
-        results = poll.partitions
         producer = self._producer
         assert producer is not None
         t = self.topics
@@ -261,7 +258,7 @@ class Worker:
             # Rebalance in progress: the new owner re-reads these records and dedup re-emits
             # their decisions. Nothing is lost.
             log.warning("offset commit skipped (%s); records will be re-delivered", exc)
-        self._observe(poll)
+        self._observe(results)
 
     def _stop_on_failure(self, task: asyncio.Task) -> None:
         """A poll whose writes failed stops the loop at once (even with no more input), and
@@ -275,21 +272,20 @@ class Worker:
         if task is not None:
             await task
 
-    def _run_pipeline(self, batches: Mapping[TopicPartition, list]) -> PollResult:
-        """One poll, all its partitions (those revoked while it was in flight are skipped)."""
-        return self.pipeline.process({tp.partition: msgs for tp, msgs in batches.items()},
-                                     self.profiles)
+    def _run_pipelines(self, batches: Mapping[TopicPartition, list]) -> dict[int, BatchResult]:
+        results: dict[int, BatchResult] = {}
+        for tp, msgs in batches.items():
+            pipe = self.pipelines.get(tp.partition)
+            if pipe is None or not msgs:
+                continue  # revoked while the poll was in flight
+            records = [Record(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp)
+                       for m in msgs]
+            results[tp.partition] = pipe.process(records, self.profiles)
+        return results
 
-    @property
-    def pipelines(self) -> Mapping[int, PartitionState]:
-        """The partitions this worker decides now, with their watermarks."""
-        return self.pipeline.partitions
-
-    def _observe(self, poll: PollResult) -> None:
+    def _observe(self, results: Mapping[int, BatchResult]) -> None:
         m, name, t = self.metrics, self.topology.name, self.topics
-        for stage, ms in poll.stage_ms.items():
-            m.stage_seconds.labels(name, stage).observe(ms / 1000)
-        for p, r in poll.partitions.items():
+        for p, r in results.items():
             m.batch_records.labels(name).observe(len(r.decisions) + len(r.dlq))
             m.events.labels(name, "accepted").inc(r.accepted)
             m.events.labels(name, "duplicate").inc(r.duplicates)
@@ -297,6 +293,8 @@ class Worker:
             m.events.labels(name, "dlq").inc(len(r.dlq))
             for reason in r.dlq_reasons:
                 m.dlq.labels(name, reason).inc()
+            for stage, ms in r.stage_ms.items():
+                m.stage_seconds.labels(name, stage).observe(ms / 1000)
             # A cheap scan of the encoded decisions (see count_decisions); the columnar
             # pipeline will hand these counts over in its BatchResult directly.
             for (path, decision), n in count_decisions(v for _, v in r.decisions).items():
@@ -396,11 +394,12 @@ class Worker:
         store = RocksStore(self.state_dir / f"p{p:04d}")
         restored = await self._restore(p, store)
         self.stores[p] = staged = StagedStore(store)
-        self.pipeline.open(p, staged)
+        self.pipelines[p] = PartitionPipeline(self.topology, p, staged, self.decider,
+                                              self.clock)
         log.info("partition %d ready (%d changelog records restored)", p, restored)
 
     def _close_partition(self, p: int) -> None:
-        self.pipeline.close(p)
+        self.pipelines.pop(p, None)
         self._committed.pop(p, None)  # another worker commits there now
         store = self.stores.pop(p, None)
         if store is not None:
@@ -427,9 +426,6 @@ class Worker:
                 for m in chunk:
                     group[m.key] = m.value
                     if _END_OF_BATCH in m.headers:
-                        if _FORMAT not in m.headers:
-                            found = dict(m.headers).get(layout.FORMAT_HEADER, b"1")
-                            layout.check_format(found, f"changelog {self.topics.changelog}")
                         store.apply(group, changelog_offset=m.offset)
                         applied += len(group)
                         restored.inc(len(group))
