@@ -4,6 +4,7 @@ leaves every rejection (reason and detail) to pydantic."""
 from __future__ import annotations
 
 import json
+
 from hypothesis import given
 from hypothesis import strategies as st
 
