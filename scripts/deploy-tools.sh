@@ -5,6 +5,8 @@
 #   kustomize, kubeconform  Go modules, built with `go install` into .tools/bin
 #   compose-config          deploy/tools/compose-config (compose-go, what `docker compose
 #                           config` uses), built into .tools/bin
+#   dockerfile-check        deploy/tools/dockerfile-check (BuildKit's Dockerfile parser and
+#                           linter, what `docker build` runs first), built into .tools/bin
 #   Kubernetes JSON schemas  taken from the PyPI wheel kubernetes-validate into .tools/k8s-schemas
 # Idempotent and cache-friendly: a step whose pinned result is already in .tools is skipped
 # (Go's module cache and pip's cache make a rebuild after `rm -rf .tools` cheap too).
@@ -56,7 +58,7 @@ fi
 
 # -- Go tools -------------------------------------------------------------------------------
 if ! command -v go >/dev/null; then
-  echo "deploy-tools: no Go toolchain; kustomize, kubeconform and compose-config need one" >&2
+  echo "deploy-tools: no Go toolchain; kustomize, kubeconform and deploy/tools need one" >&2
   exit 1
 fi
 if ! stamp_ok kubeconform "$KUBECONFORM_VERSION" || [ ! -x "$TOOLS/bin/kubeconform" ]; then
@@ -69,12 +71,12 @@ if ! stamp_ok kustomize "$KUSTOMIZE_VERSION" || [ ! -x "$TOOLS/bin/kustomize" ];
   step go install "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION"
   stamp kustomize "$KUSTOMIZE_VERSION"
 fi
-compose_src=deploy/tools/compose-config
-compose_sum="$(cat "$compose_src"/go.mod "$compose_src"/go.sum "$compose_src"/*.go | sha256sum)"
-if ! stamp_ok compose-config "$compose_sum" || [ ! -x "$TOOLS/bin/compose-config" ]; then
-  say "go build deploy/tools/compose-config"
-  (cd "$compose_src" && step go build -o "$TOOLS/bin/compose-config" .)
-  stamp compose-config "$compose_sum"
+ours_sum="$(cat deploy/tools/go.mod deploy/tools/go.sum deploy/tools/*/*.go | sha256sum)"
+if ! stamp_ok deploy-tools "$ours_sum" || [ ! -x "$TOOLS/bin/compose-config" ] \
+    || [ ! -x "$TOOLS/bin/dockerfile-check" ]; then
+  say "go build deploy/tools (compose-config, dockerfile-check)"
+  (cd deploy/tools && step go build -o "$TOOLS/bin/" ./compose-config ./dockerfile-check)
+  stamp deploy-tools "$ours_sum"
 fi
 
 # -- Kubernetes JSON schemas ----------------------------------------------------------------

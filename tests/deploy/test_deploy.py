@@ -1,9 +1,10 @@
 """deploy/ checked offline: Kubernetes manifests, the Compose file, alert rules, the dashboard.
 
 The tools come from scripts/deploy-tools.sh (scripts/test runs it): kustomize and kubeconform
-(Go modules), compose-config (compose-go, the loader `docker compose config` uses), promtool
-(Debian's prometheus package) and Kubernetes JSON schemas (the kubernetes-validate wheel). A
-missing tool fails its test with one line saying how to get it.
+(Go modules), compose-config (compose-go, the loader `docker compose config` uses),
+dockerfile-check (BuildKit's Dockerfile parser and linter), promtool (Debian's prometheus
+package) and Kubernetes JSON schemas (the kubernetes-validate wheel). A missing tool fails its
+test with one line saying how to get it.
 """
 
 from __future__ import annotations
@@ -123,6 +124,38 @@ def test_statefulset_runs_the_worker_as_deployed(k8s_build):
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
     for service in by_kind["Service"]:
         assert service["spec"]["selector"].items() <= labels.items()
+
+
+# -- Image --------------------------------------------------------------------------------------
+
+
+def test_dockerfile_builds_a_wheel_and_runs_it_as_non_root():
+    stages = json.loads(_run(_tool("dockerfile-check"), str(REPO / "Dockerfile")))
+    assert [s["name"] for s in stages] == ["builder", "runtime"]
+    builder, runtime = (_by_verb(s) for s in stages)
+    assert any("build-essential" in i for i in builder["RUN"])
+    assert any("pip wheel --no-deps" in i for i in builder["RUN"])
+    assert runtime["COPY"] == ["COPY --from=builder /wheels /tmp/wheels"]
+    install = [i for i in runtime["RUN"] if "pip install" in i]
+    assert install == ["RUN pip install /tmp/wheels/*.whl && rm -rf /tmp/wheels"]  # no extras
+    assert stages[1]["base"].endswith("-slim")
+    (user,) = runtime["USER"]
+    uid = user.split()[1].split(":")[0]
+    assert uid.isdigit() and int(uid) != 0  # numeric: Kubernetes' runAsNonRoot can check it
+    (health,) = runtime["HEALTHCHECK"]
+    assert "/healthz" in health
+    assert runtime["ENTRYPOINT"] == ['ENTRYPOINT ["streamwise"]']
+    # The build context is an allow-list: the wheel needs these, and nothing else gets in.
+    allowed = [line[1:].rstrip("/") for line in
+               (REPO / ".dockerignore").read_text().splitlines() if line.startswith("!")]
+    assert sorted(allowed) == ["README.md", "engine", "pyproject.toml", "topologies"]
+
+
+def _by_verb(stage: dict) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for instruction in stage["instructions"]:
+        out.setdefault(instruction.split()[0], []).append(instruction)
+    return out
 
 
 # -- Compose ------------------------------------------------------------------------------------

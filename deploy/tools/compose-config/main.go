@@ -3,7 +3,7 @@
 // them against the Compose Specification schema, interpolates variables, resolves anchors,
 // extends and relative paths, and the resolved project is printed as JSON on stdout.
 //
-//	go build -o compose-config . && ./compose-config -f ../../compose/docker-compose.yml
+//	go build -o compose-config ./compose-config && ./compose-config -f ../compose/docker-compose.yml
 package main
 
 import (
