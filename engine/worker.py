@@ -323,7 +323,8 @@ class Worker:
         chain = self.decider
         usable = len(chain.usable()) if isinstance(chain, FallbackChain) else None
         active = {} if self.models is None else {
-            n: s.active.ref.partition(":")[2] for n, s in self.models.slots.items()
+            # list(): one C call, so a reload thread adding a slot cannot break the iteration
+            n: s.active.ref.partition(":")[2] for n, s in list(self.models.slots.items())
             if s.active is not None}
         lag = {p: n for p, n in self._lag.items() if p in self.pipelines}
         return WorkerSnapshot(self.ready[0], usable, active, lag)
