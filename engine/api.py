@@ -30,9 +30,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .kafka_io import partition_for
 from .online import NotOwned, OnlineScorer, Overloaded
-from .pipeline import LATEST_DECISION_PREFIX, Preview, abstain_decision
+from .pipeline import Preview, abstain_decision, features_now, last_decision, table_view
 from .schemas import EventDecoder, Rejection
-from .windows import EntityTiles
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -181,42 +180,45 @@ def build_app(worker: Worker, online: OnlineScorer | None = None,
         if not _TABLE_RE.match(name):
             raise ApiError(400, "invalid table name: [a-z][a-z0-9_]{0,63}")
         try:
-            tb = topo.table(name)
+            topo.table(name)
         except KeyError:
             raise ApiError(404, f"unknown table {name}") from None
         key, kb, p = locate(request)
         if not worker.owns(p):
             return await forward(request, p)
-        raw = worker.read(p, tb.state_prefix + kb)
-        if raw is None:
+        state = worker.pipelines.get(p)
+        view = None if state is None else table_view(state, name, key)
+        if view is None:
             raise ApiError(404, "unknown key")
-        ent = EntityTiles.from_json(orjson.loads(raw))
-        windows = ent.windows(tb.tile_ms)
-        pipe = worker.pipelines.get(p)
+        last_ts, windows = view
         return _json({
             "table": name, "key": key,
-            "value": {"last_ts_ms": ent.last_ts_ms, "tiles": len(windows),
+            "value": {"last_ts_ms": last_ts, "tiles": len(windows),
                       "count": sum(w["value"]["count"] for w in windows)},
             "windows": windows,
-            "watermark_ms": pipe.watermark.watermark_ms if pipe else None,
+            "watermark_ms": state.watermark.watermark_ms,
             "partition": p, "served_by": worker.worker_id, "stale": False,
         })
 
     async def features(request: web.Request) -> web.Response:
         key, kb, p = locate(request)
-        pipe = worker.pipelines.get(p)
-        if pipe is None:
+        state = worker.pipelines.get(p)
+        if state is None:
             return await forward(request, p)
-        as_of, values, ages = pipe.features_now(key, worker.profiles)
+        found = features_now(state, key, worker.profiles)
+        if found is None:
+            raise ApiError(404, "unknown key")
+        as_of, values, ages = found
         return _json({"key": key, "as_of_ms": as_of, "features": values, "ages_ms": ages,
                       "feature_set": topo.features.versioned_name, "partition": p,
                       "served_by": worker.worker_id, "stale": False})
 
     async def decision(request: web.Request) -> web.Response:
         key, kb, p = locate(request)
-        if not worker.owns(p):
+        state = worker.pipelines.get(p)
+        if state is None:
             return await forward(request, p)
-        raw = worker.read(p, LATEST_DECISION_PREFIX + kb)
+        raw = last_decision(state, key)
         if raw is None:
             raise ApiError(404, "no decision for this key")
         return web.Response(body=raw, content_type="application/json",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .kafka_io import partition_for
-from .pipeline import Decider, Preview
+from .pipeline import Decider, Preview, preview
 from .scoring.batching import MicroBatcher
 from .scoring.chain import ChainStats, FallbackChain
 
@@ -80,11 +80,11 @@ class OnlineScorer:
             by_partition.setdefault(item.partition, []).append(i)
         for p, idx in by_partition.items():
             with self._worker.state_lock:  # the partition's store stays open while we read
-                pipe = self._worker.pipelines.get(p)
-                if pipe is None:
+                state = self._worker.pipelines.get(p)
+                if state is None:
                     continue  # revoked meanwhile: NotOwned, the caller forwards
-                previews = pipe.preview([items[i].event for i in idx], self._worker.profiles,
-                                        self._decider)
+                previews = preview(state, [items[i].event for i in idx], self._worker.profiles,
+                                   self._decider, self._worker.clock.now_ms())
             for i, prev in zip(idx, previews, strict=True):
                 out[i] = prev
         if isinstance(self._decider, FallbackChain):

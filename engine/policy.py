@@ -6,9 +6,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
+import numpy as np
+
 from .features import FeatureVector
 
-__all__ = ["Outcome", "Rules", "RulesOnly", "Thresholds", "Verdict", "abstain"]
+__all__ = ["Outcome", "Rules", "RulesOnly", "ScoringRows", "Thresholds", "Verdict", "abstain"]
 
 Outcome = Literal["approve", "review", "decline"]
 
@@ -62,6 +64,40 @@ class Rules:
                        "fallback:rules", (*why, *fired))
 
 
+@dataclass(frozen=True)
+class ScoringRows:
+    """One batch to score: a row per event, in processing order.
+
+    `matrix` is float64 ``(n, features)`` in model order, NaN for a missing value; `vector(i)`
+    is row i as a decision (and the rules) see it; `last_decision(key)` is the entity's last
+    decision stored before this batch (encoded), or None.
+    """
+
+    names: tuple[str, ...]
+    matrix: np.ndarray
+    keys: Sequence[str]
+    ts_ms: Sequence[int]
+    late: Sequence[bool]
+    vector: Callable[[int], FeatureVector]
+    last_decision: Callable[[str], bytes | None]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @classmethod
+    def of_vectors(cls, keys: Sequence[str], vectors: Sequence[FeatureVector],
+                   ts_ms: Sequence[int], late: Sequence[bool] | None = None,
+                   last_decision: Callable[[str], bytes | None] = lambda key: None,
+                   ) -> ScoringRows:
+        """Rows from feature dicts (tests, tools); all dicts share the first one's names."""
+        names = tuple(vectors[0]) if vectors else ()
+        matrix = np.array([[np.nan if v is None else v for v in vec.values()]
+                           for vec in vectors], dtype=np.float64).reshape(len(vectors),
+                                                                          len(names))
+        return cls(names, matrix, keys, ts_ms, late or [False] * len(keys),
+                   vectors.__getitem__, last_decision)
+
+
 def abstain(why: tuple[str, ...]) -> Verdict:
     """No path could decide: send the event to human review."""
     return Verdict(None, "review", "none", "abstain", why)
@@ -74,8 +110,6 @@ class RulesOnly:
         self._rules = rules
         self.feature_set = feature_set
 
-    def decide_many(self, keys: Sequence[str], vectors: Sequence[FeatureVector],
-                    ts_ms: Sequence[int], late: Sequence[bool],
-                    last_decision: Callable[[str], bytes | None]) -> list[Verdict]:
+    def decide(self, rows: ScoringRows) -> list[Verdict]:
         decide = self._rules.decide
-        return [decide(v, ("no_model",)) for v in vectors]
+        return [decide(rows.vector(i), ("no_model",)) for i in range(len(rows))]

@@ -33,7 +33,7 @@ from .clock import ManualClock
 from .errors import ConfigError
 from .event_files import keyed_events
 from .kafka_io import TopicSpec, ensure_topics, partition_for, read_to_end, send_all
-from .pipeline import Decider, PartitionPipeline, Record
+from .pipeline import Decider, Pipeline, Record
 from .profiles import apply_profile_records
 from .state import RocksStore
 from .topology import Topology
@@ -219,7 +219,8 @@ class _Runner:
     """Runs one partition's records through a fresh pipeline, batch by batch."""
 
     def __init__(self, topology: Topology, decider: Decider, profiles: dict, workdir: Path,
-                 summary: ReplaySummary, progress: _Progress) -> None:
+                 summary: ReplaySummary, progress: _Progress, topic: str) -> None:
+        self.topic = topic  # named in dead-letter and late records
         self.topology = topology
         self.decider = decider
         self.profiles = profiles
@@ -232,7 +233,10 @@ class _Runner:
         """The partition's decisions, one list per batch; warm-up batches yield nothing."""
         store = RocksStore(self.workdir / f"p{partition:04d}")
         clock = ManualClock(0)
-        pipe = PartitionPipeline(self.topology, partition, store, self.decider, clock)
+        # A pipeline per partition: an event_time merge interleaves partitions, and each
+        # partition's end-of-range flush must drain only its own reorder buffer.
+        pipe = Pipeline(self.topology, self.decider, clock, topic=self.topic)
+        pipe.open(partition, store)
         ts_field = self.topology.time_field
         last_offset = -1
         try:
@@ -241,7 +245,7 @@ class _Runner:
                 for part in _split(batch, emit_from):
                     # decided_at = newest event time seen: deterministic, unlike the wall clock
                     clock.advance(_max_event_ts(part, ts_field) - clock.now_ms())
-                    result = pipe.process(part, self.profiles)
+                    result = pipe.process({partition: part}, self.profiles).partitions[partition]
                     store.apply(result.changes)
                     self.progress.advance(len(part))
                     if part[0].offset < emit_from:
@@ -256,7 +260,9 @@ class _Runner:
                         yield result.decisions
             # End of the range: events an event_time reorder buffer still holds are decided
             # too (a replay never leaves an event without a decision).
-            tail = pipe.flush(self.profiles)
+            tail = pipe.flush(self.profiles).partitions.get(partition)
+            if tail is None:
+                return
             store.apply(tail.changes)
             if last_offset >= emit_from and tail.decisions:
                 self.summary.decisions += len(tail.decisions)
@@ -412,7 +418,7 @@ async def replay_kafka(bootstrap: str, topology: Topology, decider: Decider, pre
     workdir = Path(tempfile.mkdtemp(prefix="streamwise-replay-"))
     total = sum(stops[p] - warm_starts.get(p, starts[p]) for p in stops)
     progress = _Progress(max(total, 0))
-    runner = _Runner(topology, decider, profiles, workdir, summary, progress)
+    runner = _Runner(topology, decider, profiles, workdir, summary, progress, topics.events)
     t0 = time.monotonic()
     streams: dict[int, AsyncGenerator[list[tuple[bytes, bytes]], None]] = {}
     try:
@@ -468,7 +474,7 @@ async def replay_file(path: Path, topology: Topology, decider: Decider, profiles
     sink = _open_sink(output, topology, None)
     workdir = Path(tempfile.mkdtemp(prefix="streamwise-replay-"))
     progress = _Progress(sum(len(v) for v in by_partition.values()))
-    runner = _Runner(topology, decider, profiles, workdir, summary, progress)
+    runner = _Runner(topology, decider, profiles, workdir, summary, progress, str(path))
     t0 = time.monotonic()
     streams = {p: runner.decisions(p, _chunks(by_partition[p]), emit_from=0)
                for p in sorted(by_partition)}

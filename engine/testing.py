@@ -13,14 +13,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from .clock import Clock, ManualClock
-from .pipeline import Decider, PartitionPipeline, Record, SideRecord
+from .pipeline import Decider, InputRecord, Pipeline, PollResult, SideRecord
 from .policy import RulesOnly
-from .state import MemoryStore
+from .state import MemoryStore, layout
 from .topology import Topology
-from .windows import EntityTiles
 
 __all__ = ["FeedResult", "TableRow", "feed"]
 
@@ -41,43 +38,50 @@ class FeedResult:
     decisions: dict[int, list[bytes]] = field(default_factory=dict)
     dlq: dict[int, list[SideRecord]] = field(default_factory=dict)
     late: dict[int, list[SideRecord]] = field(default_factory=dict)
-    tables: dict[str, dict[str, TableRow]] = field(default_factory=dict)
+    tables: dict[str, dict[int, dict[str, TableRow]]] = field(default_factory=dict)
+    """table -> partition -> entity key -> row (an entity is split over partitions when
+    producers key its events differently)."""
     duplicates: int = 0
 
 
-def feed(topology: Topology, records: Iterable[Record], *,
+def feed(topology: Topology, records: Iterable[InputRecord], *,
          profiles: Mapping[str, Mapping[str, Any]] | None = None,
          decider: Decider | None = None, clock: Clock | None = None,
-         poll_records: int = 1000) -> FeedResult:
+         poll_records: int = 1000, kernel: type | None = None,
+         topic: str = "") -> FeedResult:
     """Run `records` (each with its partition and offset) through `topology`.
 
     `decider` defaults to the topology's rules alone; `clock` (wall time: `decided_at_ms`, DLQ
-    `received_at_ms`) to a `ManualClock` at 0. Tiles that the final watermark has expired are
-    left out of `tables`, whether or not a sweep has deleted them yet.
+    `received_at_ms`) to a `ManualClock` at 0; `kernel` to the engine's tile kernel. Tiles that
+    the final watermark has expired are left out of `tables`, whether or not a sweep has
+    deleted them yet.
     """
     decider = decider or RulesOnly(topology.rules, topology.features.versioned_name)
-    clock = clock or ManualClock(0)
+    pipeline = Pipeline(topology, decider, clock or ManualClock(0), kernel=kernel,
+                        topic=topic or topology.topics().events)
     profiles = profiles or {}
     stores: dict[int, MemoryStore] = {}
-    pipes: dict[int, PartitionPipeline] = {}
     out = FeedResult()
 
-    def run(poll: list[Record]) -> None:
-        by_partition: dict[int, list[Record]] = {}
+    def collect(result: PollResult) -> None:
+        for p, r in result.partitions.items():
+            stores[p].apply(r.changes)
+            out.decisions.setdefault(p, []).extend(body for _, body in r.decisions)
+            out.dlq.setdefault(p, []).extend(r.dlq)
+            out.late.setdefault(p, []).extend(r.late)
+            out.duplicates += r.duplicates
+
+    def run(poll: list[InputRecord]) -> None:
+        by_partition: dict[int, list[InputRecord]] = {}
         for rec in poll:
             by_partition.setdefault(rec.partition, []).append(rec)
-        for p, recs in by_partition.items():
-            if p not in pipes:
+        for p in by_partition:
+            if p not in stores:
                 stores[p] = MemoryStore()
-                pipes[p] = PartitionPipeline(topology, p, stores[p], decider, clock)
-            result = pipes[p].process(recs, profiles)
-            stores[p].apply(result.changes)
-            out.decisions.setdefault(p, []).extend(body for _, body in result.decisions)
-            out.dlq.setdefault(p, []).extend(result.dlq)
-            out.late.setdefault(p, []).extend(result.late)
-            out.duplicates += result.duplicates
+                pipeline.open(p, stores[p])
+        collect(pipeline.process(by_partition, profiles))
 
-    poll: list[Record] = []
+    poll: list[InputRecord] = []
     for rec in records:
         poll.append(rec)
         if len(poll) >= poll_records:
@@ -85,27 +89,29 @@ def feed(topology: Topology, records: Iterable[Record], *,
             poll = []
     if poll:
         run(poll)
-    for p, pipe in pipes.items():  # what an event_time reorder buffer still holds
-        tail = pipe.flush(profiles)
-        stores[p].apply(tail.changes)
-        out.decisions[p].extend(body for _, body in tail.decisions)
-    out.tables = _tables(topology, stores, pipes)
+    collect(pipeline.flush(profiles))  # what an event_time reorder buffer still holds
+    out.tables = _tables(topology, stores, pipeline)
     return out
 
 
 def _tables(topology: Topology, stores: Mapping[int, MemoryStore],
-            pipes: Mapping[int, PartitionPipeline]) -> dict[str, dict[str, TableRow]]:
-    tables: dict[str, dict[str, TableRow]] = {tb.name: {} for tb in topology.tables}
+            pipeline: Pipeline) -> dict[str, dict[int, dict[str, TableRow]]]:
+    tables: dict[str, dict[int, dict[str, TableRow]]] = {tb.name: {} for tb in topology.tables}
     for p, store in stores.items():
-        horizon = pipes[p]._tile_horizon()  # noqa: SLF001 (the engine's own helper module)
-        for tb in topology.tables:
-            prefix = tb.state_prefix
-            for skey, raw in store.items_between(prefix, prefix + b"\xff"):
-                ent = EntityTiles.from_json(orjson.loads(raw))
-                if horizon is not None:
-                    ent.expire(horizon, tb.tile_ms)
-                tiles = tuple((w["start_ms"], w["value"]["count"], w["value"]["sum"],
-                               w["value"]["min"], w["value"]["max"], w["value"]["last"],
-                               w["value"]["distinct_count"]) for w in ent.windows(tb.tile_ms))
-                tables[tb.name][skey[len(prefix):].decode()] = TableRow(ent.last_ts_ms, tiles)
+        state = pipeline.partitions[p]
+        horizon = state.tile_horizon()
+        entities = [(key[len(layout.ENTITY) + 2:].decode(), layout.unpack_entity(raw)[0])
+                    for key, raw in store.items_between(layout.ENTITY, layout.ENTITY + b"\xff")]
+        for tb, prefix, _kernel in state.tables:
+            for entity, last_ts in entities:
+                lo, hi = layout.tile_range(prefix, entity.encode())
+                tiles = []
+                for key, raw in store.items_between(lo, hi):
+                    start = layout.tile_start_of(key)
+                    if horizon is not None and start + tb.tile_ms <= horizon:
+                        continue
+                    t = layout.unpack_tile(raw, tb.distinct_field is not None)
+                    tiles.append((start, t.count, t.sum, t.min, t.max, t.last,
+                                  0 if t.distinct is None else len(t.distinct)))
+                tables[tb.name].setdefault(p, {})[entity] = TableRow(last_ts, tuple(tiles))
     return tables

@@ -44,11 +44,11 @@ from .metrics import (
     count_decisions,
     register_runtime_collectors,
 )
-from .pipeline import BatchResult, Decider, PartitionPipeline, Record
+from .pipeline import Decider, PartitionState, Pipeline, PollResult
 from .profiles import apply_profile_records
 from .routing import Member, OwnerMap
 from .scoring.chain import ChainStats, FallbackChain
-from .state import RocksStore, StagedStore
+from .state import RocksStore, StagedStore, layout
 from .topology import TopicNames, Topology
 
 if TYPE_CHECKING:
@@ -60,6 +60,7 @@ log = logging.getLogger("streamwise.worker")
 
 
 _END_OF_BATCH = ("streamwise.end", b"1")
+_FORMAT = (layout.FORMAT_HEADER, str(layout.STATE_FORMAT_VERSION).encode())
 
 
 def _changelog_group(changes: Mapping[bytes, bytes | None]):
@@ -68,7 +69,7 @@ def _changelog_group(changes: Mapping[bytes, bytes | None]):
     for key, value in items[:-1]:
         yield key, value, []
     key, value = items[-1]
-    yield key, value, [_END_OF_BATCH]
+    yield key, value, [_END_OF_BATCH, _FORMAT]
 
 
 def topic_specs(t: TopicNames, partitions: int) -> list[TopicSpec]:
@@ -109,7 +110,7 @@ class Worker:
         self.profiles: dict[str, Mapping[str, Any]] = {}
         self._profile_positions: dict[int, int] = {}
         self.stores: dict[int, StagedStore] = {}
-        self.pipelines: dict[int, PartitionPipeline] = {}
+        self.pipeline = Pipeline(topology, decider, self.clock, topic=self.topics.events)
         self.profiles_loaded = False
         self.assigned_once = False
         self._lock = asyncio.Lock()
@@ -210,8 +211,9 @@ class Worker:
         # finish on the loop: its changes are staged in the stores, so this batch reads them.
         self.metrics.records_in.labels(self.topology.name, self.topics.events).inc(
             sum(len(msgs) for msgs in batches.values()))
-        results = await asyncio.to_thread(self._run_pipelines, batches)
+        poll = await asyncio.to_thread(self._run_pipeline, batches)
         await self._drain()  # polls finish in order: one poll's writes in flight at a time
+        results = poll.partitions
         if not results:
             return
         producer = self._producer
@@ -223,12 +225,13 @@ class Worker:
                 # the last record of each batch carries the end marker
                 changelog[p] = await send_records(producer, self.topics.changelog, p,
                                                   _changelog_group(r.changes))
-        self._inflight = asyncio.create_task(self._finish(results, changelog))
+        self._inflight = asyncio.create_task(self._finish(poll, changelog))
         self._inflight.add_done_callback(self._stop_on_failure)
 
-    async def _finish(self, results: Mapping[int, BatchResult],
+    async def _finish(self, poll: PollResult,
                       changelog: Mapping[int, list[tuple[asyncio.Future, int]]]) -> None:
         """Steps 2-4 of a poll (1, the changelog, is in flight): local state, outputs, commit."""
+        results = poll.partitions
         producer = self._producer
         assert producer is not None
         t = self.topics
@@ -258,7 +261,7 @@ class Worker:
             # Rebalance in progress: the new owner re-reads these records and dedup re-emits
             # their decisions. Nothing is lost.
             log.warning("offset commit skipped (%s); records will be re-delivered", exc)
-        self._observe(results)
+        self._observe(poll)
 
     def _stop_on_failure(self, task: asyncio.Task) -> None:
         """A poll whose writes failed stops the loop at once (even with no more input), and
@@ -272,20 +275,21 @@ class Worker:
         if task is not None:
             await task
 
-    def _run_pipelines(self, batches: Mapping[TopicPartition, list]) -> dict[int, BatchResult]:
-        results: dict[int, BatchResult] = {}
-        for tp, msgs in batches.items():
-            pipe = self.pipelines.get(tp.partition)
-            if pipe is None or not msgs:
-                continue  # revoked while the poll was in flight
-            records = [Record(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp)
-                       for m in msgs]
-            results[tp.partition] = pipe.process(records, self.profiles)
-        return results
+    def _run_pipeline(self, batches: Mapping[TopicPartition, list]) -> PollResult:
+        """One poll, all its partitions (those revoked while it was in flight are skipped)."""
+        return self.pipeline.process({tp.partition: msgs for tp, msgs in batches.items()},
+                                     self.profiles)
 
-    def _observe(self, results: Mapping[int, BatchResult]) -> None:
+    @property
+    def pipelines(self) -> Mapping[int, PartitionState]:
+        """The partitions this worker decides now, with their watermarks."""
+        return self.pipeline.partitions
+
+    def _observe(self, poll: PollResult) -> None:
         m, name, t = self.metrics, self.topology.name, self.topics
-        for p, r in results.items():
+        for stage, ms in poll.stage_ms.items():
+            m.stage_seconds.labels(name, stage).observe(ms / 1000)
+        for p, r in poll.partitions.items():
             m.batch_records.labels(name).observe(len(r.decisions) + len(r.dlq))
             m.events.labels(name, "accepted").inc(r.accepted)
             m.events.labels(name, "duplicate").inc(r.duplicates)
@@ -293,8 +297,6 @@ class Worker:
             m.events.labels(name, "dlq").inc(len(r.dlq))
             for reason in r.dlq_reasons:
                 m.dlq.labels(name, reason).inc()
-            for stage, ms in r.stage_ms.items():
-                m.stage_seconds.labels(name, stage).observe(ms / 1000)
             # A cheap scan of the encoded decisions (see count_decisions); the columnar
             # pipeline will hand these counts over in its BatchResult directly.
             for (path, decision), n in count_decisions(v for _, v in r.decisions).items():
@@ -395,12 +397,11 @@ class Worker:
         store = RocksStore(self.state_dir / f"p{p:04d}")
         restored = await self._restore(p, store)
         self.stores[p] = staged = StagedStore(store)
-        self.pipelines[p] = PartitionPipeline(self.topology, p, staged, self.decider,
-                                              self.clock)
+        self.pipeline.open(p, staged)
         log.info("partition %d ready (%d changelog records restored)", p, restored)
 
     def _close_partition(self, p: int) -> None:
-        self.pipelines.pop(p, None)
+        self.pipeline.close(p)
         self._committed.pop(p, None)  # another worker commits there now
         store = self.stores.pop(p, None)
         if store is not None:
@@ -427,6 +428,9 @@ class Worker:
                 for m in chunk:
                     group[m.key] = m.value
                     if _END_OF_BATCH in m.headers:
+                        if _FORMAT not in m.headers:
+                            found = dict(m.headers).get(layout.FORMAT_HEADER, b"1")
+                            layout.check_format(found, f"changelog {self.topics.changelog}")
                         store.apply(group, changelog_offset=m.offset)
                         applied += len(group)
                         restored.inc(len(group))
@@ -515,10 +519,6 @@ class Worker:
 
     def owns(self, partition: int) -> bool:
         return partition in self.stores
-
-    def read(self, partition: int, key: bytes) -> bytes | None:
-        store = self.stores.get(partition)
-        return None if store is None else store.get(key)
 
     @property
     def worker_id(self) -> str:

@@ -10,10 +10,9 @@ and why it was taken.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import math
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -21,13 +20,10 @@ import numpy as np
 import orjson
 
 from ..clock import Clock
-from ..features import FeatureVector
-from ..policy import Rules, Thresholds, Verdict, abstain
+from ..policy import Rules, ScoringRows, Thresholds, Verdict, abstain
 from .breaker import BreakerSettings, BreakerState, CircuitBreaker
 
 __all__ = ["CheapFirst", "FallbackChain", "Model", "ScoringSettings"]
-
-LastDecision = Callable[[str], bytes | None]
 
 
 class Model(Protocol):
@@ -121,11 +117,13 @@ class FallbackChain:
 
     # -- the batch --------------------------------------------------------------------------
 
-    def decide_many(self, keys: Sequence[str], vectors: Sequence[FeatureVector],
-                    ts_ms: Sequence[int], late: Sequence[bool],
-                    last_decision: LastDecision) -> list[Verdict]:
+    def decide(self, rows: ScoringRows) -> list[Verdict]:
+        """A verdict per row, in order. The fallbacks' "last known score" of an entity is its
+        newest model score before the row in processing order (an earlier row of this batch,
+        else the stored last decision), so how the stream is cut into batches never changes
+        a decision."""
         s = self.settings
-        n = len(vectors)
+        n = len(rows)
         if n == 0:
             return []
         # The backup gets what is left of the stage's budget (primary + backup timeouts), not
@@ -134,19 +132,18 @@ class FallbackChain:
         deadline = time.perf_counter() + (s.timeout_ms + s.backup_timeout_ms) / 1000
         out: list[Verdict | None] = [None] * n
         why: list[tuple[str, ...]] = [()] * n
-        # One matrix for the batch (None → NaN); only rows with a missing or non-finite value
-        # are looked at one by one.
-        matrix = np.array([list(v.values()) for v in vectors], dtype=np.float64).reshape(n, -1)
-        usable = np.isfinite(matrix).all(axis=1)
+        matrix = rows.matrix
+        finite = np.isfinite(matrix)
+        usable = finite.all(axis=1)
         for i in np.flatnonzero(~usable).tolist():
-            bad = [k for k, v in vectors[i].items() if v is None or not math.isfinite(v)]
+            bad = [rows.names[j] for j in np.flatnonzero(~finite[i]).tolist()]
             why[i] = (f"missing_features:{','.join(bad)}",)
             self.stats.fallbacks["missing_features"] += 1
-        rows = _Rows(matrix, usable.tolist())
-        todo = [i for i in range(n) if rows.usable[i]]
+        batch = _Rows(matrix, usable.tolist())
+        todo = [i for i in range(n) if batch.usable[i]]
 
         if todo and s.cheap_first is not None and s.backup:
-            cheap, reason = self._score(s.backup, todo, rows)
+            cheap, reason = self._score(s.backup, todo, batch)
             if cheap is not None:
                 model = self._models(s.backup)
                 keep = []
@@ -159,7 +156,7 @@ class FallbackChain:
                 todo = keep
 
         if todo:
-            scores, reason = self._score(s.primary, todo, rows)
+            scores, reason = self._score(s.primary, todo, batch)
             if scores is not None:
                 model = self._models(s.primary)
                 for i, score in zip(todo, scores.tolist(), strict=True):
@@ -168,28 +165,57 @@ class FallbackChain:
                 self.stats.fallbacks[reason] += len(todo)
                 for i in todo:
                     why[i] = (reason,)
+        if all(v is not None for v in out):
+            return out  # type: ignore[return-value]
 
-        # Fallbacks, in the declared order, for every row still undecided.
-        pending = [i for i in range(n) if out[i] is None]
-        for i in pending:
-            out[i] = self._last_score(keys[i], ts_ms[i], why[i], last_decision)
-        backup_rows = [i for i in pending if out[i] is None and rows.usable[i]]
-        if backup_rows and s.backup:
-            scores, reason = self._score(s.backup, backup_rows, rows, deadline)
-            if scores is not None:
-                model = self._models(s.backup)
-                for i, score in zip(backup_rows, scores, strict=True):
-                    out[i] = self._verdict(model, score, "fallback:backup_model", why[i])
+        # Fallbacks, in the declared order, for every row still undecided. First the rows
+        # that will need the backup (no fresh last score, even counting this batch's earlier
+        # rows as if the backup scores them), one call for all; then, in order, each row's
+        # path with the backup's answer known.
+        last = _LastScores(rows.last_decision)
+        backup_rows = []
+        for i in range(n):
+            key, ts = rows.keys[i], rows.ts_ms[i]
+            if out[i] is not None:
+                last.note(key, ts, out[i])
+            elif last.fresh(key, ts, s.last_score_max_age_ms) is None and batch.usable[i]:
+                backup_rows.append(i)
+                last.note(key, ts, None)
             else:
-                for i in backup_rows:
-                    why[i] = (*why[i], f"backup:{reason}")
-        for i in pending:
-            if out[i] is None:
-                try:
-                    out[i] = self._rules.decide(vectors[i], why[i])
-                except Exception:  # a rules bug must not lose the event
-                    out[i] = abstain((*why[i], "rules_failed"))
+                last.note(key, ts, _UNSCORED)  # last score or rules: no score of its own
+        backup: dict[int, float] = {}
+        backup_failed = ""
+        if backup_rows and s.backup:
+            scores, backup_failed = self._score(s.backup, backup_rows, batch, deadline)
+            if scores is not None:
+                backup = dict(zip(backup_rows, scores.tolist(), strict=True))
+        last = _LastScores(rows.last_decision)
+        for i in range(n):
+            v = out[i]
+            if v is None:
+                key, ts = rows.keys[i], rows.ts_ms[i]
+                fresh = last.fresh(key, ts, s.last_score_max_age_ms)
+                if fresh is not None:
+                    score, decision, model_ref, age = fresh
+                    self.stats.fallbacks["last_score"] += 1
+                    v = Verdict(score, decision, model_ref, "fallback:last_score",
+                                (*why[i], f"last_score_age_ms={age}"))
+                elif i in backup:
+                    v = self._verdict(self._models(s.backup), backup[i], "fallback:backup_model",
+                                      why[i])
+                elif batch.usable[i] and s.backup:
+                    v = self._rules_verdict(rows, i, (*why[i], f"backup:{backup_failed}"))
+                else:
+                    v = self._rules_verdict(rows, i, why[i])
+                out[i] = v
+            last.note(rows.keys[i], rows.ts_ms[i], v)
         return out  # type: ignore[return-value]
+
+    def _rules_verdict(self, rows: ScoringRows, i: int, why: tuple[str, ...]) -> Verdict:
+        try:
+            return self._rules.decide(rows.vector(i), why)
+        except Exception:  # a rules bug must not lose the event
+            return abstain((*why, "rules_failed"))
 
     # -- pieces ------------------------------------------------------------------------------
 
@@ -199,22 +225,6 @@ class FallbackChain:
             t = model.manifest.thresholds  # type: ignore[attr-defined]
             thresholds = self._thresholds[model.ref] = Thresholds(t.review_at, t.decline_at)
         return Verdict(float(score), thresholds.outcome(score), model.ref, path, why)
-
-    def _last_score(self, key: str, ts_ms: int, why: tuple[str, ...],
-                    last_decision: LastDecision) -> Verdict | None:
-        raw = last_decision(key)
-        if not raw:
-            return None
-        last = orjson.loads(raw)
-        # Only a model's own score is reused, never a fallback's reuse or a rules score.
-        if last.get("path") not in ("model", "fallback:backup_model") or last.get("score") is None:
-            return None
-        age = ts_ms - last["event_ts_ms"]
-        if not 0 <= age <= self.settings.last_score_max_age_ms:
-            return None
-        self.stats.fallbacks["last_score"] += 1
-        return Verdict(last["score"], last["decision"], last["model"], "fallback:last_score",
-                       (*why, f"last_score_age_ms={age}"))
 
     def _score(self, name: str, idx: list[int], rows: _Rows, deadline: float | None = None
                ) -> tuple[np.ndarray | None, str]:
@@ -265,6 +275,57 @@ class FallbackChain:
             self.stats.inference_s.append((model.ref, time.perf_counter() - t0))
             return scores, ""
         return None, reason
+
+
+class _LastScores:
+    """What each entity's last decision says for the last-score fallback, in processing
+    order: the stored last decision, then the rows noted so far. Only a last decision that a
+    model scored (model or backup path) offers its score; any other path hides older ones."""
+
+    __slots__ = ("_batch", "_load", "_stored")
+
+    def __init__(self, load: Callable[[Hashable], bytes | None]) -> None:
+        self._load = load
+        self._stored: dict[Hashable, tuple | None] = {}
+        self._batch: dict[Hashable, tuple | None] = {}
+
+    def note(self, key: Hashable, ts_ms: int, v: Verdict | None) -> None:
+        """The row of `key` at `ts_ms` was decided with `v` (None: the backup will score it,
+        assumed to succeed)."""
+        if v is None:
+            self._batch[key] = (None, None, None, ts_ms)
+        elif v.path in _SCORED_PATHS and v.score is not None:
+            self._batch[key] = (v.score, v.decision, v.model, ts_ms)
+        else:
+            self._batch[key] = None
+
+    def fresh(self, key: Hashable, ts_ms: int, max_age_ms: int) -> tuple | None:
+        """(score, decision, model, age ms) when the last decision was scored at most
+        `max_age_ms` before `ts_ms` in event time, else None."""
+        if key in self._batch:
+            last = self._batch[key]
+        else:
+            if key not in self._stored:
+                self._stored[key] = _stored_score(self._load(key))
+            last = self._stored[key]
+        if last is None:
+            return None
+        age = ts_ms - last[3]
+        return (*last[:3], age) if 0 <= age <= max_age_ms else None
+
+
+_SCORED_PATHS = ("model", "fallback:backup_model")
+_UNSCORED = Verdict(None, "review", "none", "abstain", ())  # stands for any unscored path
+
+
+def _stored_score(raw: bytes | None) -> tuple | None:
+    if not raw:
+        return None
+    last = orjson.loads(raw)
+    # Only a model's own score is reused, never a fallback's reuse or a rules score.
+    if last.get("path") not in _SCORED_PATHS or last.get("score") is None:
+        return None
+    return last["score"], last["decision"], last["model"], last["event_ts_ms"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,10 +23,11 @@ from rocksdict import (
 )
 
 from ..errors import StateError
+from . import layout
 
 __all__ = ["MemoryStore", "RocksStore", "StagedStore"]
 
-_CHANGELOG_OFFSET = b"\x00meta/changelog_offset"  # local only: never itself changelogged
+_CHANGELOG_OFFSET = layout.CHANGELOG_OFFSET_KEY  # local only: never itself changelogged
 
 
 class MemoryStore:
@@ -87,6 +88,25 @@ class RocksStore:
         except Exception as exc:  # rocksdict raises plain Exception on corruption/lock
             raise StateError(f"cannot open state at {path}: {exc}") from exc
         self.path = path
+        found = self._db.get(layout.FORMAT_KEY)
+        if found is None:
+            it = self._db.iter()
+            it.seek_to_first()
+            if it.valid():  # state from before format markers: format 1
+                self._db.close()
+                layout.check_format(b"1", f"the state directory {path}")
+            wb = WriteBatch(raw_mode=True)
+            wb.put(layout.FORMAT_KEY, str(layout.STATE_FORMAT_VERSION).encode())
+            no_wal = WriteOptions()
+            no_wal.disable_wal = True
+            self._db.write(wb, no_wal)
+            self._db.flush()  # durable at once: a crash must never leave data without it
+        else:
+            try:
+                layout.check_format(found, f"the state directory {path}")
+            except StateError:
+                self._db.close()
+                raise
         # No RocksDB write-ahead log: the Kafka changelog is the log. Each write batch carries
         # the changelog offset it corresponds to, so after a crash the store comes back as of
         # its last flushed batch (a prefix of the batches) and restore replays the changelog

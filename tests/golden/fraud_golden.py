@@ -252,7 +252,7 @@ def side_line(kind: str, partition: int, key: bytes | None, value: bytes,
 
 def canonical(result: FeedResult) -> bytes:
     """The golden text of one run: decisions, DLQ, late (each by partition, in order), then
-    the tables by entity key."""
+    the tables by partition and entity key."""
     lines: list[bytes] = []
     for p in sorted(result.decisions):
         lines += [decision_line(p, body) for body in result.decisions[p]]
@@ -261,11 +261,12 @@ def canonical(result: FeedResult) -> bytes:
             lines += [side_line(kind, p, r.key, r.value,
                                 {k: v.decode() for k, v in r.headers}) for r in per_partition[p]]
     for name in sorted(result.tables):
-        for key in sorted(result.tables[name]):
-            row = result.tables[name][key]
-            lines.append(orjson.dumps({"kind": "table", "table": name, "key": key,
-                                       "last_ts_ms": row.last_ts_ms,
-                                       "tiles": [list(t) for t in row.tiles]}))
+        for p in sorted(result.tables[name]):
+            for key in sorted(result.tables[name][p]):
+                row = result.tables[name][p][key]
+                lines.append(orjson.dumps({"kind": "table", "table": name, "partition": p,
+                                           "key": key, "last_ts_ms": row.last_ts_ms,
+                                           "tiles": [list(t) for t in row.tiles]}))
     return b"\n".join(lines) + b"\n"
 
 

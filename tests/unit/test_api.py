@@ -15,39 +15,53 @@ from prometheus_client import CollectorRegistry
 
 import topologies
 from engine.api import MAX_REQUEST_LINE_BYTES, MAX_URL_CHARS, build_app
+from engine.clock import ManualClock
 from engine.metrics import EngineMetrics
 from engine.online import OnlineScorer
-from engine.pipeline import Preview
+from engine.pipeline import PartitionState
 from engine.policy import RulesOnly
 from engine.routing import OwnerMap
 from engine.schemas import decision_id
+from engine.state import MemoryStore
 
 ROOT = Path(__file__).resolve().parents[2]
 TOPO = topologies.get("fraud")
 
 
+class BrokenStore:
+    """Every read fails (a disk error, say)."""
+
+    def get(self, key: bytes) -> bytes | None:
+        raise OSError("IO error: /var/lib/streamwise/p0003/000123.sst: checksum mismatch")
+
+    def items_between(self, lo: bytes, hi: bytes):
+        raise OSError("IO error: /var/lib/streamwise/p0003/000123.sst: checksum mismatch")
+
+
 class BrokenWorker:
-    """Owns every partition, and every state read fails (a disk error, say)."""
+    """Owns every partition, and every state read fails."""
 
     topology = TOPO
     partitions = 8
     worker_id = "http://127.0.0.1:1/pid1"
-    pipelines: dict = {}
     profiles: dict = {}
     models = None
     owners = OwnerMap()
     ready = (True, "ready")
     state_lock = threading.Lock()
+    clock = ManualClock(1_800_000_000_000)
 
-    def __init__(self) -> None:
+    def __init__(self, store_broken: bool = True) -> None:
         self.registry = CollectorRegistry()
         self.metrics = EngineMetrics.create(self.registry, TOPO.name)
+        self.pipelines = {}
+        for p in range(self.partitions):
+            state = self.pipelines[p] = PartitionState(TOPO, p, MemoryStore())
+            if store_broken:
+                state.store = BrokenStore()
 
     def owns(self, partition: int) -> bool:
         return True
-
-    def read(self, partition: int, key: bytes) -> bytes | None:
-        raise OSError("IO error: /var/lib/streamwise/p0003/000123.sst: checksum mismatch")
 
 
 async def _client(token: str | None = None) -> TestClient:
@@ -109,31 +123,29 @@ EVENT = {"event_id": "e1", "card_id": "c1", "merchant_id": "m1", "amount": 10.0,
 JSON = {"Content-Type": "application/json"}
 
 
-class StalledPipe:
-    """A partition pipeline whose preview hangs (a stalled model call) until `release`."""
+class StalledDecider(RulesOnly):
+    """The rules, behind a call that hangs (a stalled model call) until `release`."""
 
     def __init__(self) -> None:
+        super().__init__(TOPO.rules, TOPO.features.versioned_name)
         self.release = threading.Event()
         self.entered = threading.Event()
         self.finished = threading.Event()
 
-    def preview(self, events, profiles, decider) -> list[Preview]:
+    def decide(self, rows):
         self.entered.set()
         self.release.wait(timeout=60)
         self.finished.set()
-        return [Preview(decision=b'{"path": "model"}') for _ in events]
+        return super().decide(rows)
 
 
-def _stalled_worker() -> tuple[BrokenWorker, StalledPipe]:
-    worker = BrokenWorker()
-    pipe = StalledPipe()
-    worker.pipelines = dict.fromkeys(range(worker.partitions), pipe)
-    return worker, pipe
+def _stalled_worker() -> tuple[BrokenWorker, StalledDecider]:
+    return BrokenWorker(store_broken=False), StalledDecider()
 
 
 async def test_past_the_budget_the_answer_is_abstain_without_waiting_for_the_model() -> None:
     worker, pipe = _stalled_worker()
-    online = OnlineScorer(worker, RulesOnly(TOPO.rules, TOPO.features.versioned_name))
+    online = OnlineScorer(worker, pipe)
     client = TestClient(TestServer(build_app(worker, online, None)))
     await client.start_server()
     try:
@@ -181,7 +193,7 @@ async def _finish(tasks: list[asyncio.Task]) -> list[int]:
 
 async def test_the_257th_online_score_in_flight_gets_429_at_once() -> None:
     worker, pipe = _stalled_worker()
-    online = OnlineScorer(worker, RulesOnly(TOPO.rules, TOPO.features.versioned_name))
+    online = OnlineScorer(worker, pipe)
     assert online.max_pending == 256  # the shipped default, as the README documents
     client = TestClient(TestServer(build_app(worker, online, None)),
                         connector=aiohttp.TCPConnector(limit=0))
@@ -206,7 +218,7 @@ async def test_the_257th_online_score_in_flight_gets_429_at_once() -> None:
 
 async def test_the_513th_request_in_flight_gets_429_at_once_and_probes_stay_open() -> None:
     worker, pipe = _stalled_worker()
-    online = OnlineScorer(worker, RulesOnly(TOPO.rules, TOPO.features.versioned_name),
+    online = OnlineScorer(worker, pipe,
                           max_pending=10_000)
     client = TestClient(TestServer(build_app(worker, online, None)),
                         connector=aiohttp.TCPConnector(limit=0))

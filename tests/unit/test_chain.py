@@ -17,6 +17,7 @@ import pytest
 import topologies
 from engine.clock import ManualClock
 from engine.errors import ModelError
+from engine.policy import ScoringRows
 from engine.scoring.breaker import BreakerSettings, BreakerState
 from engine.scoring.chain import CheapFirst, FallbackChain, ScoringSettings
 from engine.scoring.registry import ModelRegistry
@@ -105,8 +106,9 @@ class Rig:
 
     def decide(self, vectors, last: dict[str, bytes] | None = None, ts: int = EVENT_TS_MS):
         n = len(vectors)
-        return self.chain.decide_many([f"k{i}" for i in range(n)], vectors, [ts] * n,
-                                      [False] * n, lambda key: (last or {}).get(key))
+        return self.chain.decide(ScoringRows.of_vectors(
+            [f"k{i}" for i in range(n)], vectors, [ts] * n, [False] * n,
+            lambda key: (last or {}).get(key)))
 
     def given(self) -> list[str]:
         """The models called, in call order."""
@@ -169,7 +171,7 @@ def test_the_serving_models_thresholds_decide(rig, thresholds, decision):
 
 def test_an_empty_batch_decides_nothing_and_calls_no_model(rig):
     r = rig()
-    assert r.chain.decide_many([], [], [], [], lambda key: None) == []
+    assert r.chain.decide(ScoringRows.of_vectors([], [], [])) == []
     assert r.given() == []
 
 
@@ -396,7 +398,8 @@ def test_the_backup_is_not_started_past_the_stage_deadline(rig):
         past.wait(0.05)  # always waits the full 50 ms: the event is never set
         return None
 
-    (v,) = r.chain.decide_many(["k0"], [_vector()], [EVENT_TS_MS], [False], slow_read)
+    (v,) = r.chain.decide(ScoringRows.of_vectors(["k0"], [_vector()], [EVENT_TS_MS],
+                                                 [False], slow_read))
     assert v.path == "fallback:rules"
     assert v.reasons[:2] == ("model_unavailable", "backup:timeout")
     assert r.given() == []  # no backup call was started
@@ -443,7 +446,7 @@ def test_twin_has_its_own_breakers_and_statistics(rig):
         assert twin.breaker_state("primary") is BreakerState.CLOSED
         assert twin.stats.fallbacks == Counter()
         r.model("primary").mode = "ok"
-        (v,) = twin.decide_many(["k"], [_vector()], [EVENT_TS_MS], [False], lambda key: None)
+        (v,) = twin.decide(ScoringRows.of_vectors(["k"], [_vector()], [EVENT_TS_MS]))
         assert (v.path, v.model) == ("model", "primary:1")
     finally:
         twin.close()

@@ -18,10 +18,11 @@ from hypothesis import strategies as st
 
 from engine.clock import ManualClock
 from engine.features import PROFILE_TS_FIELD
-from engine.pipeline import LATEST_DECISION_PREFIX, BatchResult, PartitionPipeline, Record
+from engine.pipeline import BatchResult, PartitionPipeline, Record
 from engine.policy import RulesOnly
 from engine.schemas import EventDecoder, Rejection
-from engine.state import MemoryStore
+from engine.sinks import DLQ_TRUNCATE_BYTES
+from engine.state import MemoryStore, layout
 from engine.topology import TimeSettings, Topology
 from topologies.fraud import TOPOLOGY
 
@@ -30,7 +31,8 @@ HOUR = 60 * MINUTE
 T0 = 472_222 * HOUR  # hour aligned, 2023-11-14
 TOPIC = "fraud.events"
 NOW_MS = 1_800_000_000_000
-VELOCITY_PREFIX = TOPOLOGY.table("velocity").state_prefix
+VELOCITY = TOPOLOGY.table("velocity")
+VELOCITY_PREFIX = layout.table_prefix(VELOCITY.name, VELOCITY.version, VELOCITY.tile_ms)
 
 PROFILES = {f"c{i}": {"avg_amount_90d": 40.0 + i, "home_country": "US"} for i in range(0, 24, 2)}
 
@@ -130,12 +132,20 @@ def decisions(results: Sequence[BatchResult]) -> list[tuple[bytes, bytes]]:
 
 
 def stable_state(store: MemoryStore) -> dict[bytes, bytes]:
-    """Store contents with stored decisions stripped of their timing fields."""
-    out = {}
+    """Store contents with stored decisions stripped of their timing fields, without the
+    dedup expiry records (bookkeeping: one per batch, so they follow the batch cuts)."""
+    out: dict[bytes, object] = {}
     for k, v in store.items():
-        if v and (k.startswith(b"d/") or k.startswith(LATEST_DECISION_PREFIX)):
-            v = stable(v)
-        out[k] = v
+        if k.startswith(layout.EXPIRY):
+            continue
+        if k.startswith(layout.SEEN):
+            seen = layout.unpack_seen(v)
+            out[k] = seen._replace(decision=stable(seen.decision) if seen.decision else b"")
+        elif k.startswith(layout.ENTITY):
+            last_ts, last = layout.unpack_entity(v)
+            out[k] = (last_ts, stable(last) if last else b"")
+        else:
+            out[k] = v
     return out
 
 
@@ -269,8 +279,8 @@ def test_in_batch_and_cross_batch_duplicates_re_emit_original_bytes() -> None:
     assert r1.decisions[0] == r1.decisions[1]
     (r2,) = feed(pipe, store, records([a], first_offset=2), 10)
     assert r2.decisions == [r1.decisions[0]]
-    assert store.get(b"d/a") == r1.decisions[0][1]
-    assert store.get(LATEST_DECISION_PREFIX + b"c1") == r1.decisions[0][1]
+    assert layout.unpack_seen(store.get(layout.seen_key("a"))).decision == r1.decisions[0][1]
+    assert layout.unpack_entity(store.get(layout.entity_key(b"c1")))[1] == r1.decisions[0][1]
 
 
 def test_redelivered_duplicate_keeps_the_original_decision_key() -> None:
@@ -334,8 +344,9 @@ def test_restart_gives_bit_identical_features() -> None:
 # --------------------------------------------------------------------------- (d) late events
 
 
-def entity(store: MemoryStore, card: str) -> bytes | None:
-    return store.get(VELOCITY_PREFIX + card.encode())
+def entity(store: MemoryStore, card: str) -> list[tuple[bytes, bytes]]:
+    """The card's stored tiles (keys and values)."""
+    return list(store.items_between(*layout.tile_range(VELOCITY_PREFIX, card.encode())))
 
 
 def test_late_event_changes_no_aggregate_and_is_decided_as_late() -> None:
@@ -475,7 +486,7 @@ def test_dlq_records_carry_reason_and_origin_headers() -> None:
         assert headers["streamwise.received_at_ms"] == str(NOW_MS).encode()
         assert headers["streamwise.size"] == str(len(value)).encode()
         assert side.key == f"k{i}".encode()
-        assert side.value == value[:PartitionPipeline.DLQ_TRUNCATE_BYTES]
+        assert side.value == value[:DLQ_TRUNCATE_BYTES]
     # Undecodable records leave no state behind them.
     assert not any(k.startswith(b"d/") and k != b"d/good0" for k, _ in store.items())
 
@@ -675,19 +686,21 @@ def test_preview_decides_as_process_would_and_changes_nothing() -> None:
         assert stable(prev.decision) == stable(res.decisions[0][1])
     # An event id already decided gives back its stored decision.
     seen = pipe.preview([decoder.decode(recs[0].value)], PROFILES, decider)[0]
-    assert seen.duplicate and seen.decision == store.get(b"d/" + doc(recs[0].value)["event_id"].encode())
+    stored = store.get(layout.seen_key(doc(recs[0].value)["event_id"]))
+    assert seen.duplicate and seen.decision == layout.unpack_seen(stored).decision
 
 
 # --------------------------------------------------------------------------- sweeps
 
 
 def test_expiry_sweeps_are_spread_over_batches_and_finish() -> None:
-    """Idle cards' tiles and old event ids expire a bounded number per batch, until none is
-    left: no batch stalls on a whole partition's state."""
+    """Old event ids expire a bounded number per batch, until none is left: no batch stalls
+    on a whole partition's dedup state. Idle cards' tiles go as the horizon passes them (the
+    kernel indexes tiles by time: a batch touches only the tiles that expire)."""
     topo = dataclasses.replace(TOPOLOGY, dedup_ttl_ms=10 * MINUTE)
     store = MemoryStore()
     pipe = new_pipeline(store, topo)
-    pipe.TILE_SWEEP_ENTITIES, pipe.DEDUP_SWEEP_IDS = 4, 5
+    pipe.state.dedup_sweep_ids = 5
     idle = [payment(f"old{i}", f"c{i}", T0 + i) for i in range(30)]
     feed(pipe, store, records(idle), 30)
     assert all(tiles(store, f"c{i}") for i in range(30))
@@ -696,14 +709,13 @@ def test_expiry_sweeps_are_spread_over_batches_and_finish() -> None:
     results = feed(pipe, store, records(busy, first_offset=30), 1)
 
     for r in results:
-        tiles_written = sum(1 for k in r.changes if k.startswith(VELOCITY_PREFIX))
         ids_deleted = sum(1 for k, v in r.changes.items() if k.startswith(b"d/") and v is None)
-        assert tiles_written <= 4 + 1 and ids_deleted <= 5  # the budgets (+ the busy card)
-    assert sum(1 for r in results if any(v is None for v in r.changes.values())) >= 30 // 5
+        assert ids_deleted <= 5  # the budget
+    assert sum(1 for r in results if any(k.startswith(b"d/") and v is None
+                                         for k, v in r.changes.items())) >= 30 // 5
     assert not any(tiles(store, f"c{i}") for i in range(30))
-    assert not any(store.get(b"d/old%d" % i) for i in range(30))
+    assert not any(store.get(layout.seen_key(f"old{i}")) for i in range(30))
 
 
 def tiles(store: MemoryStore, card: str) -> list:
-    raw = entity(store, card)
-    return orjson.loads(raw)["t"] if raw else []
+    return entity(store, card)

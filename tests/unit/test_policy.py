@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.policy import Rules, RulesOnly, Thresholds, Verdict, abstain
+from engine.policy import Rules, RulesOnly, ScoringRows, Thresholds, Verdict, abstain
 
 
 @pytest.mark.parametrize(("score", "outcome"), [
@@ -54,7 +54,7 @@ def test_abstain_is_review_without_a_score() -> None:
 def test_rules_only_decides_every_vector_by_the_rules_and_says_why() -> None:
     decider = RulesOnly(_rules(), "fraud:v1")
     assert decider.feature_set == "fraud:v1"
-    out = decider.decide_many(["k1", "k2"], [{"amount": 500}, {"amount": 1}], [1, 2],
-                              [False, True], lambda key: None)
+    out = decider.decide(ScoringRows.of_vectors(["k1", "k2"], [{"amount": 500}, {"amount": 1}],
+                                                [1, 2], [False, True]))
     assert out == [Verdict(0.95, "decline", "rules:v7", "fallback:rules", ("no_model", "big")),
                    Verdict(0.1, "approve", "rules:v7", "fallback:rules", ("no_model",))]

@@ -1,0 +1,158 @@
+"""Features of a batch's rows as one matrix: the tile kernels fold and read the windows, the
+feature set's plan maps their columns to features, and the event and profile features are
+computed per row by the topology's functions.
+
+A feature matrix is float64, one row per event in processing order and one column per feature
+in model order; NaN stands for a missing value (None in a decision). `FeatureColumns` keeps
+what the matrix cannot say: which columns hold counts (integers in a decision) and the values
+the topology's own functions returned (their type as returned).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..features import (
+    FeatureSet,
+    FeatureVector,
+    ProfileFeature,
+    SinceLastFeature,
+    WindowFeature,
+)
+from ..kernel import AGGREGATES, NO_TS
+from ..kernel.specs import window_of
+from .partition import PartitionState, Row
+
+__all__ = ["FeatureColumns", "FeaturePlan", "fold"]
+
+_COUNT, _SUM, _MIN, _MAX, _LAST, _DISTINCT = range(len(AGGREGATES))
+_AGG_COLUMN = {"count": _COUNT, "sum": _SUM, "min": _MIN, "max": _MAX, "last": _LAST,
+               "distinct_count": _DISTINCT}
+
+
+@dataclass(frozen=True)
+class FeaturePlan:
+    """Where each feature comes from, compiled once per topology."""
+
+    names: tuple[str, ...]
+    window: tuple[tuple[int, int, int, str], ...]  # (feature col, table index, kernel col, agg)
+    since_last: tuple[int, ...]                    # feature columns
+    functions: tuple[tuple[int, Any], ...]         # (feature col, Event/ProfileFeature)
+    integer: tuple[int, ...]                       # columns holding counts
+
+    @classmethod
+    def of(cls, fs: FeatureSet, tables: Sequence[tuple[str, Sequence]]) -> FeaturePlan:
+        """`tables`: (table name, the kernel's window list) per table, in kernel order."""
+        index = {name: (t, list(windows)) for t, (name, windows) in enumerate(tables)}
+        window, since, functions, integer = [], [], [], []
+        for col, f in enumerate(fs.features):
+            if isinstance(f, WindowFeature):
+                t, windows = index[f.table]
+                w = [x[:3] for x in windows].index(window_of(f.window, False)[:3])
+                agg = "sum" if f.agg == "mean" else f.agg
+                window.append((col, t, w * len(AGGREGATES) + _AGG_COLUMN[agg], f.agg))
+                if f.agg in ("count", "distinct_count"):
+                    integer.append(col)
+            elif isinstance(f, SinceLastFeature):
+                since.append(col)
+            else:
+                functions.append((col, f))
+        return cls(fs.names, tuple(window), tuple(since), tuple(functions), tuple(integer))
+
+    def stored_vector(self, reads: Sequence[np.ndarray], since_s: float | None) -> FeatureVector:
+        """The features that need no event, from each table's window row (`reads`, kernel
+        order) and the seconds since the entity's newest event; the others are None."""
+        row: list[Any] = [None] * len(self.names)
+        for col, table, kcol, agg in self.window:
+            r = reads[table]
+            if agg == "mean":
+                count = r[kcol - _SUM + _COUNT]
+                row[col] = float(r[kcol] / count) if count else None
+            elif col in self.integer:
+                row[col] = int(r[kcol])
+            else:
+                v = float(r[kcol])
+                row[col] = None if v != v else v
+        for col in self.since_last:
+            row[col] = since_s
+        return dict(zip(self.names, row, strict=True))
+
+
+@dataclass
+class FeatureColumns:
+    """A batch's features: the matrix and what a decision needs beyond it."""
+
+    plan: FeaturePlan
+    matrix: np.ndarray          # (n, features) float64, NaN = missing
+    values: list[list[Any]]     # per function feature (plan.functions order): value per row
+
+    def vector(self, i: int) -> FeatureVector:
+        """Row i as a decision's features: counts as int, missing as None, the topology's
+        functions' values as they returned them."""
+        row: list[Any] = self.matrix[i].tolist()
+        for col in self.plan.integer:
+            row[col] = int(row[col])
+        for j, (col, _) in enumerate(self.plan.functions):
+            row[col] = self.values[j][i]
+        return {name: (None if v != v else v) for name, v in zip(self.plan.names, row,
+                                                                 strict=True)}
+
+
+def fold(state: PartitionState, plan: FeaturePlan, rows: Sequence[Row],
+         profiles: Mapping[str, Mapping[str, Any]], matrix: np.ndarray,
+         values: list[list[Any]], at: int) -> None:
+    """Fold one partition's `rows` (processing order) into its tables and write their
+    features to ``matrix[at:at + len(rows)]`` and ``values[j][at:...]``."""
+    n = len(rows)
+    if n == 0:
+        return
+    fs = state.topology.features
+    entities = [r.key for r in rows]
+    state.hold(entities)
+    ts = np.fromiter((r.ts_ms for r in rows), np.int64, n)
+    fold_mask = np.fromiter((not r.late for r in rows), np.bool_, n)
+    horizon = np.fromiter((r.horizon_ms for r in rows), np.int64, n)
+    prev = np.empty(n, np.int64)
+    block = matrix[at:at + n]
+    for t, (tb, _prefix, kernel) in enumerate(state.tables):
+        events = [r.event for r in rows]
+        values_in = np.fromiter((getattr(e, tb.value_field) for e in events), np.float64, n)
+        distinct = ([getattr(e, tb.distinct_field) for e in events]
+                    if tb.distinct_field else None)
+        out = np.empty((n, kernel.width))
+        kernel.fold_read(entities, ts, values_in, distinct, fold_mask, horizon, out, prev)
+        for col, table, kcol, agg in plan.window:
+            if table == t:
+                if agg == "mean":
+                    count = out[:, kcol - _SUM + _COUNT]
+                    with np.errstate(invalid="ignore", divide="ignore"):
+                        block[:, col] = np.where(count > 0, out[:, kcol] / count, np.nan)
+                else:
+                    block[:, col] = out[:, kcol]
+    if plan.since_last:
+        since = np.where(prev == NO_TS, -1.0, (ts - prev) / 1000)
+        for col in plan.since_last:
+            block[:, col] = since
+    functions = plan.functions
+    for i, r in enumerate(rows):
+        profile = _profile(fs, r, profiles)
+        for j, (col, f) in enumerate(functions):
+            if isinstance(f, ProfileFeature):
+                v = None if profile is None else f.compute(r.event, profile)
+            else:
+                v = f.compute(r.event)
+            values[j][at + i] = v
+            block[i, col] = np.nan if v is None else v
+
+
+def _profile(fs: FeatureSet, r: Row, profiles: Mapping[str, Mapping[str, Any]]
+             ) -> Mapping[str, Any] | None:
+    profile = profiles.get(r.key)
+    if profile is not None and fs.profile_is_stale(profile, r.ts_ms):
+        r.notes = (*r.notes, "stale_profile")
+        return None
+    return profile

@@ -1,0 +1,82 @@
+"""What a batch takes in and gives back: input records, the side records of the dead-letter and
+late topics, and each partition's result."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Protocol
+
+__all__ = ["BatchResult", "InputRecord", "PollResult", "Record", "SideRecord"]
+
+
+class InputRecord(Protocol):
+    """A consumed record: aiokafka's ConsumerRecord, or `Record`."""
+
+    @property
+    def partition(self) -> int: ...
+
+    @property
+    def offset(self) -> int: ...
+
+    @property
+    def key(self) -> bytes | None: ...
+
+    @property
+    def value(self) -> bytes | None: ...
+
+    @property
+    def timestamp(self) -> int:
+        """The record's Kafka timestamp, epoch ms."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One input record where no Kafka consumer made it (files, tests, online requests)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int
+
+    @property
+    def timestamp(self) -> int:
+        return self.timestamp_ms
+
+
+@dataclass(slots=True)
+class SideRecord:
+    """A record for the dead-letter or late topic: raw bytes plus string headers."""
+
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+@dataclass
+class BatchResult:
+    """What one partition's share of a poll produced. Decisions are (key, encoded JSON) in
+    input order (release order for ``event_time``); `changes` is the partition's state change
+    set (None deletes), written to the changelog and the store as one batch."""
+
+    decisions: list[tuple[bytes, bytes]] = field(default_factory=list)
+    dlq: list[SideRecord] = field(default_factory=list)
+    late: list[SideRecord] = field(default_factory=list)
+    changes: dict[bytes, bytes | None] = field(default_factory=dict)
+    commit_offset: int | None = None
+    accepted: int = 0
+    duplicates: int = 0
+    dlq_reasons: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PollResult:
+    """A poll's results per partition, its stage timings (ms; every event of the poll waited
+    for all of them) and the count of new decisions by (path, decision)."""
+
+    partitions: dict[int, BatchResult] = field(default_factory=dict)
+    stage_ms: dict[str, float] = field(default_factory=dict)
+    outcomes: Counter = field(default_factory=Counter)
