@@ -155,3 +155,29 @@ def test_every_state_change_is_counted_and_logged_with_the_models_name(caplog) -
     ]
     assert [r.levelno for r in caplog.records] == [logging.WARNING, logging.INFO,
                                                    logging.WARNING, logging.INFO, logging.INFO]
+
+
+def test_a_late_failure_while_open_is_forgotten_once_a_probe_closes() -> None:
+    b, clock = _breaker(consecutive_failures=2, failure_rate=0.5, window_ms=60_000, min_calls=2)
+    b.record(False)
+    b.record(False)
+    assert b.state is BreakerState.OPEN
+    b.record(False)  # a call let through before opening ends late, as a failure
+    clock.advance(5_000)
+    assert b.allow()
+    b.record(True)
+    assert b.state is BreakerState.CLOSED
+    b.record(True)
+    b.record(False)  # 1 in a row, 1 of 2 calls since closing: the rate rule needs 0.5 of 2
+    assert b.state is BreakerState.OPEN  # 1 of 2 = 0.5: opens on the rate, as it should
+    c, clock = _breaker(consecutive_failures=2, failure_rate=0.5, window_ms=60_000, min_calls=2)
+    c.record(False)
+    c.record(False)
+    c.record(False)  # the late failure again
+    clock.advance(5_000)
+    assert c.allow()
+    c.record(True)
+    c.record(True)
+    c.record(True)  # 0 of 2, then 0 of 3 failures since closing
+    c.record(False)  # one failure: not 2 in a row, 1 of 4 < 0.5
+    assert c.state is BreakerState.CLOSED

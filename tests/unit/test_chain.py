@@ -7,6 +7,7 @@ until the test releases them, and budgets are read from what the chain gave each
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from dataclasses import replace
 
@@ -46,6 +47,7 @@ class Scripted:
         self.mode = "ok"
         self.fail_first = 0  # this many calls fail before `mode` applies
         self.calls = 0
+        self.threads: list[str] = []
         self.options: list[object] = []
         self.release = threading.Event()
 
@@ -54,6 +56,7 @@ class Scripted:
 
     def score_many(self, rows: np.ndarray, run_options=None) -> np.ndarray:
         self.calls += 1
+        self.threads.append(threading.current_thread().name)
         self.options.append(run_options)
         if self.fail_first:
             self.fail_first -= 1
@@ -160,6 +163,10 @@ def test_primary_scores_every_complete_row_with_its_manifest_thresholds(rig):
     assert r.chain.stats.rows_scored == Counter({"primary:1": 2})
     assert r.chain.stats.fallbacks == Counter()
     assert len(r.chain.stats.inference_s) == 1  # one call for the batch
+    assert r.chain.feature_set == FS
+    assert r.model("primary").threads[0].startswith("inference")  # the chain's own pool
+    r.decide([_vector(), _vector()])
+    assert r.chain.stats.rows_scored == Counter({"primary:1": 4})  # counts add up
 
 
 @pytest.mark.parametrize(("thresholds", "decision"), [
@@ -210,6 +217,8 @@ def test_primary_failure_with_a_fresh_last_score_uses_it_before_the_backup(rig):
     assert r.given() == ["primary"]  # the backup was never called
     assert r.model("backup").calls == 0
     assert r.chain.stats.fallbacks == Counter({"model_error": 1, "last_score": 1})
+    r.decide([_vector(), _vector()], last={"k0": _last(), "k1": _last()})
+    assert r.chain.stats.fallbacks == Counter({"model_error": 3, "last_score": 3})
 
 
 @pytest.mark.parametrize("age_ms", [0, 1, MAX_AGE_MS])
@@ -367,7 +376,8 @@ def test_the_primary_gets_its_timeout(rig):
 
 
 def test_a_timed_out_call_is_aborted_not_retried_and_the_backup_gets_the_rest(rig):
-    r = rig(settings=ScoringSettings(timeout_ms=20, backup_timeout_ms=10_000, retries=3))
+    r = rig(settings=ScoringSettings(timeout_ms=20, backup_timeout_ms=10_000, retries=3,
+                                     breaker=BreakerSettings(consecutive_failures=1)))
     primary = r.model("primary")
     primary.mode = "block"  # never answers within the test: the timeout must fire
     (v,) = r.decide([_vector()])
@@ -377,6 +387,7 @@ def test_a_timed_out_call_is_aborted_not_retried_and_the_backup_gets_the_rest(ri
     assert r.given() == ["primary", "backup"]
     assert r.chain.stats.call_timeouts_s[0] == ("primary", 0.020)
     assert r.chain.stats.fallbacks == Counter({"timeout": 1})
+    assert r.chain.breaker_state("primary") is BreakerState.OPEN  # a timeout is a failure
 
 
 def test_a_backup_after_a_fast_primary_failure_gets_nearly_the_whole_budget(rig):
@@ -387,6 +398,40 @@ def test_a_backup_after_a_fast_primary_failure_gets_nearly_the_whole_budget(rig)
     assert v.path == "fallback:backup_model"
     ((name, given_s),) = r.chain.stats.call_timeouts_s
     assert name == "backup" and given_s > 5 / 1000 and given_s <= 10.005
+
+
+def test_with_the_shipped_budget_a_backup_after_a_missing_primary_serves(rig):
+    r = rig(models=("backup",), settings=ScoringSettings())  # 30 + 6 ms
+    (v,) = r.decide([_vector()])
+    assert (v.path, v.reasons) == ("fallback:backup_model", ("model_unavailable",))
+
+
+def test_timed_out_calls_still_running_never_starve_the_backup(rig):
+    # Each batch leaves a primary call hanging in the pool (aborted, still winding down);
+    # 15 of them, and the backup of every batch still gets a thread of its own.
+    r = rig(settings=ScoringSettings(timeout_ms=1, backup_timeout_ms=10_000, breaker=(
+        BreakerSettings(consecutive_failures=100, min_calls=1_000))))
+    r.model("primary").mode = "block"
+    out = [r.decide([_vector()])[0] for _ in range(15)]
+    assert [v.path for v in out] == ["fallback:backup_model"] * 15
+    assert r.model("primary").calls == 15
+
+
+def test_close_returns_while_a_call_still_hangs(rig):
+    r = rig(settings=ScoringSettings(timeout_ms=1, backup_timeout_ms=10_000))
+    r.model("primary").mode = "block"
+    r.decide([_vector()])
+    r.chain.close()  # does not wait for the hanging call (the test releases it afterwards)
+    assert r.model("primary").calls == 1
+
+
+def test_the_spent_inference_time_is_recorded_per_model(rig):
+    r = rig()
+    before = time.perf_counter()
+    r.decide([_vector()])
+    after = time.perf_counter()
+    ((ref, spent),) = r.chain.stats.inference_s
+    assert ref == "primary:1" and 0 <= spent <= after - before
 
 
 def test_the_backup_is_not_started_past_the_stage_deadline(rig):
@@ -465,6 +510,8 @@ def test_cheap_first_routes_low_risk_rows_to_the_cheap_model(rig):
     assert (out[1].model, out[1].path, out[1].reasons) == ("primary:1", "model", ())
     assert r.chain.stats.primary_skipped == 1
     assert r.chain.stats.rows_scored == Counter({"backup:1": 2, "primary:1": 1})
+    r.decide([low])
+    assert r.chain.stats.primary_skipped == 2
 
 
 def test_cheap_first_sends_a_row_exactly_at_the_cut_to_the_primary(rig):
