@@ -62,7 +62,11 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--max-batch", type=int, default=int(_env("MAX_BATCH", "2000")),
                    help="max records per pipeline batch")
     w.add_argument("--fetch-max-wait-ms", type=int,
-                   default=int(_env("FETCH_MAX_WAIT_MS", "20")))
+                   default=int(_env("FETCH_MAX_WAIT_MS", "5")),
+                   help="how long a fetch may wait for data (default 5)")
+    w.add_argument("--cycle-ms", type=float, default=float(_env("CYCLE_MS", "10")),
+                   help="pipeline work per poll to aim at: the record limit of a poll adapts "
+                        "to it (default 10)")
     w.add_argument("--model", action="append", default=[], metavar="NAME=VERSION",
                    help="pin a model version (default: the newest valid one), e.g. primary=1")
     w.add_argument("--models-dir", default=_env("MODELS_DIR"),
@@ -117,7 +121,8 @@ def _config(args: argparse.Namespace) -> EngineConfig:
                         topic_prefix=args.topic_prefix or "",
                         partitions=int(args.partitions) if args.partitions else None,
                         **({"max_batch_records": args.max_batch,
-                            "fetch_max_wait_ms": args.fetch_max_wait_ms}
+                            "fetch_max_wait_ms": args.fetch_max_wait_ms,
+                            "cycle_ms": args.cycle_ms}
                            if args.command == "worker" else {}))
     if args.command != "worker":
         return EngineConfig(kafka=kafka)

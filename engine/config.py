@@ -18,8 +18,9 @@ class KafkaConfig(_Frozen):
     topic_prefix: str = Field(default="", pattern=r"^[A-Za-z0-9._-]*$")
     partitions: int | None = Field(default=None, ge=1, le=1024)  # None: the topology's default
     replication_factor: int = Field(default=1, ge=-1)
-    fetch_max_wait_ms: int = Field(default=20, ge=0, le=5000)
+    fetch_max_wait_ms: int = Field(default=5, ge=0, le=5000)
     max_batch_records: int = Field(default=2000, ge=1, le=100_000)
+    cycle_ms: float = Field(default=10.0, gt=0, le=10_000)  # pipeline work per poll, aimed at
 
 
 class StateConfig(_Frozen):

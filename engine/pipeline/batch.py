@@ -175,6 +175,7 @@ class Pipeline:
                 body = original.decision if type(original) is Row else original
                 if body:  # b"" or None: a late event that was not scored
                     decisions.append((key, body))
+                    out.reemitted.append(body)
 
     def _write_partition_state(self, state: PartitionState, seen: Sequence[Row],
                                changes: dict[bytes, bytes | None]) -> None:

@@ -70,6 +70,7 @@ class BatchResult:
     accepted: int = 0
     duplicates: int = 0
     dlq_reasons: list[str] = field(default_factory=list)
+    reemitted: list[bytes] = field(default_factory=list)  # duplicates' original decisions
 
 
 @dataclass

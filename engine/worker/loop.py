@@ -1,31 +1,37 @@
 """The stream worker: consumes, runs the batch pipeline, writes state, produces, commits.
 
-The hot path sits below any framework `Stream`: aiokafka `getmany` hands whole batches to
-`PartitionPipeline.process`; each poll ends with one changelog flush, one RocksDB write batch
-per partition, one batch produce per output topic and partition, and one offset commit. The
-consumer group of this loop is the single source of truth for partition ownership.
+The hot path sits below any framework `Stream`: aiokafka `getmany` hands a whole poll, all its
+partitions, to `Pipeline.process` as one batch. A poll is bounded by count and by time: its
+record limit adapts so the pipeline's work per poll stays near `cycle_ms` (fetches wait at most
+`fetch_max_wait_ms` for data), so no event waits long behind others.
 
-Per poll, in this order (so a crash at any point loses nothing and double-counts nothing):
-1. changelog records of the state changes, awaited;
-2. RocksDB write batch with the changes and the changelog offset they were written at;
-3. decisions, DLQ and late records, awaited;
-4. input offsets committed.
-A crash after 1 leaves the changelog ahead of local state: restore replays it (whole batches
+Per poll:
+1. the state changes (one changelog batch per partition) and the poll's decisions, dead-letter
+   and late records are queued to Kafka together, in one round;
+2. once the changelog is acknowledged, each partition's changes go to RocksDB in one write
+   batch, with the changelog offset they were written at, in a thread (off the event loop);
+3. once the outputs are acknowledged too, the input offsets are committed.
+A crash before 2 leaves the changelog ahead of local state: restore replays it (whole batches
 only: each batch's last changelog record carries an end marker, and a cut batch is dropped).
-A crash after 2 or 3 re-delivers the input: dedup finds every event and re-emits its stored
-decision, and a re-delivered late record its late record too.
+A crash before 3 re-delivers the input: dedup finds every event whose state reached the
+changelog and re-emits its stored decision (and a re-delivered late record its late record);
+an event whose decision was acknowledged but whose changelog batch was not is decided again
+from the same state, so it gets the same decision and `decision_id` unless its model path
+changed meanwhile (a timeout, a model swapped in between).
 
-Steps 1-4 of one poll run on the event loop while the pipeline already works on the next poll
-(whose reads see the previous poll's changes staged in `StagedStore` until step 2 wrote them).
+Steps 1-3 of one poll run on the event loop while the pipeline already works on the next poll,
+whose reads see the previous poll's changes staged in `StagedStore` until step 2 wrote them.
 One poll's writes are in flight at a time; a revoke or close waits for them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,42 +40,32 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from prometheus_client import CollectorRegistry
 
-from .clock import Clock, SystemClock
-from .config import EngineConfig
-from .kafka_io import TopicSpec, ensure_topics, partition_for, read_to_end, send_records
-from .metrics import (
+from ..clock import Clock, SystemClock
+from ..config import EngineConfig
+from ..kafka_io import TopicSpec, ensure_topics, partition_for, send_records
+from ..metrics import (
     EngineMetrics,
     WorkerSnapshot,
     WorkerStateCollector,
     count_decisions,
     register_runtime_collectors,
 )
-from .pipeline import Decider, PartitionState, Pipeline, PollResult
-from .profiles import apply_profile_records
-from .routing import Member, OwnerMap
-from .scoring.chain import ChainStats, FallbackChain
-from .state import RocksStore, StagedStore, layout
-from .topology import TopicNames, Topology
+from ..pipeline import Decider, PartitionState, Pipeline, PollResult
+from ..routing import Member
+from ..scoring.chain import ChainStats, FallbackChain
+from ..state import RocksStore, StagedStore
+from ..topology import TopicNames, Topology
+from .changelog import changelog_records, restore
+from .shared import SharedState
 
 if TYPE_CHECKING:
-    from .scoring.registry import ModelRegistry
+    from ..scoring.registry import ModelRegistry
 
 __all__ = ["Worker", "topic_specs"]
 
 log = logging.getLogger("streamwise.worker")
 
-
-_END_OF_BATCH = ("streamwise.end", b"1")
-_FORMAT = (layout.FORMAT_HEADER, str(layout.STATE_FORMAT_VERSION).encode())
-
-
-def _changelog_group(changes: Mapping[bytes, bytes | None]):
-    """One batch's changelog records; the last carries the end-of-batch marker."""
-    items = list(changes.items())
-    for key, value in items[:-1]:
-        yield key, value, []
-    key, value = items[-1]
-    yield key, value, [_END_OF_BATCH, _FORMAT]
+_FULL_GC_EVERY_S = 300.0  # a full collection now and then reclaims cycles frozen since
 
 
 def topic_specs(t: TopicNames, partitions: int) -> list[TopicSpec]:
@@ -103,15 +99,13 @@ class Worker:
         for stage, budget in topology.budgets.items():
             for q, ms in (("p95", budget.p95_ms), ("p99", budget.p99_ms)):
                 self.metrics.stage_budget_seconds.labels(topology.name, stage, q).set(ms / 1000)
-        self._committed: dict[int, int] = {}  # partition → offset this worker last committed
-        self._lag: dict[int, int] = {}  # partition → records behind the end (scrape reads it)
+        self._committed: dict[int, int] = {}  # partition -> offset this worker last committed
+        self._lag: dict[int, int] = {}  # partition -> records behind the end (scrape reads it)
         self._watermarked: set[int] = set()  # partitions with a watermark series
         self.state_dir = Path(cfg.state.data_dir) / topology.name
-        self.profiles: dict[str, Mapping[str, Any]] = {}
-        self._profile_positions: dict[int, int] = {}
+        self.shared = SharedState(cfg.kafka.bootstrap, self.topics, self.partitions)
         self.stores: dict[int, StagedStore] = {}
         self.pipeline = Pipeline(topology, decider, self.clock, topic=self.topics.events)
-        self.profiles_loaded = False
         self.assigned_once = False
         self._lock = asyncio.Lock()
         # Online scoring reads stores from a worker thread: a store is closed only under this
@@ -122,10 +116,25 @@ class Worker:
         self._producer: AIOKafkaProducer | None = None
         self._tasks: list[asyncio.Task] = []
         self._inflight: asyncio.Task | None = None  # the last poll's writes
+        k = cfg.kafka
+        self._max_records = min(k.max_batch_records, 500)  # adapts to the cycle time
+        self._us_per_record: float | None = None
+        self._last_full_gc = time.monotonic()
         self.decided = 0
         self.url: str | None = None  # where this worker's HTTP API answers; set before start()
-        self.owners = OwnerMap()  # partition → worker, from the members topic
-        self._members_position = 0
+
+    @property
+    def profiles(self) -> Mapping[str, Mapping[str, Any]]:
+        return self.shared.profiles
+
+    @property
+    def owners(self):
+        return self.shared.owners
+
+    @property
+    def pipelines(self) -> Mapping[int, PartitionState]:
+        """The partitions this worker decides now, with their watermarks."""
+        return self.pipeline.partitions
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -137,10 +146,7 @@ class Worker:
             bootstrap_servers=k.bootstrap, acks="all", enable_idempotence=True,
             max_batch_size=1 << 20, max_request_size=4 << 20, linger_ms=0)
         await self._producer.start()
-        await self._load_profiles()
-        async for chunk in read_to_end(k.bootstrap, self.topics.members):
-            self.owners.apply_all((m.key, m.value) for m in chunk)
-            self._members_position = chunk[-1].offset + 1
+        await self.shared.load()
         for m in self.owners.members:  # an earlier process at our URL that died unannounced
             if m.url == self.url and m.worker_id != self.worker_id:
                 await self._producer.send_and_wait(self.topics.members, None,
@@ -152,7 +158,8 @@ class Worker:
             session_timeout_ms=10_000, heartbeat_interval_ms=2_000)
         self._consumer.subscribe([self.topics.events], listener=_Listener(self))
         await self._consumer.start()
-        self._tasks.append(asyncio.create_task(self._tail_shared(), name="profiles+members"))
+        self._tasks.append(asyncio.create_task(self.shared.tail(self._stopping),
+                                               name="profiles+members"))
         if self.models is not None:
             self._tasks.append(asyncio.create_task(self._reload_models(), name="models"))
         self._tasks.append(asyncio.create_task(self._track_lag(), name="lag"))
@@ -160,10 +167,9 @@ class Worker:
     async def run(self) -> None:
         """Process until `stop()`; the batch in flight is finished, then `close()` is due."""
         assert self._consumer is not None
-        k = self.cfg.kafka
         while not self._stopping.is_set():
             batches = await self._consumer.getmany(timeout_ms=200,
-                                                   max_records=k.max_batch_records)
+                                                   max_records=self._max_records)
             if batches:
                 async with self._lock:
                     await self._process(batches)
@@ -192,7 +198,7 @@ class Worker:
 
     @property
     def ready(self) -> tuple[bool, str]:
-        if not self.profiles_loaded:
+        if not self.shared.profiles_loaded:
             return False, "loading profiles"
         if not self.assigned_once:
             return False, "waiting for partition assignment"
@@ -205,63 +211,92 @@ class Worker:
     # -- the hot path ----------------------------------------------------------------------
 
     async def _process(self, batches: Mapping[TopicPartition, list]) -> None:
-        # The pipeline runs in a worker thread: a large batch (catching up) takes hundreds of
-        # ms, and the event loop must keep answering HTTP meanwhile. The partition lock is
-        # held, so no revoke can close a store under it. Meanwhile the previous poll's writes
-        # finish on the loop: its changes are staged in the stores, so this batch reads them.
-        self.metrics.records_in.labels(self.topology.name, self.topics.events).inc(
-            sum(len(msgs) for msgs in batches.values()))
+        # The pipeline runs in a worker thread, so the event loop keeps answering HTTP and
+        # finishing the previous poll's writes meanwhile. The partition lock is held, so no
+        # revoke can close a store under it; the previous poll's changes are staged in the
+        # stores, so this poll reads them.
+        n = sum(len(msgs) for msgs in batches.values())
+        self.metrics.records_in.labels(self.topology.name, self.topics.events).inc(n)
+        t0 = time.perf_counter()
         poll = await asyncio.to_thread(self._run_pipeline, batches)
+        self._adapt(n, time.perf_counter() - t0)
         await self._drain()  # polls finish in order: one poll's writes in flight at a time
-        results = poll.partitions
-        if not results:
+        self._collect_garbage()
+        if not poll.partitions:
             return
         producer = self._producer
         assert producer is not None
-        changelog = {}
-        for p, r in results.items():
+        t = self.topics
+        changelog, outputs = {}, []
+        for p, r in poll.partitions.items():
             if r.changes:
                 self.stores[p].stage(r.changes)
-                # the last record of each batch carries the end marker
-                changelog[p] = await send_records(producer, self.topics.changelog, p,
-                                                  _changelog_group(r.changes))
-        self._inflight = asyncio.create_task(self._finish(poll, changelog))
-        self._inflight.add_done_callback(self._stop_on_failure)
-
-    async def _finish(self, poll: PollResult,
-                      changelog: Mapping[int, list[tuple[asyncio.Future, int]]]) -> None:
-        """Steps 2-4 of a poll (1, the changelog, is in flight): local state, outputs, commit."""
-        results = poll.partitions
-        producer = self._producer
-        assert producer is not None
-        t = self.topics
-        for p, sent in changelog.items():
-            metas = await asyncio.gather(*(fut for fut, _ in sent))
-            # 2. local state, atomically with the changelog offset it corresponds to
-            self.stores[p].apply_oldest(metas[-1].offset + sent[-1][1] - 1)
-        # 3. outputs: only now, so every decision sent is one a re-delivery finds in state
-        futures = []
-        for p, r in results.items():
-            futures += await send_records(producer, t.decisions, p,
+                changelog[p] = await send_records(producer, t.changelog, p,
+                                                  changelog_records(r.changes))
+        for p, r in poll.partitions.items():
+            outputs += await send_records(producer, t.decisions, p,
                                           ((k, v, []) for k, v in r.decisions))
             if r.dlq:
-                futures += await send_records(producer, t.dlq, p,
+                outputs += await send_records(producer, t.dlq, p,
                                               ((d.key, d.value, d.headers) for d in r.dlq))
             if r.late:
-                futures += await send_records(producer, t.late, p,
+                outputs += await send_records(producer, t.late, p,
                                               ((d.key, d.value, d.headers) for d in r.late))
-        await asyncio.gather(*(fut for fut, _ in futures))
-        # 4. commit
-        offsets = {TopicPartition(t.events, p): r.commit_offset for p, r in results.items()
-                   if r.commit_offset is not None}
+        self._inflight = asyncio.create_task(self._finish(poll, changelog, outputs))
+        self._inflight.add_done_callback(self._stop_on_failure)
+
+    def _run_pipeline(self, batches: Mapping[TopicPartition, list]) -> PollResult:
+        """One poll, all its partitions (those revoked while it was in flight are skipped)."""
+        return self.pipeline.process({tp.partition: msgs for tp, msgs in batches.items()},
+                                     self.profiles)
+
+    def _adapt(self, records: int, seconds: float) -> None:
+        """Keep a poll's pipeline work near the cycle time: the record limit follows the
+        measured time per record (a moving average), within [50, max_batch_records]."""
+        us = seconds * 1e6 / max(records, 1)
+        self._us_per_record = us if self._us_per_record is None else \
+            0.8 * self._us_per_record + 0.2 * us
+        k = self.cfg.kafka
+        limit = int(k.cycle_ms * 1000 / max(self._us_per_record, 1.0))
+        self._max_records = max(50, min(k.max_batch_records, limit))
+
+    def _collect_garbage(self) -> None:
+        """Objects that survive a poll (tables, caches, models) are frozen out of the
+        collector's sight, so young collections stay short; a full collection now and then
+        reclaims cycles made since the last one."""
+        now = time.monotonic()
+        if now - self._last_full_gc >= _FULL_GC_EVERY_S:
+            self._last_full_gc = now
+            gc.unfreeze()
+            gc.collect()
+        gc.freeze()
+
+    async def _finish(self, poll: PollResult,
+                      changelog: Mapping[int, list[tuple[asyncio.Future, int]]],
+                      outputs: list[tuple[asyncio.Future, int]]) -> None:
+        """Steps 2-3 of a poll (its records are queued): local state, then the commit."""
+        offsets = {}
+        for p, sent in changelog.items():
+            metas = await asyncio.gather(*(fut for fut, _ in sent))
+            offsets[p] = metas[-1].offset + sent[-1][1] - 1
+        if offsets:  # local state, atomically with the changelog offset it corresponds to
+            await asyncio.to_thread(self._apply, offsets)
+        await asyncio.gather(*(fut for fut, _ in outputs))
+        t = self.topics
+        commit = {TopicPartition(t.events, p): r.commit_offset
+                  for p, r in poll.partitions.items() if r.commit_offset is not None}
         try:
-            await self._consumer.commit(offsets)
-            self._committed.update((tp.partition, off) for tp, off in offsets.items())
+            await self._consumer.commit(commit)
+            self._committed.update((tp.partition, off) for tp, off in commit.items())
         except (CommitFailedError, IllegalStateError, KafkaError) as exc:
             # Rebalance in progress: the new owner re-reads these records and dedup re-emits
             # their decisions. Nothing is lost.
             log.warning("offset commit skipped (%s); records will be re-delivered", exc)
         self._observe(poll)
+
+    def _apply(self, offsets: Mapping[int, int]) -> None:
+        for p, offset in offsets.items():
+            self.stores[p].apply_oldest(offset)
 
     def _stop_on_failure(self, task: asyncio.Task) -> None:
         """A poll whose writes failed stops the loop at once (even with no more input), and
@@ -275,20 +310,13 @@ class Worker:
         if task is not None:
             await task
 
-    def _run_pipeline(self, batches: Mapping[TopicPartition, list]) -> PollResult:
-        """One poll, all its partitions (those revoked while it was in flight are skipped)."""
-        return self.pipeline.process({tp.partition: msgs for tp, msgs in batches.items()},
-                                     self.profiles)
-
-    @property
-    def pipelines(self) -> Mapping[int, PartitionState]:
-        """The partitions this worker decides now, with their watermarks."""
-        return self.pipeline.partitions
+    # -- metrics ---------------------------------------------------------------------------
 
     def _observe(self, poll: PollResult) -> None:
         m, name, t = self.metrics, self.topology.name, self.topics
         for stage, ms in poll.stage_ms.items():
             m.stage_seconds.labels(name, stage).observe(ms / 1000)
+        outcomes = poll.outcomes.copy()
         for p, r in poll.partitions.items():
             m.batch_records.labels(name).observe(len(r.decisions) + len(r.dlq))
             m.events.labels(name, "accepted").inc(r.accepted)
@@ -297,10 +325,7 @@ class Worker:
             m.events.labels(name, "dlq").inc(len(r.dlq))
             for reason in r.dlq_reasons:
                 m.dlq.labels(name, reason).inc()
-            # A cheap scan of the encoded decisions (see count_decisions); the columnar
-            # pipeline will hand these counts over in its BatchResult directly.
-            for (path, decision), n in count_decisions(v for _, v in r.decisions).items():
-                m.decisions.labels(name, path, decision).inc(n)
+            outcomes.update(count_decisions(r.reemitted))
             for topic, n in ((t.decisions, len(r.decisions)), (t.dlq, len(r.dlq)),
                              (t.late, len(r.late)), (t.changelog, len(r.changes))):
                 if n:
@@ -310,6 +335,8 @@ class Worker:
                 m.watermark_seconds.labels(name, str(p)).set(wm / 1000)
                 self._watermarked.add(p)
             self.decided += len(r.decisions)
+        for (path, decision), n in outcomes.items():
+            m.decisions.labels(name, path, decision).inc(n)
         for p in self._watermarked - self.pipelines.keys():  # revoked: another worker reports
             m.watermark_seconds.remove(name, str(p))
             self._watermarked.discard(p)
@@ -395,7 +422,10 @@ class Worker:
 
     async def _open_partition(self, p: int) -> None:
         store = RocksStore(self.state_dir / f"p{p:04d}")
-        restored = await self._restore(p, store)
+        name = self.topology.name
+        restored = await restore(self.cfg.kafka.bootstrap, self.topics.changelog, p, store,
+                                 self.metrics.restored_records.labels(name),
+                                 self.metrics.restoring_partitions.labels(name))
         self.stores[p] = staged = StagedStore(store)
         self.pipeline.open(p, staged)
         log.info("partition %d ready (%d changelog records restored)", p, restored)
@@ -407,40 +437,6 @@ class Worker:
         if store is not None:
             with self.state_lock:
                 store.close()
-
-    async def _restore(self, p: int, store: RocksStore) -> int:
-        """Bring local state up to the end of the partition's changelog.
-
-        Only whole batches are applied: a batch's records count once its end marker is read.
-        A trailing group without one was cut by a crash before its input offsets were
-        committed; the input is re-processed, so the fragment is dropped.
-        """
-        local = store.changelog_offset
-        start = {p: local + 1} if local is not None else None
-        applied = 0
-        group: dict[bytes, bytes | None] = {}
-        restored = self.metrics.restored_records.labels(self.topology.name)
-        restoring = self.metrics.restoring_partitions.labels(self.topology.name)
-        restoring.inc()
-        try:
-            async for chunk in read_to_end(self.cfg.kafka.bootstrap, self.topics.changelog,
-                                           [p], start_offsets=start):
-                for m in chunk:
-                    group[m.key] = m.value
-                    if _END_OF_BATCH in m.headers:
-                        if _FORMAT not in m.headers:
-                            found = dict(m.headers).get(layout.FORMAT_HEADER, b"1")
-                            layout.check_format(found, f"changelog {self.topics.changelog}")
-                        store.apply(group, changelog_offset=m.offset)
-                        applied += len(group)
-                        restored.inc(len(group))
-                        group = {}
-        finally:
-            restoring.dec()
-        if group:
-            log.warning("partition %d: dropped %d changelog records of an unfinished batch",
-                        p, len(group))
-        return applied
 
     # -- models ----------------------------------------------------------------------------
 
@@ -459,50 +455,7 @@ class Worker:
                 self.metrics.model_load_failures.labels(self.topology.name,
                                                         err.split("/", 1)[0]).inc()
 
-    # -- profiles --------------------------------------------------------------------------
-
-    async def _load_profiles(self) -> None:
-        async for chunk in read_to_end(self.cfg.kafka.bootstrap, self.topics.profiles):
-            self._apply_profiles(chunk)
-        self.profiles_loaded = True
-        log.info("loaded %d profiles", len(self.profiles))
-
-    async def _tail_shared(self) -> None:
-        """Keep profiles and partition owners current after start (a batch job may republish
-        profiles at any time; workers come and go): one consumer without a group, from where
-        the initial loads stopped."""
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.cfg.kafka.bootstrap,
-                                    enable_auto_commit=False, auto_offset_reset="earliest",
-                                    fetch_max_wait_ms=500)
-        await consumer.start()
-        try:
-            tps = [TopicPartition(self.topics.profiles, p) for p in range(self.partitions)]
-            members = TopicPartition(self.topics.members, 0)
-            consumer.assign([*tps, members])
-            for tp in tps:
-                consumer.seek(tp, self._profile_positions.get(tp.partition, 0))
-            consumer.seek(members, self._members_position)
-            while not self._stopping.is_set():
-                try:
-                    batches = await consumer.getmany(timeout_ms=1000, max_records=5000)
-                except KafkaError:
-                    log.exception("profile refresh failed; retrying")
-                    await asyncio.sleep(1.0)
-                    continue
-                for tp, records in batches.items():
-                    if tp == members:
-                        self.owners.apply_all((m.key, m.value) for m in records)
-                    else:
-                        self._apply_profiles(records)
-        finally:
-            await consumer.stop()
-
-    def _apply_profiles(self, chunk: list) -> None:
-        for m in chunk:
-            self._profile_positions[m.partition] = m.offset + 1
-        apply_profile_records(self.profiles, chunk)
-
-    # -- reads for the API -----------------------------------------------------------------
+    # -- for the API -----------------------------------------------------------------------
 
     async def submit_event(self, key: bytes, value: bytes) -> None:
         """Append one event to the input topic (online `?update=true`): the stream applies it
