@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # Sourced by scripts/test and scripts/demo (not run): makes sure .venv exists with python >= 3.11
-# and holds this checkout installed with its dev extras, re-installing only when pyproject.toml
-# changed since the last install; then puts .venv/bin first on PATH.
+# and holds this checkout installed with its dev extras, re-installing (which compiles the tile
+# kernel, engine/kernel/*.pyx) only when pyproject.toml or a kernel source changed since the
+# last install, or the compiled kernel is missing; then puts .venv/bin first on PATH.
 # Env: PYTHON (interpreter used to create .venv), STREAMWISE_VENV (default <repo>/.venv).
 
 STREAMWISE_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -20,11 +21,19 @@ _streamwise_bootstrap() {
     "$py" -m venv "$STREAMWISE_VENV"
   fi
   stamp="$STREAMWISE_VENV/.streamwise-pyproject.sha256"
-  want="$("$STREAMWISE_VENV/bin/python" -c \
-    'import hashlib, sys; print(hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest())' \
-    "$STREAMWISE_ROOT/pyproject.toml")"
-  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    echo "bootstrap: pip install -e '.[dev]' (pyproject.toml changed since the last install)" >&2
+  # The stamp hashes pyproject.toml and the compiled kernels' sources (engine/kernel/*.pyx,
+  # *.pxd, names included); `built` says every .pyx has its extension module beside it.
+  read -r want built < <("$STREAMWISE_VENV/bin/python" -c '
+import hashlib, pathlib, sys
+root, h = pathlib.Path(sys.argv[1]), hashlib.sha256()
+kernel = root / "engine" / "kernel"
+for p in [root / "pyproject.toml", *sorted(kernel.glob("*.p[yx][xd]"))]:
+    h.update(p.name.encode() + b"\0" + p.read_bytes())
+built = all(any(kernel.glob(p.stem + ".*.so")) for p in kernel.glob("*.pyx"))
+print(h.hexdigest(), int(built))' "$STREAMWISE_ROOT")
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || [ "$built" != 1 ]; then
+    echo "bootstrap: pip install -e '.[dev]' (pyproject.toml or a compiled kernel changed, or" \
+      "one is not built)" >&2
     if ! "$STREAMWISE_VENV/bin/python" -m pip install -q --disable-pip-version-check \
         -e "${STREAMWISE_ROOT}[dev]" >"$STREAMWISE_VENV/.streamwise-pip.log" 2>&1; then
       tail -n 40 "$STREAMWISE_VENV/.streamwise-pip.log" >&2

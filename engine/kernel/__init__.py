@@ -1,0 +1,23 @@
+"""The tile kernel: per-entity time tiles and window reads for the pipeline.
+
+`TileState` is the compiled kernel (`_tiles.pyx`, built by ``pip install -e .``); its API and
+semantics are `reference.TileState`'s, bit for bit, which stays importable as the plain-Python
+reference the kernel is tested against (`ReferenceTileState`). There is no fallback: without
+the built extension this package does not import.
+"""
+
+from .reference import AGGREGATES, HOPPING, NO_TS, SLIDING, TUMBLING, WindowSpec
+from .reference import TileState as ReferenceTileState
+
+try:
+    from ._encode import encode_decisions
+    from ._tiles import TileState
+except ImportError as e:  # pragma: no cover - depends on the build, not on the code
+    raise ImportError(
+        "the compiled kernel is not built: run `pip install -e .` (needs a C++ compiler); "
+        f"engine.kernel._tiles failed to import: {e}") from e
+
+__all__ = ["AGGREGATES", "HOPPING", "KERNEL", "NO_TS", "SLIDING", "TUMBLING",
+           "ReferenceTileState", "TileState", "WindowSpec", "encode_decisions"]
+
+KERNEL = "compiled"  # which TileState this package exports (for the README and the bench)
