@@ -4,7 +4,7 @@ aiokafka `getmany`, orjson-parse each event, one small output record per event t
 producer's batch API (`create_batch`/`send_batch`), await the sends, commit the offsets: the
 same consume → produce → commit order as the Streamwise worker, minus everything in between.
 Run as its own process: ``python -m engine.bench.ceiling --broker B --source T --sink T
---group G`` (stops on SIGTERM).
+--group G --fetch-max-wait-ms MS`` (stops on SIGTERM).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from engine.kafka_io import send_records
 __all__ = ["run"]
 
 
-async def run(bootstrap: str, source: str, sink: str, group: str, max_records: int = 2000,
-              fetch_max_wait_ms: int = 20) -> None:
+async def run(bootstrap: str, source: str, sink: str, group: str, fetch_max_wait_ms: int,
+              max_records: int = 2000) -> None:
     """Consume `source`, produce one record per event to `sink` (same partition), commit."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -66,8 +66,10 @@ def main() -> int:
     ap.add_argument("--source", required=True)
     ap.add_argument("--sink", required=True)
     ap.add_argument("--group", required=True)
+    ap.add_argument("--fetch-max-wait-ms", type=int, required=True)
     args = ap.parse_args()
-    asyncio.run(run(args.broker, args.source, args.sink, args.group))
+    asyncio.run(run(args.broker, args.source, args.sink, args.group,
+                    fetch_max_wait_ms=args.fetch_max_wait_ms))
     return 0
 
 

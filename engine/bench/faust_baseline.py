@@ -12,11 +12,12 @@ uses), not the event's `ts_ms`: event-time windows would be expired against wall
 (DESIGN §6).
 
 Tuning: Faust's aiokafka driver hard-codes ``fetch_max_wait_ms=1500`` and has no setting for
-it; `_tune_fetch_wait` sets the consumer's value to the worker's (20 ms) after Faust builds it.
+it; `_tune_fetch_wait` sets the consumer's value to the worker's (`--fetch-max-wait-ms`, the
+harness passes the worker's default) after Faust builds it.
 The worker logs at INFO, as the docs run it (see `main`). Everything else is Faust's defaults.
 
 Run: ``python -m engine.bench.faust_baseline --broker B --source T --sink T --app-id ID
---data-dir D [--batched]`` (stops on SIGTERM).
+--data-dir D --fetch-max-wait-ms MS [--batched]`` (stops on SIGTERM).
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from .baseline_model import FraudModel, features_1h
 
 __all__ = ["Payment", "build_app", "main"]
 
-FETCH_MAX_WAIT_MS = 20
 WINDOW_S = 3600
 
 
@@ -47,12 +47,12 @@ class Payment(faust.Record, serializer="json"):
     ts_ms: int
 
 
-def _tune_fetch_wait() -> None:
+def _tune_fetch_wait(fetch_max_wait_ms: int) -> None:
     original = faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer
 
     def create(self: Any, transport: Any) -> Any:
         consumer = original(self, transport)
-        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read by consumer.start()
+        consumer._fetch_max_wait_ms = fetch_max_wait_ms  # read by consumer.start()
         return consumer
 
     faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = create
@@ -92,9 +92,10 @@ def main() -> int:
     for flag in ("--broker", "--source", "--sink", "--app-id", "--data-dir"):
         ap.add_argument(flag, required=True)
     ap.add_argument("--partitions", type=int, default=8)
+    ap.add_argument("--fetch-max-wait-ms", type=int, required=True)
     ap.add_argument("--batched", action="store_true", help="take_events(1000, within=0.05)")
     args = ap.parse_args()
-    _tune_fetch_wait()
+    _tune_fetch_wait(args.fetch_max_wait_ms)
     app, source, sink, table = build_app(args)
     model = FraudModel()
     if args.batched:

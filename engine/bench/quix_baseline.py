@@ -17,8 +17,8 @@ is skipped with a warning and gets no output (the harness then waits for the gro
 committed offsets, not for one output per input).
 
 Set against Quix's defaults, and why:
-- `consumer_extra_config={"fetch.wait.max.ms": 20}`: the worker's fetch wait (librdkafka's
-  default is 500 ms), as for every other row;
+- `consumer_extra_config={"fetch.wait.max.ms": ...}`: the worker's fetch wait (the harness
+  passes the worker's default; librdkafka's is 500 ms), as for every other row;
 - `auto_offset_reset="earliest"`: the backlog is produced before the app starts;
 - `state_dir`: the harness's per-run directory;
 - `set_timestamp(now)` before `to_topic`: a window result carries the window start as its
@@ -28,7 +28,7 @@ Everything else (at-least-once, commit interval, producer settings, RocksDB opti
 logging) is Quix's default.
 
 Run: ``python -m engine.bench.quix_baseline --broker B --source T --sink T --group G
---state-dir D`` (stops on SIGTERM).
+--state-dir D --fetch-max-wait-ms MS`` (stops on SIGTERM).
 """
 
 from __future__ import annotations
@@ -45,8 +45,6 @@ from .baseline_model import FraudModel, features_1h
 
 __all__ = ["build_app", "main"]
 
-FETCH_MAX_WAIT_MS = 20
-
 
 def event_time(value: Any, headers: Any, timestamp: float, timestamp_type: Any) -> int:
     """Timestamp extractor: windows follow the event's own time, not the broker's."""
@@ -57,7 +55,7 @@ def build_app(args: argparse.Namespace, model: FraudModel) -> Application:
     """The application with its whole dataframe pipeline declared."""
     app = Application(broker_address=args.broker, consumer_group=args.group,
                       auto_offset_reset="earliest", state_dir=args.state_dir,
-                      consumer_extra_config={"fetch.wait.max.ms": FETCH_MAX_WAIT_MS})
+                      consumer_extra_config={"fetch.wait.max.ms": args.fetch_max_wait_ms})
     payments = app.topic(args.source, timestamp_extractor=event_time)
     decisions = app.topic(args.sink)
 
@@ -85,6 +83,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     for flag in ("--broker", "--source", "--sink", "--group", "--state-dir"):
         ap.add_argument(flag, required=True)
+    ap.add_argument("--fetch-max-wait-ms", type=int, required=True)
     args = ap.parse_args()
     build_app(args, FraudModel()).run()
     return 0

@@ -8,9 +8,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.config import KafkaConfig
 from engine.topology import TopicNames
 
-__all__ = ["SYSTEMS", "System", "streamwise_system"]
+__all__ = ["FETCH_MAX_WAIT_MS", "SYSTEMS", "System", "streamwise_system"]
+
+# The worker's default fetch wait, passed to every row (the worker's too, so that a
+# STREAMWISE_FETCH_MAX_WAIT_MS in the environment cannot set it apart).
+FETCH_MAX_WAIT_MS: int = KafkaConfig.model_fields["fetch_max_wait_ms"].default
 
 
 @dataclass(frozen=True)
@@ -34,7 +39,8 @@ class System:
 def _ceiling(prefix: str, broker: str, data: Path, partitions: int, port: int) -> list[str]:
     t = TopicNames.of("fraud", prefix)
     return [sys.executable, "-m", "engine.bench.ceiling", "--broker", broker,
-            "--source", t.events, "--sink", t.decisions, "--group", f"{prefix}bench-ceiling"]
+            "--source", t.events, "--sink", t.decisions, "--group", f"{prefix}bench-ceiling",
+            "--fetch-max-wait-ms", str(FETCH_MAX_WAIT_MS)]
 
 
 def _faust(batched: bool):
@@ -43,6 +49,7 @@ def _faust(batched: bool):
         return [sys.executable, "-m", "engine.bench.faust_baseline", "--broker", broker,
                 "--source", t.events, "--sink", t.decisions, "--app-id", f"{prefix}bench-faust",
                 "--data-dir", str(data), "--partitions", str(partitions),
+                "--fetch-max-wait-ms", str(FETCH_MAX_WAIT_MS),
                 *(["--batched"] if batched else [])]
     return argv
 
@@ -51,7 +58,7 @@ def _quix(prefix: str, broker: str, data: Path, partitions: int, port: int) -> l
     t = TopicNames.of("fraud", prefix)
     return [sys.executable, "-m", "engine.bench.quix_baseline", "--broker", broker,
             "--source", t.events, "--sink", t.decisions, "--group", f"{prefix}bench-quix",
-            "--state-dir", str(data)]
+            "--state-dir", str(data), "--fetch-max-wait-ms", str(FETCH_MAX_WAIT_MS)]
 
 
 def _batch_start_ms(doc: dict) -> float | None:
@@ -75,7 +82,7 @@ def streamwise_system(key: str = "streamwise", label: str = "streamwise worker",
         return [sys.executable, "-m", "engine", "--log-level", "WARNING", "worker", "fraud",
                 "--broker", broker, "--topic-prefix", prefix, "--partitions", str(partitions),
                 "--web-host", "127.0.0.1", "--web-port", str(port), "--data-dir", str(data),
-                *flags]
+                "--fetch-max-wait-ms", str(FETCH_MAX_WAIT_MS), *flags]
 
     return System(key, label, short, "committed", argv, _batch_start_ms,
                   lambda prefix: TopicNames.of("fraud", prefix).group, worker=True)
