@@ -21,6 +21,7 @@ class KafkaConfig(_Frozen):
     fetch_max_wait_ms: int = Field(default=5, ge=0, le=5000)
     max_batch_records: int = Field(default=2000, ge=1, le=100_000)
     cycle_ms: float = Field(default=10.0, gt=0, le=10_000)  # pipeline work per poll, aimed at
+    commit_interval_ms: int = Field(default=100, ge=0, le=60_000)  # input offsets, at most
 
 
 class StateConfig(_Frozen):

@@ -10,18 +10,21 @@ Per poll:
    and late records are queued to Kafka together, in one round;
 2. once the changelog is acknowledged, each partition's changes go to RocksDB in one write
    batch, with the changelog offset they were written at, in a thread (off the event loop);
-3. once the outputs are acknowledged too, the input offsets are committed.
+3. once the outputs are acknowledged too, the poll's input offsets become committable; they
+   are committed at most every `commit_interval_ms` (100), and whenever the input is idle, a
+   partition is revoked or the worker stops.
 A crash before 2 leaves the changelog ahead of local state: restore replays it (whole batches
 only: each batch's last changelog record carries an end marker, and a cut batch is dropped).
-A crash before 3 re-delivers the input: dedup finds every event whose state reached the
-changelog and re-emits its stored decision (and a re-delivered late record its late record);
-an event whose decision was acknowledged but whose changelog batch was not is decided again
-from the same state, so it gets the same decision and `decision_id` unless its model path
-changed meanwhile (a timeout, a model swapped in between).
+A crash before the commit re-delivers the input: dedup finds every event whose state reached
+the changelog and re-emits its stored decision (and a re-delivered late record its late
+record); an event whose decision was acknowledged but whose changelog batch was not is decided
+again from the same state, so it gets the same decision and `decision_id` unless its model
+path changed meanwhile (a timeout, a model swapped in between).
 
-Steps 1-3 of one poll run on the event loop while the pipeline already works on the next poll,
-whose reads see the previous poll's changes staged in `StagedStore` until step 2 wrote them.
-One poll's writes are in flight at a time; a revoke or close waits for them.
+Steps 1-3 of a poll run on the event loop while the pipeline already works on the next polls,
+whose reads see the earlier polls' changes staged in `StagedStore` until step 2 wrote them.
+Polls finish in order, at most `_MAX_POLLS_IN_FLIGHT` at a time; a revoke or close waits for
+all of them.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -66,6 +70,7 @@ __all__ = ["Worker", "topic_specs"]
 log = logging.getLogger("streamwise.worker")
 
 _FULL_GC_EVERY_S = 300.0  # a full collection now and then reclaims cycles frozen since
+_MAX_POLLS_IN_FLIGHT = 4  # polls whose writes may be under way while the next one runs
 
 
 def topic_specs(t: TopicNames, partitions: int) -> list[TopicSpec]:
@@ -115,7 +120,9 @@ class Worker:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._tasks: list[asyncio.Task] = []
-        self._inflight: asyncio.Task | None = None  # the last poll's writes
+        self._inflight: deque[asyncio.Task] = deque()  # polls whose writes are under way
+        self._uncommitted: dict[int, int] = {}  # partition -> offset written, not committed
+        self._last_commit = time.monotonic()
         k = cfg.kafka
         self._max_records = min(k.max_batch_records, 500)  # adapts to the cycle time
         self._us_per_record: float | None = None
@@ -173,7 +180,11 @@ class Worker:
             if batches:
                 async with self._lock:
                     await self._process(batches)
-        await self._drain()  # the last poll's writes; raises what they raised
+            while self._inflight and self._inflight[0].done():
+                await self._inflight.popleft()  # raises what its writes raised
+            if not batches and self._uncommitted and not self._inflight:
+                await self._commit()  # idle: what is written gets committed now
+        await self._drain()  # the last polls' writes; raises what they raised
 
     def stop(self) -> None:
         self._stopping.set()
@@ -220,7 +231,9 @@ class Worker:
         t0 = time.perf_counter()
         poll = await asyncio.to_thread(self._run_pipeline, batches)
         self._adapt(n, time.perf_counter() - t0)
-        await self._drain()  # polls finish in order: one poll's writes in flight at a time
+        while len(self._inflight) >= _MAX_POLLS_IN_FLIGHT:  # bounded: wait for the oldest
+            await self._inflight[0]
+            self._inflight.popleft()
         self._collect_garbage()
         if not poll.partitions:
             return
@@ -242,8 +255,10 @@ class Worker:
             if r.late:
                 outputs += await send_records(producer, t.late, p,
                                               ((d.key, d.value, d.headers) for d in r.late))
-        self._inflight = asyncio.create_task(self._finish(poll, changelog, outputs))
-        self._inflight.add_done_callback(self._stop_on_failure)
+        previous = self._inflight[-1] if self._inflight else None
+        task = asyncio.create_task(self._finish(poll, changelog, outputs, previous))
+        task.add_done_callback(self._stop_on_failure)
+        self._inflight.append(task)
 
     def _run_pipeline(self, batches: Mapping[TopicPartition, list]) -> PollResult:
         """One poll, all its partitions (those revoked while it was in flight are skipped)."""
@@ -273,18 +288,35 @@ class Worker:
 
     async def _finish(self, poll: PollResult,
                       changelog: Mapping[int, list[tuple[asyncio.Future, int]]],
-                      outputs: list[tuple[asyncio.Future, int]]) -> None:
-        """Steps 2-3 of a poll (its records are queued): local state, then the commit."""
+                      outputs: list[tuple[asyncio.Future, int]],
+                      previous: asyncio.Task | None) -> None:
+        """Steps 2-3 of a poll whose records are queued: local state once its changelog is
+        acknowledged, then its offsets become committable once its outputs are. Polls finish
+        in order: each waits for the one before (and fails when it failed)."""
         offsets = {}
         for p, sent in changelog.items():
             metas = await asyncio.gather(*(fut for fut, _ in sent))
             offsets[p] = metas[-1].offset + sent[-1][1] - 1
+        if previous is not None:
+            await previous
         if offsets:  # local state, atomically with the changelog offset it corresponds to
             await asyncio.to_thread(self._apply, offsets)
         await asyncio.gather(*(fut for fut, _ in outputs))
+        self._uncommitted.update((p, r.commit_offset) for p, r in poll.partitions.items()
+                                 if r.commit_offset is not None)
+        self._observe(poll)
+        if time.monotonic() - self._last_commit >= self.cfg.kafka.commit_interval_ms / 1000:
+            await self._commit()
+
+    async def _commit(self) -> None:
+        """Commit the input offsets whose outputs and state are all written."""
+        offsets, self._uncommitted = self._uncommitted, {}
+        self._last_commit = time.monotonic()
+        if not offsets or self._consumer is None:
+            return
         t = self.topics
-        commit = {TopicPartition(t.events, p): r.commit_offset
-                  for p, r in poll.partitions.items() if r.commit_offset is not None}
+        commit = {TopicPartition(t.events, p): off for p, off in offsets.items()
+                  if p in self.pipelines}
         try:
             await self._consumer.commit(commit)
             self._committed.update((tp.partition, off) for tp, off in commit.items())
@@ -292,7 +324,6 @@ class Worker:
             # Rebalance in progress: the new owner re-reads these records and dedup re-emits
             # their decisions. Nothing is lost.
             log.warning("offset commit skipped (%s); records will be re-delivered", exc)
-        self._observe(poll)
 
     def _apply(self, offsets: Mapping[int, int]) -> None:
         for p, offset in offsets.items():
@@ -305,10 +336,12 @@ class Worker:
             self._stopping.set()
 
     async def _drain(self) -> None:
-        """Wait for the poll whose writes are in flight; its failure is raised here."""
-        task, self._inflight = self._inflight, None
-        if task is not None:
+        """Wait for every poll whose writes are under way, then commit; the first failure is
+        raised here."""
+        while self._inflight:
+            task = self._inflight.popleft()
             await task
+        await self._commit()
 
     # -- metrics ---------------------------------------------------------------------------
 
