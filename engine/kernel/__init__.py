@@ -10,7 +10,6 @@ from .reference import AGGREGATES, HOPPING, NO_TS, SLIDING, TUMBLING, WindowSpec
 from .reference import TileState as ReferenceTileState
 
 try:
-    from ._encode import encode_decisions
     from ._tiles import TileState
 except ImportError as e:  # pragma: no cover - depends on the build, not on the code
     raise ImportError(
@@ -18,6 +17,6 @@ except ImportError as e:  # pragma: no cover - depends on the build, not on the 
         f"engine.kernel._tiles failed to import: {e}") from e
 
 __all__ = ["AGGREGATES", "HOPPING", "KERNEL", "NO_TS", "SLIDING", "TUMBLING",
-           "ReferenceTileState", "TileState", "WindowSpec", "encode_decisions"]
+           "ReferenceTileState", "TileState", "WindowSpec"]
 
 KERNEL = "compiled"  # which TileState this package exports (for the README and the bench)
