@@ -21,15 +21,17 @@ _streamwise_bootstrap() {
     "$py" -m venv "$STREAMWISE_VENV"
   fi
   stamp="$STREAMWISE_VENV/.streamwise-pyproject.sha256"
-  # The stamp hashes pyproject.toml and the compiled kernels' sources (engine/kernel/*.pyx,
-  # *.pxd, names included); `built` says every .pyx has its extension module beside it.
+  # The stamp hashes pyproject.toml and the Cython sources under engine/ (*.pyx, *.pxd, paths
+  # included); `built` says every extension module pyproject.toml lists is built in place.
   read -r want built < <("$STREAMWISE_VENV/bin/python" -c '
-import hashlib, pathlib, sys
+import hashlib, pathlib, sys, tomllib
 root, h = pathlib.Path(sys.argv[1]), hashlib.sha256()
-kernel = root / "engine" / "kernel"
-for p in [root / "pyproject.toml", *sorted(kernel.glob("*.p[yx][xd]"))]:
-    h.update(p.name.encode() + b"\0" + p.read_bytes())
-built = all(any(kernel.glob(p.stem + ".*.so")) for p in kernel.glob("*.pyx"))
+for p in [root / "pyproject.toml", *sorted((root / "engine").rglob("*.p[yx][xd]"))]:
+    h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes())
+with open(root / "pyproject.toml", "rb") as f:
+    modules = tomllib.load(f).get("tool", {}).get("setuptools", {}).get("ext-modules", [])
+built = all(any((root / m["name"].replace(".", "/")).parent.glob(
+    m["name"].rpartition(".")[2] + ".*.so")) for m in modules)
 print(h.hexdigest(), int(built))' "$STREAMWISE_ROOT")
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || [ "$built" != 1 ]; then
     echo "bootstrap: pip install -e '.[dev]' (pyproject.toml or a compiled kernel changed, or" \
