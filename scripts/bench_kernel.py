@@ -143,7 +143,9 @@ def main() -> None:
         child = subprocess.run(
             [sys.executable, __file__, "--impl", impl, "--events", str(args.events),
              "--batch", str(args.batch), "--seed", str(args.seed)],
-            check=True, capture_output=True, text=True)
+            capture_output=True, text=True)
+        if child.returncode:
+            sys.exit(f"bench_kernel: the {impl} run failed:\n{child.stderr}")
         rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
     c, r = rows
     print(f"fraud windows (sliding 10 min, sliding 1 h + distinct merchants; 60 s tiles): "
