@@ -6,6 +6,7 @@ until the test releases them, and budgets are read from what the chain gave each
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import Counter
@@ -456,7 +457,8 @@ def test_the_backup_is_not_started_past_the_stage_deadline(rig):
 # --------------------------------------------------------------------------- breaker
 
 
-def test_breaker_opens_then_half_opens_and_closes(rig):
+def test_breaker_opens_then_half_opens_and_closes(rig, caplog):
+    caplog.set_level(logging.INFO, logger="streamwise.breaker")
     clock = ManualClock(0)
     r = rig(clock=clock, settings=ScoringSettings(
         timeout_ms=10_000, retries=0, backup=None,
@@ -477,6 +479,9 @@ def test_breaker_opens_then_half_opens_and_closes(rig):
     assert r.chain.breaker_state("primary") is BreakerState.CLOSED
     assert r.chain._guards["primary"].breaker.transitions == 3  # noqa: SLF001
     assert r.chain.stats.fallbacks["breaker_open"] == 2
+    assert [m.getMessage() for m in caplog.records] == [
+        "circuit breaker primary: closed -> open", "circuit breaker primary: open -> half_open",
+        "circuit breaker primary: half_open -> closed"]  # each breaker named for its model
 
 
 def test_twin_has_its_own_breakers_and_statistics(rig):
@@ -493,6 +498,11 @@ def test_twin_has_its_own_breakers_and_statistics(rig):
         r.model("primary").mode = "ok"
         (v,) = twin.decide(ScoringRows.of_vectors(["k"], [_vector()], [EVENT_TS_MS]))
         assert (v.path, v.model) == ("model", "primary:1")
+        r.model("primary").mode = "fail"  # the twin scores through the same wrapper
+        v, rules = twin.decide(ScoringRows.of_vectors(
+            ["k", "j"], [_vector(), _vector(count_10m=9.0, sum_1h=None)], [EVENT_TS_MS] * 2))
+        assert (v.path, v.reasons) == ("fallback:backup_model", ("model_error",))
+        assert (rules.path, rules.model) == ("fallback:rules", "rules:v1")  # the same rules
     finally:
         twin.close()
 

@@ -159,3 +159,10 @@ def test_dedup_holds_for_the_ttl_behind_the_watermark_and_not_a_millisecond_long
     assert fresh.duplicates == 0 and len(fresh.late) == 1
     (decision,) = fresh.decisions
     assert decision != first and orjson.loads(decision[1])["reasons"][0] == "late_event"
+
+
+def test_expired_clamps_negative_times_to_zero_like_the_index() -> None:
+    d = Dedup(ttl_ms=HOUR)
+    assert d.expired(0, HOUR + 1) and d.expired(-5, HOUR + 1)  # 0 < 1
+    assert not d.expired(0, HOUR) and not d.expired(-5, HOUR)  # 0 < 0 is false
+    assert not d.expired(0, None)  # before any event nothing has expired

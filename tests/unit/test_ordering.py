@@ -156,3 +156,11 @@ def test_reorder_buffer_releases_a_bounded_disorder_stream_sorted(stream: list[i
     released += buf.drain()
     assert released == sorted(released)
     assert sorted(released) == sorted((ts, i) for i, ts in enumerate(fixed))
+
+
+def test_reorder_buffer_ties_keep_arrival_order_not_offset_order() -> None:
+    buf: ReorderBuffer[str] = ReorderBuffer(capacity=10)
+    buf.push(5, 9, "first")  # same event time; the later offset arrived first
+    buf.push(5, 3, "second")
+    buf.push(5, 1, "third")
+    assert buf.release(5) == ["first", "second", "third"]
