@@ -10,6 +10,7 @@ from .reference import AGGREGATES, HOPPING, NO_TS, SLIDING, TUMBLING, WindowSpec
 from .reference import TileState as ReferenceTileState
 
 try:
+    from ._rows import SeenFilter, encode_decisions
     from ._tiles import TileState
 except ImportError as e:  # pragma: no cover - depends on the build, not on the code
     raise ImportError(
@@ -17,6 +18,6 @@ except ImportError as e:  # pragma: no cover - depends on the build, not on the 
         f"engine.kernel._tiles failed to import: {e}") from e
 
 __all__ = ["AGGREGATES", "HOPPING", "KERNEL", "NO_TS", "SLIDING", "TUMBLING",
-           "ReferenceTileState", "TileState", "WindowSpec"]
+           "ReferenceTileState", "TileState", "SeenFilter", "WindowSpec", "encode_decisions"]
 
 KERNEL = "compiled"  # which TileState this package exports (for the README and the bench)

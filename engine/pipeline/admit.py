@@ -41,6 +41,9 @@ def admit(state: PartitionState, records: Sequence[InputRecord], events: Sequenc
     reorder = state.reorder
     adm = Admitted()
     in_batch: dict[str, Row] = {}
+    # One filter probe for the batch: the ids it has surely never seen skip the store read.
+    maybe_seen = iter(state.seen.maybe([getattr(ev, id_f) for ev in events
+                                        if type(ev) is not Rejection]))
     for rec, ev in zip(records, events, strict=True):
         if type(ev) is Rejection:
             out.dlq.append(dead_letter(topic, rec.partition, rec.offset, rec.key, rec.value,
@@ -48,7 +51,7 @@ def admit(state: PartitionState, records: Sequence[InputRecord], events: Sequenc
             out.dlq_reasons.append(ev.reason)
             continue
         eid = getattr(ev, id_f)
-        original = original_of(state, eid, in_batch, out.changes)
+        original = original_of(state, eid, in_batch, out.changes, next(maybe_seen))
         if original is not None:
             out.duplicates += 1
             if type(original) is Row:
@@ -98,9 +101,11 @@ def admit(state: PartitionState, records: Sequence[InputRecord], events: Sequenc
 
 
 def original_of(state: PartitionState, eid: str, in_batch: dict[str, Row],
-                changes: dict[bytes, bytes | None]) -> Row | bytes | None:
+                changes: dict[bytes, bytes | None], maybe_stored: bool = True
+                ) -> Row | bytes | None:
     """The first occurrence of event id `eid` within the dedup TTL: a row of this batch (or
-    of the reorder buffer), the stored seen record, or None.
+    of the reorder buffer), the stored seen record, or None. `maybe_stored` False (the dedup
+    filter has surely never seen it) skips the store read.
 
     An id whose TTL has passed counts as unseen even before a sweep deletes it, so what is a
     duplicate never depends on how far the (bounded, batch-paced) sweeps have got.
@@ -109,6 +114,8 @@ def original_of(state: PartitionState, eid: str, in_batch: dict[str, Row],
     row = in_batch.get(eid) or state.buffered.get(eid)
     if row is not None:
         return None if state.dedup.expired(row.ts_ms, wm) else row
+    if not maybe_stored:
+        return None
     key = layout.seen_key(eid)
     stored = changes[key] if key in changes else state.store.get(key)
     if stored is None or state.dedup.expired(layout.unpack_seen(stored).ts_ms, wm):

@@ -24,7 +24,7 @@ from ..schemas import EventDecoder
 from ..state import layout
 from ..topology import Topology
 from .admit import Admitted, admit
-from .decide import Decider, decision_doc, encode_decisions, scoring_rows, state_changes
+from .decide import Decider, encode_rows, scoring_rows, unscored_changes
 from .fold import FeatureColumns, fold
 from .partition import PartitionState, Row, Store
 from .records import BatchResult, InputRecord, PollResult
@@ -140,25 +140,27 @@ class Pipeline:
         stage["features"], stage["inference"] = _ms(t3 - t2), _ms(t4 - t3)
         fs = self.decider.feature_set
         now_ms = self.clock.now_ms()
-        docs = [decision_doc(r, v, columns.vector(i), fs, stage, now_ms)
-                for i, (r, v) in enumerate(zip(rows, verdicts, strict=True))]
+        last_ts = []
+        changes = []
+        for p, (lo, hi) in spans.items():
+            kernel = self.partitions[p].tables[0][2]
+            held = {r.key: kernel.last_ts(r.key) for r in rows[lo:hi]}
+            last_ts += [held[r.key] for r in rows[lo:hi]]
+            changes += [result.partitions[p].changes] * (hi - lo)
+        for v in verdicts:
+            result.outcomes[(v.path, v.decision)] += 1
         t5 = clock()
         stage["policy"] = _ms(t5 - t4)
         stage["total"] = _ms(t5 - t0)
-        encode_decisions(rows, docs)
-        for v in verdicts:
-            result.outcomes[(v.path, v.decision)] += 1
         result.stage_ms = stage
+        encode_rows(rows, verdicts, columns, fs, stage, now_ms, last_ts, changes)
 
         for p, adm in admitted.items():
             state = self.partitions[p]
             out = result.partitions[p]
             lo, hi = spans[p]
             self._emit(adm, out)
-            last_ts = {r.key: state.tables[0][2].last_ts(r.key) for r in rows[lo:hi]}
-            state_changes(rows[lo:hi], adm.unscored,
-                          {k: (None if t == layout.NO_TS else t) for k, t in last_ts.items()},
-                          out.changes)
+            unscored_changes(adm.unscored, out.changes)
             self._write_partition_state(state, [*rows[lo:hi], *adm.unscored], out.changes)
 
     def _emit(self, adm: Admitted, out: BatchResult) -> None:
@@ -184,6 +186,8 @@ class Pipeline:
                 changes[layout.tile_key(prefix, entity.encode(), start)] = (
                     None if tile is None else layout.pack_tile(tile))
         if seen:  # one expiry record per batch lists the ids it marked seen
+            state.seen.add([r.eid for r in seen], np.fromiter((r.ts_ms for r in seen), np.int64,
+                                                              len(seen)))
             first = min(r.offset for r in seen)
             changes[layout.expiry_key(max(r.ts_ms for r in seen), first)] = \
                 layout.pack_expiry(r.eid for r in seen)

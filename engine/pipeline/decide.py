@@ -6,8 +6,10 @@ from __future__ import annotations
 from collections.abc import Hashable, Sequence
 from typing import Any, Protocol
 
+import numpy as np
 import orjson
 
+from ..kernel import encode_decisions
 from ..policy import ScoringRows, Verdict, abstain
 from ..schemas import decision_id
 from ..state import layout
@@ -16,7 +18,8 @@ from .fold import FeatureColumns
 from .partition import Row
 from .records import Record
 
-__all__ = ["Decider", "abstain_decision", "decision_doc", "encode_decisions"]
+__all__ = ["Decider", "abstain_decision", "decision_doc", "encode_rows", "scoring_rows",
+           "unscored_changes"]
 
 
 class Decider(Protocol):
@@ -40,24 +43,46 @@ def decision_doc(row: Row, v: Verdict, features: dict[str, Any], feature_set: st
     }
 
 
-def encode_decisions(rows: Sequence[Row], docs: Sequence[dict[str, Any]]) -> None:
-    """Encode each row's decision (set as `row.decision`)."""
-    dumps = orjson.dumps
-    for row, doc in zip(rows, docs, strict=True):
-        row.decision = dumps(doc)
+def encode_rows(rows: Sequence[Row], verdicts: Sequence[Verdict], columns: FeatureColumns,
+                feature_set: str, stage: dict[str, float], now_ms: int,
+                last_ts: Sequence[int], changes: Sequence[dict[bytes, bytes | None]]) -> None:
+    """Encode each row's decision (set as `row.decision`, the compiled `encode_decisions`)
+    and write its dedup entry and its entity record (newest event time `last_ts[i]`, NO_TS
+    for none; last decision) to its partition's change set `changes[i]`."""
+    n = len(rows)
+    if not n:
+        return
+    plan = columns.plan
+    kinds = bytearray(b"f" * len(plan.names))
+    objects: list[Any] = [None] * len(plan.names)
+    for col in plan.integer:
+        kinds[col] = ord("i")
+    for j, (col, _) in enumerate(plan.functions):
+        kinds[col] = ord("o")
+        objects[col] = columns.values[j]
+    bodies, seen, entity = encode_decisions(
+        [r.eid for r in rows], [r.key for r in rows],
+        np.fromiter((r.ts_ms for r in rows), np.int64, n),
+        [v.score for v in verdicts], [v.decision for v in verdicts],
+        [v.model for v in verdicts], [v.path for v in verdicts],
+        [(*r.notes, *v.reasons) for r, v in zip(rows, verdicts, strict=True)],
+        plan.names, np.ascontiguousarray(columns.matrix), bytes(kinds), objects, feature_set,
+        orjson.dumps(stage), now_ms, np.fromiter((r.partition for r in rows), np.int64, n),
+        np.fromiter((r.offset for r in rows), np.int64, n), [r.late for r in rows],
+        np.asarray(last_ts, dtype=np.int64))
+    seen_key, entity_key = layout.seen_key, layout.entity_key
+    for i, row in enumerate(rows):
+        row.decision = bodies[i]
+        out = changes[i]
+        out[seen_key(row.eid)] = seen[i]
+        out[entity_key(row.kb)] = entity[i]
 
 
-def state_changes(rows: Sequence[Row], unscored: Sequence[Row],
-                  last_ts: dict[str, int | None], changes: dict[bytes, bytes | None]) -> None:
-    """The dedup entry of every decided (or unscored late) event and each decided entity's
-    record (its newest event time and last decision)."""
-    for group in (rows, unscored):
-        for row in group:
-            changes[layout.seen_key(row.eid)] = layout.pack_seen(
-                row.ts_ms, row.partition, row.offset, row.late, row.decision or b"")
-    for row in rows:
-        changes[layout.entity_key(row.kb)] = layout.pack_entity(last_ts[row.key],
-                                                                row.decision or b"")
+def unscored_changes(unscored: Sequence[Row], changes: dict[bytes, bytes | None]) -> None:
+    """The dedup entry of each late event the topology does not score (no decision)."""
+    for row in unscored:
+        changes[layout.seen_key(row.eid)] = layout.pack_seen(row.ts_ms, row.partition,
+                                                             row.offset, row.late, b"")
 
 
 def abstain_decision(topology: Topology, event: Any, feature_set: str, reason: str,

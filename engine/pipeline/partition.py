@@ -7,8 +7,10 @@ import functools
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
+
 from ..dedup import Dedup
-from ..kernel import TileState, WindowSpec
+from ..kernel import SeenFilter, TileState, WindowSpec
 from ..kernel.specs import window_specs
 from ..ordering import ReorderBuffer, Watermark
 from ..state import layout
@@ -73,6 +75,7 @@ class PartitionState:
             ReorderBuffer(t.reorder_capacity) if t.ordering == "event_time" else None)
         self.buffered: dict[str, Row] = {}  # event id -> its row, while in the reorder buffer
         self.dedup = Dedup(topology.dedup_ttl_ms)
+        self.seen = SeenFilter(topology.dedup_ttl_ms)  # ids never seen need no store read
         make = kernel or TileState
         self.tables = [(tb, layout.table_prefix(tb.name, tb.version, tb.tile_ms),
                         make(tb.tile_ms, window_specs(topology, tb), tb.distinct_field is not None))
@@ -82,6 +85,7 @@ class PartitionState:
         self.dedup_swept_to: int | None = None  # cutoff of the last completed dedup sweep
         self.dedup_sweep_ids = DEDUP_SWEEP_IDS  # expired ids a batch examines at most
         self._load_live_tiles()
+        self._load_seen()
 
     @property
     def windows(self) -> list[tuple[str, Sequence[WindowSpec]]]:
@@ -115,6 +119,13 @@ class PartitionState:
                               *layout.unpack_tile(raw, tb.distinct_field is not None)))
             if entity is not None:
                 kernel.load(entity, self.last_ts(entity), tiles)
+
+    def _load_seen(self) -> None:
+        """The dedup filter from the stored expiry records (each id under its batch's newest
+        time, never earlier than its own: it is remembered at least as long as the TTL)."""
+        for key, raw in self.store.items_between(layout.EXPIRY, layout.EXPIRY + b"\xff"):
+            ids = layout.unpack_expiry(raw)
+            self.seen.add(ids, np.full(len(ids), layout.expiry_max_ts(key), np.int64))
 
     def last_ts(self, entity: str) -> int | None:
         raw = self.store.get(layout.entity_key(entity.encode()))

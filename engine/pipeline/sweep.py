@@ -19,6 +19,7 @@ def sweep(state: PartitionState, changes: dict[bytes, bytes | None]) -> None:
         state.last_expiry_horizon = horizon
         for _tb, _prefix, kernel in state.tables:
             kernel.expire(horizon)
+    state.seen.expire(wm)
     _sweep_dedup(state, wm, changes, state.dedup_sweep_ids)
 
 

@@ -1,0 +1,417 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Row-level glue, compiled: decision encoding and the dedup filter.
+
+Decision encoding: a batch's decision documents written straight from its columns.
+
+`encode_decisions` gives, per row, exactly the JSON of `engine.pipeline.decide.decision_doc`
+(same keys in the same order, the same values: JSON numbers that read back as the same
+doubles, strings escaped as JSON requires), with its `decision_id` (BLAKE2b-128, RFC 7693, of
+``event_id \\x1f model \\x1f feature_set``), plus the state values that carry it: the dedup entry
+(`layout.pack_seen`) and the entity record (`layout.pack_entity`). `decision_id` is exposed
+for tests. The plain-Python path in `engine.pipeline.decide` is the reference it is tested
+against (tests/unit/test_encode.py).
+
+The dedup filter (`SeenFilter`): which event ids may have been seen, so that the ids never
+seen (nearly all of them) need no store read.
+"""
+
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.mem cimport PyMem_Free
+from libc.stdint cimport int64_t, uint8_t, uint64_t
+from libc.stdlib cimport calloc, free
+from libc.string cimport memcpy, memset
+
+import struct
+
+import orjson
+
+cdef extern from "Python.h":
+    char* PyOS_double_to_string(double val, char format_code, int precision, int flags,
+                                int* type) except NULL
+    int Py_DTSF_ADD_DOT_0
+
+# -- BLAKE2b (RFC 7693), 16-byte digest, no key ----------------------------------------------
+
+cdef uint64_t[8] _IV = [
+    0x6a09e667f3bcc908ULL, 0xbb67ae8584caa73bULL, 0x3c6ef372fe94f82bULL, 0xa54ff53a5f1d36f1ULL,
+    0x510e527fade682d1ULL, 0x9b05688c2b3e6c1fULL, 0x1f83d9abfb41bd6bULL, 0x5be0cd19137e2179ULL]
+
+cdef uint8_t[12][16] _SIGMA = [
+    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15],
+    [14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3],
+    [11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4],
+    [7, 9, 3, 1, 13, 12, 11, 14, 2, 6, 5, 10, 4, 0, 15, 8],
+    [9, 0, 5, 7, 2, 4, 10, 15, 14, 1, 11, 12, 6, 8, 3, 13],
+    [2, 12, 6, 10, 0, 11, 8, 3, 4, 13, 7, 5, 15, 14, 1, 9],
+    [12, 5, 1, 15, 14, 13, 4, 10, 0, 7, 6, 3, 9, 2, 8, 11],
+    [13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10],
+    [6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5],
+    [10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0],
+    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15],
+    [14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3]]
+
+
+cdef inline uint64_t _rotr(uint64_t x, int n) noexcept nogil:
+    return (x >> n) | (x << (64 - n))
+
+
+cdef inline void _g(uint64_t* v, int a, int b, int c, int d, uint64_t x, uint64_t y) noexcept nogil:
+    v[a] = v[a] + v[b] + x
+    v[d] = _rotr(v[d] ^ v[a], 32)
+    v[c] = v[c] + v[d]
+    v[b] = _rotr(v[b] ^ v[c], 24)
+    v[a] = v[a] + v[b] + y
+    v[d] = _rotr(v[d] ^ v[a], 16)
+    v[c] = v[c] + v[d]
+    v[b] = _rotr(v[b] ^ v[c], 63)
+
+
+cdef void _compress(uint64_t* h, const uint8_t* block, uint64_t t, bint last) noexcept nogil:
+    cdef uint64_t v[16]
+    cdef uint64_t m[16]
+    cdef int i, j
+    for i in range(16):
+        m[i] = 0
+        for j in range(8):
+            m[i] |= (<uint64_t>block[i * 8 + j]) << (8 * j)
+    for i in range(8):
+        v[i] = h[i]
+        v[i + 8] = _IV[i]
+    v[12] ^= t
+    if last:
+        v[14] = ~v[14]
+    for i in range(12):
+        _g(v, 0, 4, 8, 12, m[_SIGMA[i][0]], m[_SIGMA[i][1]])
+        _g(v, 1, 5, 9, 13, m[_SIGMA[i][2]], m[_SIGMA[i][3]])
+        _g(v, 2, 6, 10, 14, m[_SIGMA[i][4]], m[_SIGMA[i][5]])
+        _g(v, 3, 7, 11, 15, m[_SIGMA[i][6]], m[_SIGMA[i][7]])
+        _g(v, 0, 5, 10, 15, m[_SIGMA[i][8]], m[_SIGMA[i][9]])
+        _g(v, 1, 6, 11, 12, m[_SIGMA[i][10]], m[_SIGMA[i][11]])
+        _g(v, 2, 7, 8, 13, m[_SIGMA[i][12]], m[_SIGMA[i][13]])
+        _g(v, 3, 4, 9, 14, m[_SIGMA[i][14]], m[_SIGMA[i][15]])
+    for i in range(8):
+        h[i] ^= v[i] ^ v[i + 8]
+
+
+cdef void _blake2b_128_hex(const uint8_t* data, Py_ssize_t n, char* out) noexcept nogil:
+    """32 lowercase hex characters of BLAKE2b with a 16-byte digest."""
+    cdef uint64_t h[8]
+    cdef uint8_t block[128]
+    cdef Py_ssize_t pos = 0
+    cdef uint64_t t = 0
+    cdef int i
+    cdef uint8_t byte
+    cdef const char* hexd = b"0123456789abcdef"
+    for i in range(8):
+        h[i] = _IV[i]
+    h[0] ^= 0x01010000ULL ^ 16  # depth 1, fanout 1, no key, 16-byte digest
+    while n - pos > 128:
+        t += 128
+        _compress(h, data + pos, t, 0)
+        pos += 128
+    memset(block, 0, 128)
+    memcpy(block, data + pos, n - pos)
+    t += <uint64_t>(n - pos)
+    _compress(h, block, t, 1)
+    for i in range(16):
+        byte = <uint8_t>((h[i // 8] >> (8 * (i % 8))) & 0xFF)
+        out[2 * i] = hexd[byte >> 4]
+        out[2 * i + 1] = hexd[byte & 15]
+
+
+def decision_id(str event_id, str model_version, str feature_set) -> str:
+    """`engine.schemas.decision_id`, compiled."""
+    cdef bytes data = f"{event_id}\x1f{model_version}\x1f{feature_set}".encode()
+    cdef char out[32]
+    _blake2b_128_hex(<const uint8_t*><const char*>data, len(data), out)
+    return PyBytes_FromStringAndSize(out, 32).decode()
+
+
+# -- JSON writing ------------------------------------------------------------------------------
+
+
+cdef bint _plain(str s):
+    """True when `s` needs no JSON escape (printable ASCII without quote or backslash)."""
+    cdef Py_UCS4 c
+    for c in s:
+        if c < 0x20 or c > 0x7e or c == 0x22 or c == 0x5c:
+            return False
+    return True
+
+
+cdef inline void _str(bytearray b, str s):
+    if _plain(s):
+        b.append(0x22)
+        b.extend(s.encode("ascii"))
+        b.append(0x22)
+    else:
+        b.extend(orjson.dumps(s))
+
+
+cdef inline void _float(bytearray b, double v):
+    cdef char* s
+    if v != v:
+        b.extend(b"null")
+        return
+    s = PyOS_double_to_string(v, b'r', 0, Py_DTSF_ADD_DOT_0, NULL)
+    try:
+        b.extend(<bytes>s)
+    finally:
+        PyMem_Free(s)
+
+
+cdef inline void _int(bytearray b, int64_t v):
+    b.extend(str(v).encode("ascii"))
+
+
+cdef void _value(bytearray b, object v):
+    """A feature value as the topology's function returned it."""
+    if v is None:
+        b.extend(b"null")
+    elif v is True:
+        b.extend(b"true")
+    elif v is False:
+        b.extend(b"false")
+    elif type(v) is int:
+        b.extend(str(v).encode("ascii"))
+    elif type(v) is float:
+        _float(b, v)
+    else:
+        b.extend(orjson.dumps(v))
+
+
+_SEEN_HEAD = struct.Struct("<qiq?").pack
+_ENTITY_HEAD = struct.Struct("<q").pack
+
+
+def encode_decisions(list eids, list keys, const long long[::1] ts_ms, list scores,
+                     list decisions, list models, list paths, list reasons,
+                     tuple names, const double[:, ::1] matrix, bytes kinds, list objects,
+                     str feature_set, bytes stage_json, int64_t now_ms,
+                     const long long[::1] partitions, const long long[::1] offsets, list late,
+                     const long long[::1] last_ts):
+    """(decisions, seen values, entity values): the decision JSON of each row, its dedup entry
+    and its entity record.
+
+    `kinds[j]` says how feature column j is written: ``f`` a float (NaN: null), ``i`` an
+    integer count, ``o`` the object in ``objects[j][row]`` as a topology function returned it.
+    `reasons[i]` are the row's notes and verdict reasons together; `scores[i]` may be None.
+    `last_ts[i]` is the entity's newest event time after the batch (NO_TS: none).
+    """
+    cdef Py_ssize_t n = len(eids), f = len(names), i, j
+    cdef bytearray b
+    cdef char idhex[32]
+    cdef bytes idsrc, fs_tail = ("\x1f" + feature_set).encode()
+    cdef list out_decisions = [], out_seen = [], out_entity = []
+    cdef list name_keys = [orjson.dumps(nm) + b":" for nm in names]
+    cdef object score, r, body
+    seen_head, entity_head = _SEEN_HEAD, _ENTITY_HEAD
+    for i in range(n):
+        b = bytearray(b'{"decision_id":"')
+        idsrc = (<str>eids[i]).encode() + b"\x1f" + (<str>models[i]).encode() + fs_tail
+        _blake2b_128_hex(<const uint8_t*><const char*>idsrc, len(idsrc), idhex)
+        b.extend(PyBytes_FromStringAndSize(idhex, 32))
+        b.extend(b'","event_id":')
+        _str(b, eids[i])
+        b.extend(b',"key":')
+        _str(b, keys[i])
+        b.extend(b',"score":')
+        score = scores[i]
+        if score is None:
+            b.extend(b"null")
+        else:
+            _float(b, score)
+        b.extend(b',"decision":')
+        _str(b, decisions[i])
+        b.extend(b',"model":')
+        _str(b, models[i])
+        b.extend(b',"path":')
+        _str(b, paths[i])
+        b.extend(b',"reasons":[')
+        for j, r in enumerate(reasons[i]):
+            if j:
+                b.append(0x2c)
+            _str(b, r)
+        b.extend(b'],"features":{')
+        for j in range(f):
+            if j:
+                b.append(0x2c)
+            b.extend(name_keys[j])
+            if kinds[j] == 0x69:  # 'i'
+                _int(b, <int64_t>matrix[i, j])
+            elif kinds[j] == 0x66:  # 'f'
+                _float(b, matrix[i, j])
+            else:
+                _value(b, objects[j][i])
+        b.extend(b'},"stage_ms":')
+        b.extend(stage_json)
+        b.extend(b',"event_ts_ms":')
+        _int(b, ts_ms[i])
+        b.extend(b',"decided_at_ms":')
+        _int(b, now_ms)
+        b.append(0x7d)
+        body = bytes(b)
+        out_decisions.append(body)
+        out_seen.append(seen_head(ts_ms[i], partitions[i], offsets[i], late[i]) + body)
+        out_entity.append(entity_head(last_ts[i]) + body)
+    return out_decisions, out_seen, out_entity
+
+
+# -- the dedup filter -------------------------------------------------------------------------
+
+cdef inline uint64_t _mix(uint64_t x) noexcept nogil:
+    """splitmix64's finaliser: a well spread second hash from the first."""
+    x ^= x >> 30
+    x *= 0xbf58476d1ce4e5b9ULL
+    x ^= x >> 27
+    x *= 0x94d049bb133111ebULL
+    x ^= x >> 31
+    return x
+
+
+cdef class _Bloom:
+    cdef uint64_t* bits
+    cdef uint64_t nbits
+    cdef Py_ssize_t count, capacity
+
+    def __cinit__(self, Py_ssize_t capacity):
+        self.capacity = capacity
+        self.nbits = <uint64_t>capacity * 10  # ~1% false positives at capacity (k = 7)
+        self.nbits = ((self.nbits + 63) // 64) * 64
+        self.bits = <uint64_t*>calloc(self.nbits // 64, 8)
+        if self.bits is NULL:
+            raise MemoryError()
+        self.count = 0
+
+    def __dealloc__(self):
+        free(self.bits)
+
+    cdef inline void add(self, uint64_t h1, uint64_t h2) noexcept:
+        cdef int i
+        cdef uint64_t b
+        for i in range(7):
+            b = (h1 + <uint64_t>i * h2) % self.nbits
+            self.bits[b >> 6] |= (<uint64_t>1) << (b & 63)
+        self.count += 1
+
+    cdef inline bint has(self, uint64_t h1, uint64_t h2) noexcept:
+        cdef int i
+        cdef uint64_t b
+        for i in range(7):
+            b = (h1 + <uint64_t>i * h2) % self.nbits
+            if not (self.bits[b >> 6] >> (b & 63)) & 1:
+                return False
+        return True
+
+
+cdef class SeenFilter:
+    """Event ids added within the dedup TTL, in Bloom filters by generation of event time.
+
+    `maybe(ids)` is False only for an id never added (or added to a generation since
+    dropped): such an id needs no store read. True may be a false positive (about 1%), to be
+    checked against the store. A generation covers `span_ms` of event time and is dropped once
+    every id it holds is older than the TTL, so an id is remembered at least `ttl_ms` past its
+    time. A generation grows by segments, each twice the last, as ids come (no rate to
+configure); past
+    `max_bytes` it stops growing and answers True for everything it might hold, so memory is
+    bounded and the answers stay right (only slower). Ids are hashed with Python's string hash:
+    the filter lives in one process and is rebuilt from the store when a partition opens.
+    """
+
+    cdef int64_t ttl_ms, span_ms
+    cdef list generations  # [start_ms, end_ms, list of _Bloom, saturated], oldest first
+    cdef Py_ssize_t max_bytes, bytes_used, _segment
+
+    def __init__(self, int64_t ttl_ms, Py_ssize_t max_bytes=64 << 20,
+                 Py_ssize_t segment_ids=1 << 16):
+        if ttl_ms <= 0:
+            raise ValueError("ttl_ms must be > 0")
+        self.ttl_ms = ttl_ms
+        self.span_ms = max(ttl_ms // 4, 1)
+        self.generations = []
+        self.max_bytes = max_bytes
+        self.bytes_used = 0
+        self._segment = segment_ids
+
+    @property
+    def nbytes(self) -> int:
+        return self.bytes_used
+
+    cdef list _generation(self, int64_t ts):
+        cdef list g
+        cdef int64_t start
+        for g in self.generations:
+            if g[0] <= ts < g[1]:
+                return g
+        start = ts - (((ts % self.span_ms) + self.span_ms) % self.span_ms)  # floor
+        g = [start, start + self.span_ms, [], False]
+        self.generations.append(g)
+        self.generations.sort(key=_first)
+        return g
+
+    def add(self, list ids, const long long[::1] ts_ms) -> None:
+        """Remember each id under its event time."""
+        cdef Py_ssize_t i
+        cdef list g, segments
+        cdef _Bloom seg
+        cdef uint64_t h1
+        cdef Py_ssize_t size
+        for i in range(len(ids)):
+            g = self._generation(ts_ms[i])
+            if g[3]:
+                continue  # saturated: it answers True anyway
+            segments = g[2]
+            seg = segments[len(segments) - 1] if segments else None
+            if seg is None or seg.count >= seg.capacity:
+                # each segment twice the last: few segments to probe, whatever the rate
+                size = self._segment if seg is None else 2 * seg.capacity
+                if self.bytes_used + size * 10 // 8 > self.max_bytes:
+                    g[3] = True
+                    continue
+                seg = _Bloom(size)
+                self.bytes_used += seg.nbits // 8
+                segments.append(seg)
+            h1 = <uint64_t>hash(ids[i])
+            seg.add(h1, _mix(h1) | 1)
+
+    def maybe(self, list ids) -> list:
+        """Per id: False when surely never added, True when it may have been."""
+        cdef Py_ssize_t i
+        cdef list out = [False] * len(ids), g
+        cdef _Bloom seg
+        cdef uint64_t h1, h2
+        cdef bint found
+        for i in range(len(ids)):
+            h1 = <uint64_t>hash(ids[i])
+            h2 = _mix(h1) | 1
+            found = False
+            for g in self.generations:
+                if g[3]:
+                    found = True
+                    break
+                for seg in g[2]:
+                    if seg.has(h1, h2):
+                        found = True
+                        break
+                if found:
+                    break
+            out[i] = found
+        return out
+
+    def expire(self, int64_t watermark_ms) -> None:
+        """Drop the generations whose every id has outlived the TTL at this watermark (the
+        rule of `engine.dedup.Dedup.expired`, applied to the newest time a generation holds)."""
+        cdef list keep = []
+        cdef list g
+        cdef _Bloom seg
+        for g in self.generations:
+            if max(<int64_t>g[1] - 1, 0) < watermark_ms - self.ttl_ms:
+                for seg in g[2]:
+                    self.bytes_used -= seg.nbits // 8
+            else:
+                keep.append(g)
+        self.generations = keep
+
+
+def _first(list g):
+    return g[0]
