@@ -16,19 +16,13 @@ seen (nearly all of them) need no store read.
 """
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from cpython.mem cimport PyMem_Free
 from libc.stdint cimport int64_t, uint8_t, uint64_t
-from libc.stdlib cimport calloc, free
+from libc.stdlib cimport calloc, free, realloc
 from libc.string cimport memcpy, memset
 
 import struct
 
 import orjson
-
-cdef extern from "Python.h":
-    char* PyOS_double_to_string(double val, char format_code, int precision, int flags,
-                                int* type) except NULL
-    int Py_DTSF_ADD_DOT_0
 
 # -- BLAKE2b (RFC 7693), 16-byte digest, no key ----------------------------------------------
 
@@ -129,55 +123,122 @@ def decision_id(str event_id, str model_version, str feature_set) -> str:
 
 # -- JSON writing ------------------------------------------------------------------------------
 
-
-cdef bint _plain(str s):
-    """True when `s` needs no JSON escape (printable ASCII without quote or backslash)."""
-    cdef Py_UCS4 c
-    for c in s:
-        if c < 0x20 or c > 0x7e or c == 0x22 or c == 0x5c:
-            return False
-    return True
+cdef extern from "Python.h":
+    bint PyUnicode_IS_COMPACT_ASCII(object o)
+    void* PyUnicode_DATA(object o)
+    Py_ssize_t PyUnicode_GET_LENGTH(object o)
+    char* PyBytes_AS_STRING(object o)
 
 
-cdef inline void _str(bytearray b, str s):
-    if _plain(s):
-        b.append(0x22)
-        b.extend(s.encode("ascii"))
-        b.append(0x22)
-    else:
-        b.extend(orjson.dumps(s))
+cdef struct _Out:
+    char* p
+    Py_ssize_t n, cap
 
 
-cdef inline void _float(bytearray b, double v):
-    cdef char* s
-    if v != v:
-        b.extend(b"null")
-        return
-    s = PyOS_double_to_string(v, b'r', 0, Py_DTSF_ADD_DOT_0, NULL)
-    try:
-        b.extend(<bytes>s)
-    finally:
-        PyMem_Free(s)
+cdef int _grow(_Out* o, Py_ssize_t need) except -1:
+    cdef Py_ssize_t cap = o.cap
+    cdef char* q
+    if o.n + need <= cap:
+        return 0
+    while cap < o.n + need:
+        cap = cap * 2 if cap else 4096
+    q = <char*>realloc(o.p, cap)
+    if q is NULL:
+        raise MemoryError()
+    o.p, o.cap = q, cap
+    return 0
 
 
-cdef inline void _int(bytearray b, int64_t v):
-    b.extend(str(v).encode("ascii"))
+cdef inline int _put(_Out* o, const char* s, Py_ssize_t k) except -1:
+    _grow(o, k)
+    memcpy(o.p + o.n, s, k)
+    o.n += k
+    return 0
 
 
-cdef void _value(bytearray b, object v):
+cdef inline int _putb(_Out* o, bytes s) except -1:
+    return _put(o, PyBytes_AS_STRING(s), len(s))
+
+
+cdef int _str(_Out* o, str s) except -1:
+    """A JSON string: copied as is when plain ASCII, else escaped by orjson."""
+    cdef Py_ssize_t k, i
+    cdef const char* d
+    cdef char c
+    if PyUnicode_IS_COMPACT_ASCII(s):
+        k = PyUnicode_GET_LENGTH(s)
+        d = <const char*>PyUnicode_DATA(s)
+        for i in range(k):
+            c = d[i]
+            if c < 0x20 or c == 0x22 or c == 0x5c or c == 0x7f:
+                break
+        else:
+            _grow(o, k + 2)
+            o.p[o.n] = 0x22
+            memcpy(o.p + o.n + 1, d, k)
+            o.p[o.n + 1 + k] = 0x22
+            o.n += k + 2
+            return 0
+    return _putb(o, orjson.dumps(s))
+
+
+cdef int _int(_Out* o, int64_t v) except -1:
+    cdef char buf[24]
+    cdef int k = 0, i
+    cdef uint64_t u
+    cdef bint neg = v < 0
+    u = <uint64_t>(-(v + 1)) + 1 if neg else <uint64_t>v
+    if u == 0:
+        buf[0] = 0x30
+        k = 1
+    while u:
+        buf[k] = <char>(0x30 + u % 10)
+        u //= 10
+        k += 1
+    _grow(o, k + 1)
+    if neg:
+        o.p[o.n] = 0x2d
+        o.n += 1
+    for i in range(k):
+        o.p[o.n + i] = buf[k - 1 - i]
+    o.n += k
+    return 0
+
+
+cdef int _value(_Out* o, object v) except -1:
     """A feature value as the topology's function returned it."""
     if v is None:
-        b.extend(b"null")
-    elif v is True:
-        b.extend(b"true")
-    elif v is False:
-        b.extend(b"false")
-    elif type(v) is int:
-        b.extend(str(v).encode("ascii"))
-    elif type(v) is float:
-        _float(b, v)
-    else:
-        b.extend(orjson.dumps(v))
+        return _put(o, b"null", 4)
+    if v is True:
+        return _put(o, b"true", 4)
+    if v is False:
+        return _put(o, b"false", 5)
+    if type(v) is int and -(1 << 62) < v < (1 << 62):
+        return _int(o, v)
+    return _putb(o, orjson.dumps(v))
+
+
+cdef Py_ssize_t[:, ::1] _number_spans(bytes doc, Py_ssize_t rows, Py_ssize_t cols) except *:
+    """(start, end) of each number of orjson's ``[[..],[..]]`` (or ``[..]`` when `cols` is 0)
+    text: numbers hold no comma or bracket, so commas and brackets cut them."""
+    cdef Py_ssize_t[:, ::1] spans = (
+        __import__("numpy").empty((rows * max(cols, 1), 2), dtype="intp"))
+    cdef const char* d = PyBytes_AS_STRING(doc)
+    cdef Py_ssize_t n = len(doc), i = 0, k = 0, start = -1
+    cdef char c
+    for i in range(n):
+        c = d[i]
+        if c == 0x2c or c == 0x5b or c == 0x5d:
+            if start >= 0:
+                spans[k, 0] = start
+                spans[k, 1] = i
+                k += 1
+                start = -1
+        elif start < 0:
+            start = i
+    if k != rows * max(cols, 1):
+        raise ValueError(f"expected {rows * max(cols, 1)} numbers, found {k}")
+    return spans
 
 
 _SEEN_HEAD = struct.Struct("<qiq?").pack
@@ -196,64 +257,78 @@ def encode_decisions(list eids, list keys, const long long[::1] ts_ms, list scor
     `kinds[j]` says how feature column j is written: ``f`` a float (NaN: null), ``i`` an
     integer count, ``o`` the object in ``objects[j][row]`` as a topology function returned it.
     `reasons[i]` are the row's notes and verdict reasons together; `scores[i]` may be None.
-    `last_ts[i]` is the entity's newest event time after the batch (NO_TS: none).
+    `last_ts[i]` is the entity's newest event time after the batch (NO_TS: none). Floats are
+    written by orjson (shortest text that reads back as the same double), one call a batch.
     """
-    cdef Py_ssize_t n = len(eids), f = len(names), i, j
-    cdef bytearray b
+    cdef Py_ssize_t n = len(eids), f = len(names), i, j, a, b, k
+    cdef _Out o
     cdef char idhex[32]
-    cdef bytes idsrc, fs_tail = ("\x1f" + feature_set).encode()
+    cdef bytes idsrc, body, head, fs_tail = ("\x1f" + feature_set).encode()
     cdef list out_decisions = [], out_seen = [], out_entity = []
     cdef list name_keys = [orjson.dumps(nm) + b":" for nm in names]
-    cdef object score, r, body
-    seen_head, entity_head = _SEEN_HEAD, _ENTITY_HEAD
-    for i in range(n):
-        b = bytearray(b'{"decision_id":"')
-        idsrc = (<str>eids[i]).encode() + b"\x1f" + (<str>models[i]).encode() + fs_tail
-        _blake2b_128_hex(<const uint8_t*><const char*>idsrc, len(idsrc), idhex)
-        b.extend(PyBytes_FromStringAndSize(idhex, 32))
-        b.extend(b'","event_id":')
-        _str(b, eids[i])
-        b.extend(b',"key":')
-        _str(b, keys[i])
-        b.extend(b',"score":')
-        score = scores[i]
-        if score is None:
-            b.extend(b"null")
-        else:
-            _float(b, score)
-        b.extend(b',"decision":')
-        _str(b, decisions[i])
-        b.extend(b',"model":')
-        _str(b, models[i])
-        b.extend(b',"path":')
-        _str(b, paths[i])
-        b.extend(b',"reasons":[')
-        for j, r in enumerate(reasons[i]):
-            if j:
-                b.append(0x2c)
-            _str(b, r)
-        b.extend(b'],"features":{')
-        for j in range(f):
-            if j:
-                b.append(0x2c)
-            b.extend(name_keys[j])
-            if kinds[j] == 0x69:  # 'i'
-                _int(b, <int64_t>matrix[i, j])
-            elif kinds[j] == 0x66:  # 'f'
-                _float(b, matrix[i, j])
-            else:
-                _value(b, objects[j][i])
-        b.extend(b'},"stage_ms":')
-        b.extend(stage_json)
-        b.extend(b',"event_ts_ms":')
-        _int(b, ts_ms[i])
-        b.extend(b',"decided_at_ms":')
-        _int(b, now_ms)
-        b.append(0x7d)
-        body = bytes(b)
-        out_decisions.append(body)
-        out_seen.append(seen_head(ts_ms[i], partitions[i], offsets[i], late[i]) + body)
-        out_entity.append(entity_head(last_ts[i]) + body)
+    cdef const unsigned char* kind = kinds
+    cdef bytes numbers = orjson.dumps(__import__("numpy").asarray(matrix),
+                                      option=orjson.OPT_SERIALIZE_NUMPY) if n and f else b""
+    cdef bytes score_text = orjson.dumps(scores)
+    cdef Py_ssize_t[:, ::1] nums = _number_spans(numbers, n, f) if n and f else None
+    cdef Py_ssize_t[:, ::1] score_spans = _number_spans(score_text, n, 0) if n else None
+    cdef const char* num_p = PyBytes_AS_STRING(numbers)
+    cdef const char* score_p = PyBytes_AS_STRING(score_text)
+    cdef object r
+    o.p, o.n, o.cap = NULL, 0, 0
+    try:
+        for i in range(n):
+            o.n = 0
+            _put(&o, b'{"decision_id":"', 16)
+            idsrc = (<str>eids[i]).encode() + b"\x1f" + (<str>models[i]).encode() + fs_tail
+            _blake2b_128_hex(<const uint8_t*>PyBytes_AS_STRING(idsrc), len(idsrc), idhex)
+            _put(&o, idhex, 32)
+            _put(&o, b'","event_id":', 13)
+            _str(&o, eids[i])
+            _put(&o, b',"key":', 7)
+            _str(&o, keys[i])
+            _put(&o, b',"score":', 9)
+            a, b = score_spans[i, 0], score_spans[i, 1]
+            _put(&o, score_p + a, b - a)
+            _put(&o, b',"decision":', 12)
+            _str(&o, decisions[i])
+            _put(&o, b',"model":', 9)
+            _str(&o, models[i])
+            _put(&o, b',"path":', 8)
+            _str(&o, paths[i])
+            _put(&o, b',"reasons":[', 12)
+            k = 0
+            for r in reasons[i]:
+                if k:
+                    _put(&o, b",", 1)
+                _str(&o, r)
+                k += 1
+            _put(&o, b'],"features":{', 14)
+            for j in range(f):
+                if j:
+                    _put(&o, b",", 1)
+                _putb(&o, name_keys[j])
+                if kind[j] == 0x69:  # 'i': a count
+                    _int(&o, <int64_t>matrix[i, j])
+                elif kind[j] == 0x66:  # 'f': orjson's text of the number, or null
+                    a, b = nums[i * f + j, 0], nums[i * f + j, 1]
+                    _put(&o, num_p + a, b - a)
+                else:
+                    _value(&o, objects[j][i])
+            _put(&o, b'},"stage_ms":', 13)
+            _putb(&o, stage_json)
+            _put(&o, b',"event_ts_ms":', 15)
+            _int(&o, ts_ms[i])
+            _put(&o, b',"decided_at_ms":', 17)
+            _int(&o, now_ms)
+            _put(&o, b"}", 1)
+            body = PyBytes_FromStringAndSize(o.p, o.n)
+            out_decisions.append(body)
+            head = _SEEN_HEAD(ts_ms[i], partitions[i], offsets[i], late[i])
+            out_seen.append(head + body)
+            out_entity.append(_ENTITY_HEAD(last_ts[i]) + body)
+    finally:
+        free(o.p)
     return out_decisions, out_seen, out_entity
 
 
