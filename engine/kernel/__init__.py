@@ -15,7 +15,7 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the build, not on the code
     raise ImportError(
         "the compiled kernel is not built: run `pip install -e .` (needs a C++ compiler); "
-        f"engine.kernel._tiles failed to import: {e}") from e
+        f"{e.name or 'engine.kernel'} failed to import: {e}") from e
 
 __all__ = ["AGGREGATES", "HOPPING", "KERNEL", "NO_TS", "SLIDING", "TUMBLING",
            "ReferenceTileState", "TileState", "SeenFilter", "WindowSpec", "encode_decisions"]

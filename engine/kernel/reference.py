@@ -220,6 +220,12 @@ class TileState:
         self._dirty = set()
         return out
 
+    def drain_packed(self, table_prefix: bytes) -> list[tuple[bytes, bytes | None]]:
+        """`drain` as store writes: ``(layout.tile_key, layout.pack_tile or None)``."""
+        from ..state import layout
+        return [(layout.tile_key(table_prefix, e.encode(), s),
+                 None if t is None else layout.pack_tile(t)) for e, s, t in self.drain()]
+
     def snapshot(self, entity: str) -> tuple[int, list[tuple]] | None:
         """The entity's newest event time and tiles (as `drain` gives them), oldest first."""
         ent = self._entities.get(entity)

@@ -182,9 +182,7 @@ class Pipeline:
     def _write_partition_state(self, state: PartitionState, seen: Sequence[Row],
                                changes: dict[bytes, bytes | None]) -> None:
         for _tb, prefix, kernel in state.tables:
-            for entity, start, tile in kernel.drain():
-                changes[layout.tile_key(prefix, entity.encode(), start)] = (
-                    None if tile is None else layout.pack_tile(tile))
+            changes.update(kernel.drain_packed(prefix))
         if seen:  # one expiry record per batch lists the ids it marked seen
             state.seen.add([r.eid for r in seen], np.fromiter((r.ts_ms for r in seen), np.int64,
                                                               len(seen)))
