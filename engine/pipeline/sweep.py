@@ -6,7 +6,9 @@ from __future__ import annotations
 from ..state import layout
 from .partition import PartitionState
 
-__all__ = ["sweep"]
+__all__ = ["DEDUP_SWEEP_EVERY_MS", "sweep"]
+
+DEDUP_SWEEP_EVERY_MS = 60_000  # event time between dedup sweeps (an unfinished one goes on)
 
 
 def sweep(state: PartitionState, changes: dict[bytes, bytes | None]) -> None:
@@ -28,13 +30,15 @@ def _sweep_dedup(state: PartitionState, wm: int, changes: dict[bytes, bytes | No
     """Expiry records of batches whose newest event is past the TTL: each listed id is
     deleted unless it was seen again since (its entry then holds a newer time)."""
     cutoff = state.dedup.cutoff(wm)
-    if state.dedup_swept_to is not None and cutoff <= state.dedup_swept_to:
-        return
+    if not state.dedup_sweep_pending and state.dedup_swept_to is not None \
+            and cutoff - state.dedup_swept_to < DEDUP_SWEEP_EVERY_MS:
+        return  # a store scan per minute of event time, not per batch
     lo, hi = layout.expiry_before(cutoff)
     store = state.store
     dedup = state.dedup
     for key, raw in store.items_between(lo, hi):
         if budget <= 0:
+            state.dedup_sweep_pending = True
             return  # the rest in the next batches
         if key in changes:
             continue  # deleted by this batch already
@@ -50,4 +54,8 @@ def _sweep_dedup(state: PartitionState, wm: int, changes: dict[bytes, bytes | No
             if entry is not None and dedup.expired(layout.unpack_seen(entry).ts_ms, wm):
                 changes[skey] = None
         changes[key] = layout.pack_expiry(rest) if rest else None
+        if rest:
+            state.dedup_sweep_pending = True
+            return
     state.dedup_swept_to = cutoff
+    state.dedup_sweep_pending = False

@@ -19,6 +19,7 @@ from rocksdict import (
     Rdict,
     ReadOptions,
     WriteBatch,
+    WriteBufferManager,
     WriteOptions,
 )
 
@@ -70,6 +71,20 @@ class MemoryStore:
         pass
 
 
+_MEMORY: tuple[Cache, WriteBufferManager] | None = None
+STATE_MEMORY_BYTES = 96 << 20  # RocksDB memtables and block cache of all stores of a process
+
+
+def _memory() -> tuple[Cache, WriteBufferManager]:
+    """The process's shared block cache and the write buffer manager charged to it."""
+    global _MEMORY
+    if _MEMORY is None:
+        cache = Cache(STATE_MEMORY_BYTES)
+        _MEMORY = cache, WriteBufferManager.new_write_buffer_manager_with_cache(
+            STATE_MEMORY_BYTES // 2, False, cache)
+    return _MEMORY
+
+
 class RocksStore:
     """One partition's state in a RocksDB directory."""
 
@@ -77,11 +92,15 @@ class RocksStore:
         path.mkdir(parents=True, exist_ok=True)
         opts = Options(raw_mode=True)
         opts.create_if_missing(True)
+        # One memory budget for every store of the process (a worker holds one per partition):
+        # memtables and block cache share it, so state memory does not grow with partitions.
+        opts.set_write_buffer_manager(_memory()[1])
+        opts.set_write_buffer_size(16 << 20)
         # Most lookups are misses (a new event id is not in the dedup table): a bloom filter
         # answers those without reading a block.
         table = BlockBasedOptions()
         table.set_bloom_filter(10, False)
-        table.set_block_cache(Cache(64 << 20))
+        table.set_block_cache(_memory()[0])
         opts.set_block_based_table_factory(table)
         try:
             self._db = Rdict(str(path), opts)
