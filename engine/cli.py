@@ -1,4 +1,11 @@
-"""`streamwise`: the one entry point. Flags, then STREAMWISE_* environment, then defaults."""
+"""`streamwise`: the one entry point, and the only reader of argv and the environment.
+
+Every setting is a flag, else a `STREAMWISE_*` environment variable, else the default that
+`engine.config` declares; the three are merged here and validated once, by `EngineConfig`. A
+mistake (a bad flag, variable, file, topic, model or broker) ends with one line on stderr and a
+non-zero exit, never a traceback: 2 for what the user must fix, 1 for a run that found
+nothing to do (an empty replay range).
+"""
 
 from __future__ import annotations
 
@@ -7,168 +14,473 @@ import asyncio
 import gc
 import logging
 import os
-import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NoReturn
 
-from pydantic import ValidationError
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, create_model
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
-from .config import ApiConfig, EngineConfig, KafkaConfig, StateConfig
-from .errors import EngineError
+from . import __version__
+from .config import EngineConfig
+from .errors import ConfigError, EngineError
 
-__all__ = ["main"]
+__all__ = ["child_env", "main"]
 
-ENV_PREFIX = "STREAMWISE_"
 REPO_ROOT = Path(__file__).resolve().parent.parent
+ENV_PREFIX = "STREAMWISE_"
+
+W, P, R, D = "worker", "produce", "replay", "demo"
+_KAFKA = frozenset({W, P, R, D})
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(ENV_PREFIX + name, default)
+@dataclass(frozen=True)
+class _Setting:
+    """One setting: its flag (None: environment only, for secrets), where it lands in
+    EngineConfig, and the commands that take it. Its environment variable is
+    STREAMWISE_<NAME> (plus `also_env`); type, default, bounds and help come from config."""
+
+    name: str
+    path: str
+    flag: str | None
+    commands: frozenset[str]
+    also_env: tuple[str, ...] = ()
+    repeat: bool = False
+    hidden: bool = False
+    secret: bool = False
+    metavar: str | None = None
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
 
 
-def _add_kafka_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--broker", default=_env("BROKER", os.environ.get("KAFKA_BOOTSTRAP_SERVERS")),
-                   help="bootstrap HOST:PORT (env STREAMWISE_BROKER or KAFKA_BOOTSTRAP_SERVERS; "
-                        "default 127.0.0.1:9092)")
-    p.add_argument("--topic-prefix", default=_env("TOPIC_PREFIX", ""),
-                   help="prefix for every topic and group name (isolates test runs)")
-    p.add_argument("--partitions", type=int, default=_env("PARTITIONS"),
-                   help="partitions of the topology's topics (default: the topology's, 8)")
+def _s(name: str, path: str, flag: str | None, commands, **kw: Any) -> _Setting:
+    return _Setting(name, path, flag, frozenset(commands), **kw)
 
 
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="streamwise", description=__doc__)
-    ap.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
+SETTINGS: tuple[_Setting, ...] = (
+    _s("broker", "kafka.bootstrap", "--broker", _KAFKA, metavar="HOST:PORT,...",  also_env=("KAFKA_BOOTSTRAP_SERVERS",)),
+    _s("topic_prefix", "kafka.topic_prefix", "--topic-prefix", {W, P, R}, metavar="PREFIX"),
+    _s("partitions", "kafka.partitions", "--partitions", {W, P, R}, metavar="N"),
+    _s("replication_factor", "kafka.replication_factor", "--replication-factor", {W, P, R}, metavar="N"),
+    _s("create_input_topic", "kafka.create_input_topic", "--create-input-topic", {W}),
+    _s("security_protocol", "kafka.security.protocol", "--security-protocol", _KAFKA),
+    _s("ssl_cafile", "kafka.security.ssl_cafile", "--ssl-cafile", _KAFKA, metavar="PEM"),
+    _s("ssl_certfile", "kafka.security.ssl_certfile", "--ssl-certfile", _KAFKA, metavar="PEM"),
+    _s("ssl_keyfile", "kafka.security.ssl_keyfile", "--ssl-keyfile", _KAFKA, metavar="PEM"),
+    _s("ssl_check_hostname", "kafka.security.ssl_check_hostname", "--ssl-check-hostname",
+       _KAFKA),
+    _s("sasl_mechanism", "kafka.security.sasl_mechanism", "--sasl-mechanism", _KAFKA),
+    _s("sasl_username", "kafka.security.sasl_username", "--sasl-username", _KAFKA, metavar="USER"),
+    _s("sasl_password", "kafka.security.sasl_password", None, _KAFKA, secret=True),
+    _s("sasl_oauth_token_provider", "kafka.security.sasl_oauth_token_provider",
+       "--sasl-oauth-token-provider", _KAFKA, metavar="MODULE:CALLABLE"),
+    _s("fetch_max_wait_ms", "kafka.fetch_max_wait_ms", "--fetch-max-wait-ms", {W}, metavar="MS"),
+    _s("max_batch", "kafka.max_batch_records", "--max-batch", {W}, metavar="N"),
+    _s("cycle_ms", "kafka.cycle_ms", "--cycle-ms", {W}, metavar="MS"),
+    _s("commit_interval_ms", "kafka.commit_interval_ms", "--commit-interval-ms", {W}, metavar="MS"),
+    _s("data_dir", "state.data_dir", "--data-dir", {W}, metavar="DIR"),
+    _s("web_host", "api.host", "--web-host", {W}, metavar="HOST"),
+    _s("web_port", "api.port", "--web-port", {W, D}, metavar="PORT"),
+    _s("api_token", "api.token", "--api-token", {W}, secret=True, metavar="TOKEN"),
+    _s("advertise_url", "api.advertise_url", "--advertise-url", {W}, metavar="URL"),
+    _s("models_dir", "models.models_dir", "--models-dir", {W, R}, metavar="DIR"),
+    _s("model", "models.pins", "--model", {W, R}, repeat=True),
+    _s("inject_faults", "models.faults", "--inject-faults", {W}, hidden=True),
+    _s("log_level", "log.level", "--log-level", frozenset()),
+    _s("log_format", "log.format", "--log-format", frozenset()),
+)
+_GLOBAL = ("log_level", "log_format")
+_BY_PATH = {s.path: s for s in SETTINGS}
+# Not a setting of EngineConfig: where the SASL password is read from (a Kubernetes Secret
+# mounted as a file, say). The password itself is never a flag: flags show in `ps`.
+_PASSWORD_FILE = _s("sasl_password_file", "", "--sasl-password-file", _KAFKA, metavar="FILE")
+
+
+class _EnvSettings(BaseSettings):
+    """The STREAMWISE_* environment, as pydantic-settings reads it (empty means unset)."""
+
+    model_config = SettingsConfigDict(extra="ignore", env_ignore_empty=True, frozen=True)
+
+
+class _MappingEnv(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping (main passes os.environ)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {(k if self.case_sensitive else k.lower()): v for k, v in self._environ.items()
+                if not (self.env_ignore_empty and v == "")}
+
+
+def _read_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Each setting's raw value from its STREAMWISE_* variable (or an alias), None if unset."""
+    fields: dict[str, Any] = {
+        s.name: (Any, Field(default=None, validation_alias=AliasChoices(s.env, *s.also_env)))
+        for s in (*SETTINGS, _PASSWORD_FILE)}
+    base = create_model("StreamwiseEnvironment", __base__=_EnvSettings, **fields)
+
+    class _Env(base):  # type: ignore[valid-type, misc]
+        @classmethod
+        def settings_customise_sources(cls, settings_cls: type[BaseSettings],
+                                       *sources: PydanticBaseSettingsSource,
+                                       **named: PydanticBaseSettingsSource
+                                       ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (_MappingEnv(settings_cls, environ),)
+
+    return _Env().model_dump()
+
+
+def _field(path: str):
+    """The pydantic field of EngineConfig at a dotted path ("kafka.security.protocol")."""
+    model: Any = EngineConfig
+    *sections, name = path.split(".")
+    for section in sections:
+        model = model.model_fields[section].annotation
+    return model.model_fields[name]
+
+
+def _choices(annotation: Any) -> list[str]:
+    from typing import Literal, get_args, get_origin
+    out: list[str] = []
+    for arg in get_args(annotation) or ():
+        if get_origin(arg) is Literal:
+            out += [str(a) for a in get_args(arg)]
+        else:
+            out += _choices(arg)
+    if get_origin(annotation) is Literal:
+        out = [str(a) for a in get_args(annotation)]
+    return out
+
+
+# -- the parser ------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line: ``streamwise: <what> (see --help)``."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"streamwise: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _help(setting: _Setting) -> str:
+    field = _field(setting.path) if setting.path else None
+    text = field.description if field is not None and field.description else ""
+    if setting is _PASSWORD_FILE:
+        text = "file holding the SASL password (a mounted secret), instead of " \
+               "STREAMWISE_SASL_PASSWORD"
+    default = None if field is None else field.get_default(call_default_factory=True)
+    if isinstance(default, bool):
+        shown = "on" if default else "off"
+    elif default in (None, "", {}):
+        shown = "none"
+    else:
+        shown = str(default)
+    envs = " or ".join((setting.env, *setting.also_env))
+    if "(default:" in text:  # the description says it better than the value can
+        return f"{text} [env {envs}]".replace("%", "%%")
+    return f"{text} [default: {shown}; env {envs}]".replace("%", "%%")
+
+
+def _add_settings(p: argparse.ArgumentParser, command: str) -> None:
+    group = p.add_argument_group(
+        "settings", "each is a flag, else its environment variable, else its default; the "
+                    "SASL password only from STREAMWISE_SASL_PASSWORD or --sasl-password-file")
+    for s in (*SETTINGS, _PASSWORD_FILE):
+        if command not in s.commands or s.flag is None:
+            continue
+        kw: dict[str, Any] = {"dest": s.name, "default": argparse.SUPPRESS}
+        field = _field(s.path) if s.path else None
+        if s.hidden:
+            kw["help"] = argparse.SUPPRESS
+        else:
+            kw["help"] = _help(s)
+        if field is not None and field.annotation is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            choices = _choices(field.annotation) if field is not None else []
+            kw["metavar"] = "{" + ",".join(choices) + "}" if choices else \
+                s.metavar or ("NAME=VERSION" if s.repeat else s.name.upper())
+            if s.repeat:
+                kw["action"] = "append"
+        group.add_argument(s.flag, **kw)
+    if command in _KAFKA:  # a password flag would show in the process list: say so, once
+        group.add_argument("--sasl-password", dest="_sasl_password_flag",
+                           default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def _add_global(p: argparse.ArgumentParser, top: bool) -> None:
+    for name in _GLOBAL:
+        s = next(x for x in SETTINGS if x.name == name)
+        field = _field(s.path)
+        p.add_argument(s.flag, dest=s.name, default=argparse.SUPPRESS,
+                       metavar="{" + ",".join(_choices(field.annotation)) + "}",
+                       help=_help(s) if top else argparse.SUPPRESS)
+
+
+def _count(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, not {value}")
+        return value
+    return parse
+
+
+def _number(lo: float, hi: float | None = None):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not (value >= lo and (hi is None or value <= hi)):
+            bound = f"between {lo:g} and {hi:g}" if hi is not None else f">= {lo:g}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, not {text}")
+        return value
+    return parse
+
+
+def _topology_arg(p: argparse.ArgumentParser) -> None:
+    import topologies
+    p.add_argument("topology", help=f"the topology to run: {', '.join(topologies.available())}")
+
+
+def _parser() -> _Parser:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    ap = _Parser(prog="streamwise", formatter_class=fmt, description=(
+        "Streamwise: stateful ML inference on Kafka streams. Every setting is a flag, else a "
+        "STREAMWISE_* environment variable, else its default (`streamwise COMMAND --help` "
+        "lists them)."))
+    ap.add_argument("--version", action="version", version=f"streamwise {__version__}")
+    _add_global(ap, top=True)
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    k = sub.add_parser("kafka", help="the local single-node Apache Kafka for development")
+    def command(name: str, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_, formatter_class=fmt)
+        _add_global(p, top=False)
+        return p
+
+    k = command("kafka", "the local single-node Apache Kafka for development")
     k.add_argument("action", choices=["up", "down", "status", "logs"])
+    k.add_argument("--secure", action="store_true",
+                   help="up: also an SSL listener (mutual TLS) and a SASL_SSL listener (SCRAM "
+                        "users), with a throwaway CA; `streamwise kafka status` shows them")
 
-    w = sub.add_parser("worker", help="run a stream worker of a topology")
-    w.add_argument("topology")
-    _add_kafka_flags(w)
-    w.add_argument("--web-host", default=_env("WEB_HOST", "127.0.0.1"))
-    w.add_argument("--web-port", type=int, default=int(_env("WEB_PORT", "6066")))
-    w.add_argument("--data-dir", default=_env("DATA_DIR", "data"),
-                   help="RocksDB state directory (one per worker)")
-    w.add_argument("--api-token", default=_env("API_TOKEN"),
-                   help="bearer token required on /v1/* (env STREAMWISE_API_TOKEN; prefer the "
-                        "environment: flags show in the process list)")
-    w.add_argument("--advertise-url", default=_env("ADVERTISE_URL"),
-                   help="URL other workers forward lookups to (default http://HOST:PORT as "
-                        "bound; set it when binding 0.0.0.0 in a container)")
-    w.add_argument("--max-batch", type=int, default=int(_env("MAX_BATCH", "2000")),
-                   help="max records per pipeline batch")
-    w.add_argument("--fetch-max-wait-ms", type=int,
-                   default=int(_env("FETCH_MAX_WAIT_MS", "5")),
-                   help="how long a fetch may wait for data (default 5)")
-    w.add_argument("--cycle-ms", type=float, default=float(_env("CYCLE_MS", "10")),
-                   help="pipeline work per poll to aim at: the record limit of a poll adapts "
-                        "to it (default 10)")
-    w.add_argument("--model", action="append", default=[], metavar="NAME=VERSION",
-                   help="pin a model version (default: the newest valid one), e.g. primary=1")
-    w.add_argument("--models-dir", default=_env("MODELS_DIR"),
-                   help="model registry folder (default: the topology's models/)")
-    w.add_argument("--inject-faults", default=_env("INJECT_FAULTS", ""),
-                   help=argparse.SUPPRESS)  # chaos tests only; see engine/scoring/faults.py
+    w = command("worker", "run a stream worker of a topology")
+    _topology_arg(w)
+    _add_settings(w, W)
 
-    pr = sub.add_parser("produce", help="produce the reference workload (or a file) to a topology")
-    pr.add_argument("topology")
-    _add_kafka_flags(pr)
-    pr.add_argument("--events", type=int, default=10_000)
-    pr.add_argument("--rate", type=float, default=0.0, help="events/s (0: as fast as possible)")
-    pr.add_argument("--seed", type=int, default=7)
-    pr.add_argument("--duplicates", type=float, default=0.02)
-    pr.add_argument("--disorder", type=float, default=0.05)
-    pr.add_argument("--late", type=float, default=0.005)
-    pr.add_argument("--file", help="JSONL file of events to produce instead of the generator")
+    pr = command("produce", "produce the reference workload (or a file) to a topology; "
+                            "creates the topology's topics when missing")
+    _topology_arg(pr)
+    pr.add_argument("--events", type=_count(1), default=10_000, help="records to generate")
+    pr.add_argument("--rate", type=_number(0), default=0.0,
+                    help="events/s (0: as fast as possible)")
+    pr.add_argument("--seed", type=_count(0), default=7, help="generator seed")
+    for share, default in (("duplicates", 0.02), ("disorder", 0.05), ("late", 0.005)):
+        pr.add_argument(f"--{share}", type=_number(0, 1), default=default,
+                        help=f"share of {share} records, 0..1")
+    pr.add_argument("--file", type=Path, help="JSONL or Parquet file of events to produce "
+                                              "instead of the generator")
     pr.add_argument("--no-profiles", action="store_true", help="do not (re)load profiles")
+    _add_settings(pr, P)
 
-    r = sub.add_parser("replay", help="re-run the pipeline over offsets, a time range or a file")
-    r.add_argument("topology")
-    _add_kafka_flags(r)
+    r = command("replay", "re-run the pipeline over offsets, a time range or a file")
+    _topology_arg(r)
     src = r.add_mutually_exclusive_group(required=True)
     src.add_argument("--from-beginning", action="store_true")
     src.add_argument("--from-time", help="ISO-8601 or epoch ms (Kafka record time)")
     src.add_argument("--from-offsets", help="P:O,P:O,...")
-    src.add_argument("--input", help="events.jsonl or events.parquet: no Kafka at all")
+    src.add_argument("--input", type=Path, help="events.jsonl or events.parquet: no Kafka")
     end = r.add_mutually_exclusive_group()
     end.add_argument("--to-time", help="ISO-8601 or epoch ms (default: the end at start)")
     end.add_argument("--to-offsets", help="P:O,P:O,... (exclusive)")
-    r.add_argument("--model", action="append", default=[], metavar="NAME=VERSION",
-                   help="score with this model version, e.g. primary=2 (backfill a new model)")
-    r.add_argument("--models-dir", default=_env("MODELS_DIR"))
-    r.add_argument("--profiles", help="JSON file {key: profile} for --input (default: none)")
-    r.add_argument("--output", required=True,
-                   help="out.parquet, out.jsonl or topic:NAME")
-    r.set_defaults(inject_faults="")
+    r.add_argument("--profiles", type=Path, help="JSON file {key: profile} for --input")
+    r.add_argument("--output", required=True, help="out.parquet, out.jsonl or topic:NAME")
+    r.add_argument("--labels", type=Path,
+                   help="labels to join by event id, point in time (JSONL, CSV or Parquet "
+                        "with event_id, label, label_time; see README 'Replay')")
+    r.add_argument("--allow-empty", action="store_true",
+                   help="an empty range writes an empty output and exits 0 (default: exit 1)")
+    _add_settings(r, R)
 
-    d = sub.add_parser("demo", help="the README's main job: Kafka, a worker, events, a report")
-    d.add_argument("--events", type=int, default=10_000)
+    d = command("demo", "the README's main job: Kafka, a worker, events, a report")
+    d.add_argument("--events", type=_count(1), default=10_000)
     d.add_argument("--keep", action="store_true", help="leave Kafka and the worker running")
-    d.add_argument("--web-port", type=int, default=6066)
+    _add_settings(d, D)
 
     from .bench import add_arguments as _bench_arguments
-    _bench_arguments(sub.add_parser("bench", help="throughput and latency next to the Kafka "
-                                                  "ceiling and idiomatic Faust baselines"))
+    _bench_arguments(command("bench", "throughput and latency next to the Kafka ceiling and "
+                                      "idiomatic Faust baselines"))
     return ap
 
 
-def _config(args: argparse.Namespace) -> EngineConfig:
-    kafka = KafkaConfig(bootstrap=args.broker or "127.0.0.1:9092",
-                        topic_prefix=args.topic_prefix or "",
-                        partitions=int(args.partitions) if args.partitions else None,
-                        **({"max_batch_records": args.max_batch,
-                            "fetch_max_wait_ms": args.fetch_max_wait_ms,
-                            "cycle_ms": args.cycle_ms}
-                           if args.command == "worker" else {}))
-    if args.command != "worker":
-        return EngineConfig(kafka=kafka)
-    return EngineConfig(kafka=kafka, state=StateConfig(data_dir=Path(args.data_dir)),
-                        api=ApiConfig(host=args.web_host, port=args.web_port,
-                                      token=args.api_token or None),
-                        log_level=args.log_level)
+# -- settings: flag > environment > default, validated once -----------------------------------
+
+
+def load_config(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[
+        EngineConfig, set[str]]:
+    """EngineConfig from the flags given in `args`, else `environ`, else the defaults, and the
+    names of the settings that were set explicitly (flag or environment)."""
+    if hasattr(args, "_sasl_password_flag"):
+        raise ConfigError("the SASL password is never taken from a flag (it would show in the "
+                          "process list): set STREAMWISE_SASL_PASSWORD or --sasl-password-file")
+    env = _read_environment(environ)
+    values: dict[str, Any] = {}
+    given: set[str] = set()
+    for s in (*SETTINGS, _PASSWORD_FILE):
+        if s.name in vars(args):
+            values[s.name] = getattr(args, s.name)
+        elif env[s.name] is not None:
+            values[s.name] = env[s.name]
+        else:
+            continue
+        given.add(s.name)
+    password_file = values.pop(_PASSWORD_FILE.name, None)
+    if password_file is not None:
+        if "sasl_password" in values:
+            raise ConfigError("give the SASL password one way: STREAMWISE_SASL_PASSWORD or "
+                              "--sasl-password-file, not both")
+        values["sasl_password"] = _read_secret(Path(password_file))
+    nested: dict[str, Any] = {}
+    for s in SETTINGS:
+        if s.name in values:
+            node = nested
+            *sections, leaf = s.path.split(".")
+            for section in sections:
+                node = node.setdefault(section, {})
+            node[leaf] = values[s.name]
+    try:
+        return EngineConfig.model_validate(nested), given
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, args, environ, values)) from None
+
+
+def _read_secret(path: Path) -> SecretStr:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read --sasl-password-file {path}: "
+                          f"{exc.strerror or exc}") from None
+    return SecretStr(text.rstrip("\r\n"))
+
+
+def _explain(exc: ValidationError, args: argparse.Namespace, environ: Mapping[str, str],
+             values: Mapping[str, Any]) -> str:
+    """One line about the first error: which flag or variable, what value, what is wrong."""
+    err = exc.errors()[0]
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    setting = _BY_PATH.get(".".join(map(str, err["loc"][:3]))) or \
+        _BY_PATH.get(".".join(map(str, err["loc"][:2])))
+    if setting is None:  # a rule across settings (security): the message names the flags
+        return msg
+    if setting.name in vars(args):
+        source = setting.flag or setting.env
+    else:
+        upper = {k.upper(): k for k in environ}
+        source = next((upper[e] for e in (setting.env, *setting.also_env) if e in upper),
+                      setting.env)
+    value = values.get(setting.name)
+    if msg.startswith("takes "):  # the message shows the value itself
+        return f"{source} {msg}"
+    if setting.secret or value is None:
+        return f"invalid {source}: {msg}"
+    if isinstance(value, list):
+        value = ",".join(map(str, value))
+    return f"invalid {source} {str(value)!r}: {msg}"
+
+
+def child_env(cfg: EngineConfig) -> dict[str, str]:
+    """The STREAMWISE_* variables that give a child process (the demo's worker) the same
+    Kafka connection as `cfg`: secrets travel in the environment, never on a command line."""
+    sec = cfg.kafka.security
+    out = {"STREAMWISE_BROKER": cfg.kafka.bootstrap,
+           "STREAMWISE_SECURITY_PROTOCOL": sec.protocol,
+           "STREAMWISE_SSL_CHECK_HOSTNAME": str(sec.ssl_check_hostname).lower()}
+    for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "sasl_mechanism",
+                 "sasl_username", "sasl_oauth_token_provider"):
+        value = getattr(sec, name)
+        if value is not None:
+            out[ENV_PREFIX + name.upper()] = str(value)
+    if sec.sasl_password is not None:
+        out["STREAMWISE_SASL_PASSWORD"] = sec.sasl_password.get_secret_value()
+    return out
+
+
+# -- main ------------------------------------------------------------------------------------
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
     try:
-        if args.command == "kafka":
-            return _kafka(args.action)
-        if args.command == "demo":
-            from .demo import run_demo
-            return run_demo(events=args.events, keep=args.keep, web_port=args.web_port)
-        if args.command == "bench":
-            from .bench import run_command
-            return run_command(args)
-        cfg = _config(args)
-        import topologies
-        topology = topologies.get(args.topology)
-        if args.command in ("worker", "replay"):
-            _tune_gc()
-        if args.command == "worker":
-            return asyncio.run(_worker(cfg, topology, args))
-        if args.command == "produce":
-            from .produce import produce
-            return asyncio.run(produce(cfg, topology, args))
-        if args.command == "replay":
-            return asyncio.run(_replay(cfg, topology, args))
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        print(f"streamwise: invalid {'.'.join(map(str, err['loc']))}: {err['msg']}",
-              file=sys.stderr)
-        return 2
+        cfg, given = load_config(args, os.environ)
     except EngineError as exc:
         print(f"streamwise: {exc}", file=sys.stderr)
         return 2
+    from .logs import discard_held_logs, release_held_logs, setup_logging
+    # worker, produce and replay release the logs once their start-up checks pass
+    setup_logging(cfg.log, hold=args.command in (W, P, R))
+    try:
+        return _run(args, cfg, given)
+    except EngineError as exc:
+        discard_held_logs()
+        print(f"streamwise: {exc}", file=sys.stderr)
+        return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
         return 130
-    return 0
+    except Exception as exc:  # a bug or an outage: one line here, the trace in the log
+        logging.getLogger("streamwise").debug("unexpected error", exc_info=True)
+        print(f"streamwise: unexpected {type(exc).__name__}: {exc} (--log-level DEBUG shows "
+              "the trace)", file=sys.stderr)
+        return 1
+    finally:
+        release_held_logs()
+
+
+def _run(args: argparse.Namespace, cfg: EngineConfig, given: set[str]) -> int:
+    if args.command == "kafka":
+        return _kafka(args.action, args.secure)
+    if args.command == "demo":
+        from .demo import run_demo
+        return run_demo(cfg, events=args.events, keep=args.keep,
+                        broker_given="broker" in given, child_env=child_env(cfg))
+    if args.command == "bench":
+        from .bench import run_command
+        return run_command(args)
+    import topologies
+    topology = topologies.get(args.topology)
+    if args.command in (W, R):
+        _tune_gc()
+    if args.command == W:
+        from .commands import run_worker
+        return asyncio.run(run_worker(cfg, topology))
+    if args.command == P:
+        from .produce import ProduceRequest, produce
+        req = ProduceRequest(events=args.events, rate=args.rate, seed=args.seed,
+                             duplicates=args.duplicates, disorder=args.disorder,
+                             late=args.late, file=args.file, profiles=not args.no_profiles)
+        return asyncio.run(produce(cfg, topology, req))
+    from .commands import ReplayRequest, run_replay
+    req = ReplayRequest(from_beginning=args.from_beginning, from_time=args.from_time,
+                        from_offsets=args.from_offsets, input=args.input, to_time=args.to_time,
+                        to_offsets=args.to_offsets, profiles=args.profiles, output=args.output,
+                        labels=args.labels, allow_empty=args.allow_empty)
+    return asyncio.run(run_replay(cfg, topology, req))
 
 
 def _tune_gc() -> None:
@@ -180,126 +492,12 @@ def _tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
-async def _replay(cfg: EngineConfig, topology, args: argparse.Namespace) -> int:
-    from .clock import SystemClock
-    from .errors import ConfigError
-    from .replay import (
-        ReplayRange,
-        check_output,
-        parse_offsets,
-        parse_time,
-        replay_file,
-        replay_kafka,
-    )
-
-    check_output(args.output, kafka=not args.input)
-    decider, _ = _build_decider(topology, args, SystemClock(), batch_mode=True)
-    partitions = cfg.kafka.partitions or topology.default_partitions
-    if args.input:
-        profiles = {}
-        if args.profiles:
-            import orjson
-            try:
-                profiles = orjson.loads(Path(args.profiles).read_bytes())
-            except (OSError, orjson.JSONDecodeError) as exc:
-                raise ConfigError(f"cannot read profiles {args.profiles}: {exc}") from None
-        summary = await replay_file(Path(args.input), topology, decider, profiles,
-                                    args.output, partitions)
-    else:
-        from .kafka_io import connect_check
-        rng = ReplayRange(  # arguments first: a typo should not wait for a broker
-            from_beginning=args.from_beginning,
-            from_time_ms=parse_time(args.from_time) if args.from_time else None,
-            from_offsets=parse_offsets(args.from_offsets) if args.from_offsets else None,
-            to_time_ms=parse_time(args.to_time) if args.to_time else None,
-            to_offsets=parse_offsets(args.to_offsets) if args.to_offsets else None)
-        await connect_check(cfg.kafka.bootstrap)
-        summary = await replay_kafka(cfg.kafka.bootstrap, topology, decider,
-                                     cfg.kafka.topic_prefix, rng, args.output, partitions)
-    print(summary.line(), file=sys.stderr)
-    return 0
-
-
-def _kafka(action: str) -> int:
+def _kafka(action: str, secure: bool) -> int:
     script = REPO_ROOT / "scripts" / "kafka-local.sh"
     if not script.exists():
         print("streamwise: the local Kafka needs a source checkout (scripts/kafka-local.sh)",
               file=sys.stderr)
         return 2
     verb = {"up": "start", "down": "stop", "status": "status", "logs": "logs"}[action]
-    return subprocess.call(["bash", str(script), verb])
-
-
-def _build_decider(topology, args: argparse.Namespace, clock, batch_mode: bool = False):
-    """The fallback chain over the model registry, or rules alone when the topology has no
-    scoring section. `batch_mode` (replay) lifts the latency timeouts: a backfill has no
-    request waiting, and a timeout would make its output depend on machine load."""
-    from .errors import ConfigError
-    from .policy import RulesOnly
-
-    fs = topology.features.versioned_name
-    models_dir = Path(args.models_dir) if args.models_dir else topology.models_dir
-    if topology.scoring is None or models_dir is None:
-        return RulesOnly(topology.rules, fs), None
-    from .scoring.chain import FallbackChain
-    from .scoring.faults import FaultInjector, FaultSpec
-    from .scoring.registry import ModelRegistry
-
-    pinned = {}
-    for item in args.model:
-        name, sep, version = item.partition("=")
-        if not sep or not name or not version:
-            raise ConfigError(f"--model takes NAME=VERSION, not {item!r}")
-        pinned[name] = version
-    registry = ModelRegistry(models_dir, topology.features.names, fs, pinned=pinned)
-    registry.refresh()  # failures are logged; the chain falls back for what is missing
-    spec = FaultSpec.parse(args.inject_faults) if args.inject_faults else None
-    settings = topology.scoring
-    if batch_mode:
-        from dataclasses import replace
-        settings = replace(settings, timeout_ms=60_000, backup_timeout_ms=60_000)
-    chain = FallbackChain(settings, topology.rules, fs, registry.get, clock,
-                          wrap=FaultInjector(spec) if spec else None)
-    return chain, registry
-
-
-async def _worker(cfg: EngineConfig, topology, args: argparse.Namespace) -> int:
-    from aiohttp import web
-
-    from .api import build_app
-    from .clock import SystemClock
-    from .kafka_io import connect_check
-    from .online import OnlineScorer
-    from .scoring.chain import FallbackChain
-    from .worker import Worker
-
-    clock = SystemClock()
-    # The pipeline runs in a thread beside the event loop (HTTP); a 1 ms GIL switch interval
-    # (default 5 ms) keeps online answers from waiting behind a long batch.
-    sys.setswitchinterval(0.001)
-    decider, registry = _build_decider(topology, args, clock)
-    await connect_check(cfg.kafka.bootstrap)
-    worker = Worker(cfg, topology, decider, clock=clock, models=registry)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, worker.stop)
-    online_decider = decider.twin() if isinstance(decider, FallbackChain) else decider
-    online = OnlineScorer(worker, online_decider)
-    runner = web.AppRunner(build_app(worker, online, cfg.api.token), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, cfg.api.host, cfg.api.port)
-    await site.start()
-    host, port = runner.addresses[0][:2]  # the port actually bound (--web-port 0: any free)
-    worker.url = args.advertise_url or f"http://{host}:{port}"
-    logging.getLogger("streamwise").info("worker %s: %s, topics %s*, group %s",
-                                         topology.name, worker.url,
-                                         worker.topics.events.rsplit(".", 1)[0],
-                                         worker.topics.group)
-    try:
-        await worker.start()
-        gc.freeze()  # profiles, models and modules are loaded: no collection ever scans them
-        await worker.run()
-    finally:
-        await worker.close()
-        await runner.cleanup()
-    return 0
+    env = {**os.environ, **({"KAFKA_SECURE": "1"} if secure else {})}
+    return subprocess.call(["bash", str(script), verb], env=env)

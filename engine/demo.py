@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import shutil
 import signal
@@ -17,10 +16,18 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from .config import EngineConfig, KafkaConfig
 from .errors import ConfigError
-from .kafka_io import ensure_topics, partition_for, send_all
+from .kafka_io import (
+    connect_check,
+    ensure_topics,
+    new_consumer,
+    new_producer,
+    partition_for,
+    send_all,
+)
+from .progress import render_table
 from .worker import topic_specs
 
 __all__ = ["run_demo"]
@@ -53,10 +60,13 @@ def _port_free(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) != 0
 
 
-def run_demo(events: int, keep: bool, web_port: int) -> int:
-    # The producer retries while a just-created topic's leaders settle; not worth a screen.
-    logging.getLogger("aiokafka.producer.sender").setLevel(logging.ERROR)
-    broker = os.environ.get("STREAMWISE_BROKER") or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+def run_demo(cfg: EngineConfig, events: int, keep: bool, broker_given: bool,
+             child_env: dict[str, str]) -> int:
+    """`broker_given`: a broker was configured (flag or environment), so no local one is
+    started; `child_env`: the STREAMWISE_* variables that connect the worker the same way."""
+    web_port = cfg.api.port
+    kafka = cfg.kafka
+    broker = kafka.bootstrap if broker_given else None
     started_kafka = False
     script = REPO_ROOT / "scripts" / "kafka-local.sh"
     if not broker:
@@ -70,9 +80,11 @@ def run_demo(events: int, keep: bool, web_port: int) -> int:
                               + (out.stderr.strip().splitlines() or ["?"])[-1])
         broker = out.stdout.strip().splitlines()[-1]
         started_kafka = "already running" not in out.stderr
+        kafka = kafka.model_copy(update={"bootstrap": broker})
         _say(f"   Kafka at {broker}")
     else:
-        _say(f"1. Using the Kafka broker at {broker}")
+        asyncio.run(connect_check(kafka))
+        _say(f"1. Using the Kafka broker at {broker} ({kafka.security.protocol})")
     if not _port_free(web_port):
         raise ConfigError(f"port {web_port} is busy; pass --web-port")
     prefix = f"demo{int(time.time())}."
@@ -81,24 +93,33 @@ def run_demo(events: int, keep: bool, web_port: int) -> int:
     try:
         from topologies.fraud.workload import generate
         w = generate(events, seed=7)
-        asyncio.run(_produce_profiles(broker, prefix, w.profiles))
+        asyncio.run(_produce_profiles(kafka, prefix, w.profiles))
         _say(f"2. Loaded {len(w.profiles):,} card profiles into {prefix}fraud.profiles")
         cmd = [sys.executable, "-m", "engine", "worker", "fraud", "--broker", broker,
                "--web-port", str(web_port), "--data-dir", str(data_dir),
                "--topic-prefix", prefix, "--partitions", str(PARTITIONS)]
         log_path = data_dir / "worker.log"
+        # the child's environment: ours plus the Kafka connection (secrets included)
+        env = {**os.environ, **child_env, "STREAMWISE_BROKER": broker}
         worker = subprocess.Popen(cmd, stdout=open(log_path, "wb"),  # noqa: SIM115
-                                  stderr=subprocess.STDOUT)
+                                  stderr=subprocess.STDOUT, env=env)
         base = f"http://127.0.0.1:{web_port}"
         _wait_ready(base, worker, log_path)
         _say(f"3. Fraud worker up (pid {worker.pid}) at {base}, log {log_path}")
-        report = asyncio.run(_produce_and_collect(broker, prefix, w.events))
+        report = asyncio.run(_produce_and_collect(kafka, prefix, w.events))
         _print_report(report, base, w.events)
+        _say(f"\nNext, while the worker runs: metrics {base}/metrics, readiness {base}/readyz, "
+             f"the API document {base}/openapi.json, lookups like "
+             f"{base}/v1/features/<card>; topics {prefix}fraud.decisions, .dlq, .late; "
+             f"its log {log_path}; `streamwise --help`.")
         if keep:
-            _say(f"\n--keep: worker pid {worker.pid} and Kafka left running "
-                 f"(stop: kill {worker.pid}; streamwise kafka down)")
+            _say(f"--keep: worker pid {worker.pid} and Kafka are left running "
+                 f"(stop them: kill {worker.pid}; streamwise kafka down)")
             worker = None
             started_kafka = False
+        else:
+            _say("The demo stops the worker now (and the Kafka it started): run "
+                 "`streamwise demo --keep` to keep both and try those URLs.")
         return 0
     finally:
         if worker is not None:
@@ -129,11 +150,11 @@ def _wait_ready(base: str, worker: subprocess.Popen, log_path: Path,
     raise ConfigError(f"worker not ready after {timeout_s:.0f}s; see {log_path}")
 
 
-async def _produce_profiles(broker: str, prefix: str, profiles: dict) -> None:
+async def _produce_profiles(kafka: KafkaConfig, prefix: str, profiles: dict) -> None:
     import topologies
     topics = topologies.get("fraud").topics(prefix)
-    await ensure_topics(broker, topic_specs(topics, PARTITIONS))
-    producer = AIOKafkaProducer(bootstrap_servers=broker, max_batch_size=1 << 20)
+    await ensure_topics(kafka, topic_specs(topics, PARTITIONS))
+    producer = new_producer(kafka, max_batch_size=1 << 20)
     await producer.start()
     try:
         records = []
@@ -145,16 +166,15 @@ async def _produce_profiles(broker: str, prefix: str, profiles: dict) -> None:
         await producer.stop()
 
 
-async def _produce_and_collect(broker: str, prefix: str, events: list[dict]) -> dict:
+async def _produce_and_collect(kafka: KafkaConfig, prefix: str, events: list[dict]) -> dict:
     """Produce the events at a steady rate while reading decisions back, until every distinct
     event has one; latency is decision read time minus produce time."""
     topic_events, topic_decisions = f"{prefix}fraud.events", f"{prefix}fraud.decisions"
     expected = {e["event_id"] for e in events}
-    consumer = AIOKafkaConsumer(topic_decisions, bootstrap_servers=broker,
-                                auto_offset_reset="earliest", enable_auto_commit=False,
-                                fetch_max_wait_ms=20)
+    consumer = new_consumer(kafka, topic_decisions, auto_offset_reset="earliest",
+                            enable_auto_commit=False, fetch_max_wait_ms=20)
     await consumer.start()
-    producer = AIOKafkaProducer(bootstrap_servers=broker, max_batch_size=1 << 20)
+    producer = new_producer(kafka, max_batch_size=1 << 20)
     await producer.start()
     produced_at: dict[str, float] = {}
     decisions: dict[str, dict] = {}
@@ -210,13 +230,16 @@ def _print_report(r: dict, base: str, events: list[dict]) -> None:
     _say(f"5. {len(ds):,} of {r['expected']:,} distinct events decided "
          f"({r['emitted']:,} decision records incl. re-emitted duplicates)")
     by = Counter((d["path"], d["decision"]) for d in ds)
-    _say("\n   path              decision   count")
-    for (path, dec), n in sorted(by.items()):
-        _say(f"   {path:<17} {dec:<10} {n:>6,}")
-    _say("\n   stage        p50 ms    p99 ms   (per batch; every event waits for its batch)")
-    for stage in ("validate", "dedup", "features", "inference", "policy", "total"):
+    render_table(("path", "decision", "events"),
+                 ((path, dec, f"{n:,}") for (path, dec), n in sorted(by.items())),
+                 title="Decisions by path", right=(2,))
+    stages = ("validate", "dedup", "features", "inference", "policy", "total")
+    rows = []
+    for stage in stages:
         vals = [d["stage_ms"][stage] for d in ds]
-        _say(f"   {stage:<10} {_pct(vals, .5):>8.2f}  {_pct(vals, .99):>8.2f}")
+        rows.append((stage, f"{_pct(vals, .5):.2f}", f"{_pct(vals, .99):.2f}"))
+    render_table(("stage", "p50 ms", "p99 ms"), rows, right=(1, 2),
+                 title="Stage time per batch (every event waits for its batch)")
     lat = r["latencies_ms"]
     _say(f"   end to end (produce → decision read back): p50 {_pct(lat, .5):.0f} ms, "
          f"p99 {_pct(lat, .99):.0f} ms")
@@ -247,6 +270,3 @@ def _print_report(r: dict, base: str, events: list[dict]) -> None:
         score = "none" if d["score"] is None else f"{d['score']:.4f}"
         _say(f"   {d['decision']} via {d['path']} ({d['model']}, score {score}, "
              f"reasons {d['reasons']}); read-only: the stream's state did not change")
-    _say(f"\nNext: metrics at {base}/metrics, readiness at {base}/readyz; topics "
-         f"*.fraud.decisions, *.fraud.dlq, *.fraud.late; API document at {base}/openapi.json; "
-         f"`streamwise --help`.")

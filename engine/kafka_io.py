@@ -1,4 +1,10 @@
-"""Kafka adapter helpers: topic creation, batch produce, reading a topic to its end."""
+"""Kafka adapter: the one factory of every Kafka client the engine creates (consumer, producer,
+admin: `new_consumer`, `new_producer`, `new_admin`, all built from `client_options`), topic
+creation, batch produce, reading a topic to its end.
+
+Every function that talks to Kafka takes a `KafkaTarget`: the engine's `KafkaConfig` (bootstrap
+servers plus client security), or a bare ``"host:port"`` for a plaintext broker (tests, bench).
+"""
 
 from __future__ import annotations
 
@@ -7,18 +13,28 @@ import contextlib
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.partitioner import murmur2
 
+from .config import KafkaConfig, KafkaSecurity
 from .errors import ConfigError
+from .kafka_security import diagnose, security_options
 
 __all__ = [
+    "KafkaTarget",
+    "MissingTopicError",
     "OutRecord",
     "TopicSpec",
+    "bootstrap_of",
+    "client_options",
     "connect_check",
+    "new_admin",
+    "new_consumer",
+    "new_producer",
     "ensure_topics",
     "partition_for",
     "queue_all",
@@ -30,6 +46,42 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 OutRecord = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]  # key, value, headers
+KafkaTarget = KafkaConfig | str  # a str: bootstrap servers of a plaintext broker
+
+_PLAINTEXT = KafkaSecurity()
+
+
+class MissingTopicError(ConfigError):
+    """A topic the engine reads does not exist (it never creates an input by accident)."""
+
+
+def bootstrap_of(target: KafkaTarget) -> str:
+    return target if isinstance(target, str) else target.bootstrap
+
+
+def _security(target: KafkaTarget) -> KafkaSecurity:
+    return _PLAINTEXT if isinstance(target, str) else target.security
+
+
+def client_options(target: KafkaTarget) -> dict[str, Any]:
+    """Bootstrap servers and client security (TLS context, SASL) as aiokafka keyword
+    arguments: what every consumer, producer and admin client of the engine is built with."""
+    return {"bootstrap_servers": bootstrap_of(target), **security_options(_security(target))}
+
+
+def new_consumer(target: KafkaTarget, *topics: str, **options: Any) -> AIOKafkaConsumer:
+    """A consumer of `target` (not started); `options` are aiokafka's consumer settings."""
+    return AIOKafkaConsumer(*topics, **client_options(target), **options)
+
+
+def new_producer(target: KafkaTarget, **options: Any) -> AIOKafkaProducer:
+    """A producer of `target` (not started); `options` are aiokafka's producer settings."""
+    return AIOKafkaProducer(**client_options(target), **options)
+
+
+def new_admin(target: KafkaTarget, **options: Any) -> AIOKafkaAdminClient:
+    """An admin client of `target` (not started)."""
+    return AIOKafkaAdminClient(**client_options(target), **options)
 
 
 @dataclass(frozen=True)
@@ -44,31 +96,47 @@ def partition_for(key: bytes, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
-async def connect_check(bootstrap: str, timeout_s: float = 15.0) -> None:
-    """Fail fast with a one-line ConfigError when no broker answers at `bootstrap`."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+async def connect_check(target: KafkaTarget, timeout_s: float = 10.0) -> None:
+    """Fail fast with a one-line ConfigError when no broker answers at the bootstrap servers,
+    or the connection's TLS or SASL fails (the error says which and why); nothing is
+    logged on the way."""
+    await diagnose(bootstrap_of(target), _security(target), timeout_s)
+
+
+async def missing_topics(target: KafkaTarget, names: Sequence[str]) -> list[str]:
+    """Which of `names` do not exist (asked without a metadata request for them, which a
+    broker with auto.create.topics.enable would answer by creating them)."""
+    admin = new_admin(target, request_timeout_ms=15000)
+    await admin.start()
     try:
-        await asyncio.wait_for(admin.start(), timeout_s)
-    except (TimeoutError, KafkaConnectionError, KafkaError, OSError) as exc:
-        raise ConfigError(f"no Kafka broker answers at {bootstrap} "
-                          f"({type(exc).__name__}: {exc or 'timeout'})") from None
+        existing = set(await admin.list_topics())
     finally:
         await admin.close()
+    return [n for n in names if n not in existing]
 
 
-async def ensure_topics(bootstrap: str, specs: Sequence[TopicSpec],
-                        replication_factor: int = 1) -> None:
-    """Create missing topics; refuse to run when an existing one has the wrong partition count.
+async def ensure_topics(target: KafkaTarget, specs: Sequence[TopicSpec],
+                        replication_factor: int = 1, must_exist: Sequence[str] = ()
+                        ) -> list[TopicSpec]:
+    """Create missing topics; refuse to run when an existing one has the wrong partition count,
+    or when a topic named in `must_exist` (an input) is missing: it is never created by
+    accident. Returns the topics it created.
 
     Streamwise co-partitions its topics with the input (decisions, DLQ, late and changelog of
     input partition p go to partition p), so partition counts must match exactly.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+    bootstrap = bootstrap_of(target)
+    admin = new_admin(target, request_timeout_ms=15000)
     await admin.start()
     try:
         # list_topics, not describe_topics: a metadata request for a missing topic would let a
         # broker with auto.create.topics.enable create it with the wrong partition count.
         existing = set(await admin.list_topics())
+        absent = [n for n in must_exist if n not in existing]
+        if absent:
+            raise MissingTopicError(f"input topic {absent[0]} does not exist at {bootstrap} "
+                                    "(check --topic-prefix and --broker; `streamwise produce` "
+                                    "creates it, or pass --create-input-topic)")
         missing = [s for s in specs if s.name not in existing]
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):  # another worker was faster
@@ -83,18 +151,18 @@ async def ensure_topics(bootstrap: str, specs: Sequence[TopicSpec],
     finally:
         await admin.close()
     if missing:
-        await _wait_for_leaders(bootstrap, missing)
+        await _wait_for_leaders(target, missing)
+    return missing
 
 
-async def _wait_for_leaders(bootstrap: str, specs: Sequence[TopicSpec],
+async def _wait_for_leaders(target: KafkaTarget, specs: Sequence[TopicSpec],
                             timeout_s: float = 30.0) -> None:
     """Until the leader of every partition of `specs` serves it. A new partition's leader
     is in the metadata before that broker has taken the partition on (KRaft applies it a
     little later); a produce in between fails with NOT_LEADER_OR_FOLLOWER, which aiokafka
     retries with a warning per partition. A ListOffsets request meets the same check, and
     aiokafka retries that one quietly, so asking every partition's end offset waits it out."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap,
-                                request_timeout_ms=int(timeout_s * 1000))
+    consumer = new_consumer(target, request_timeout_ms=int(timeout_s * 1000))
     await consumer.start()
     try:
         tps = [TopicPartition(s.name, p) for s in specs for p in range(s.partitions)]
@@ -161,12 +229,12 @@ async def send_all(producer: AIOKafkaProducer, topic: str,
     await asyncio.gather(*await queue_all(producer, topic, records))
 
 
-async def read_to_end(bootstrap: str, topic: str, partitions: Sequence[int] | None = None,
+async def read_to_end(target: KafkaTarget, topic: str, partitions: Sequence[int] | None = None,
                       start_offsets: dict[int, int] | None = None, chunk: int = 5000):
     """Yield lists of records from `start_offsets` (default: beginning) up to the end offsets
     seen when called; never waits for new records, so it always terminates."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                auto_offset_reset="earliest", fetch_max_wait_ms=100)
+    consumer = new_consumer(target, enable_auto_commit=False, auto_offset_reset="earliest",
+                            fetch_max_wait_ms=100)
     await consumer.start()
     try:
         if partitions is None:

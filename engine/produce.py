@@ -1,13 +1,19 @@
-"""`streamwise produce`: the topology's reference workload, or a JSONL file, to its topics."""
+"""`streamwise produce`: the topology's reference workload, or a JSONL file, to its topics.
+
+`produce` is the command that *creates* a topology's topics (the input included) when they are
+missing, with the configured partition count: producing is how a topology's input comes into
+being on a development broker. It says which topics it created. A worker or a replay never
+creates an input topic; they refuse to start without one.
+"""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import importlib
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -16,46 +22,74 @@ from aiokafka import AIOKafkaProducer
 from .config import EngineConfig
 from .errors import ConfigError
 from .event_files import keyed_events
-from .kafka_io import OutRecord, connect_check, ensure_topics, partition_for, send_all
+from .kafka_io import OutRecord, connect_check, ensure_topics, new_producer, partition_for, send_all
+from .logs import release_held_logs
+from .progress import Bar
 from .topology import Topology
 from .worker import topic_specs
 
-__all__ = ["produce"]
+__all__ = ["ProduceRequest", "produce"]
 
 _CHUNK = 2000
 
 
-async def produce(cfg: EngineConfig, topology: Topology, args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class ProduceRequest:
+    """What to produce: `events` generated records (seeded), or the records of `file`."""
+
+    events: int = 10_000
+    rate: float = 0.0  # events/s; 0: as fast as possible
+    seed: int = 7
+    duplicates: float = 0.02
+    disorder: float = 0.05
+    late: float = 0.005
+    file: Path | None = None
+    profiles: bool = True
+
+
+async def produce(cfg: EngineConfig, topology: Topology, req: ProduceRequest) -> int:
     k = cfg.kafka
-    await connect_check(k.bootstrap)
+    if req.file is not None and not req.file.is_file():
+        raise ConfigError(f"no such input file: {req.file}")
+    await connect_check(k)
     topics = topology.topics(k.topic_prefix)
     partitions = k.partitions or topology.default_partitions
-    await ensure_topics(k.bootstrap, topic_specs(topics, partitions), k.replication_factor)
-    producer = AIOKafkaProducer(bootstrap_servers=k.bootstrap, acks="all",
-                                max_batch_size=1 << 20, max_request_size=16 << 20)
+    created = await ensure_topics(k, topic_specs(topics, partitions), k.replication_factor)
+    release_held_logs()  # the start-up checks passed
+    if created:
+        print(f"created {len(created)} topics with {partitions} partitions: "
+              f"{', '.join(s.name for s in created)}", file=sys.stderr)
+    producer = new_producer(k, acks="all", max_batch_size=1 << 20, max_request_size=16 << 20)
     await producer.start()
     try:
-        if args.file:
-            events: Iterator[tuple[bytes | None, bytes]] = keyed_events(Path(args.file),
+        total: int | None
+        if req.file is not None:
+            events: Iterator[tuple[bytes | None, bytes]] = keyed_events(req.file,
                                                                           topology.key_field)
             profiles: dict = {}
+            total = None
         else:
             try:
                 workload = importlib.import_module(f"topologies.{topology.name}.workload")
             except ModuleNotFoundError:
                 raise ConfigError(f"topology {topology.name} ships no workload; use --file") \
                     from None
-            w = workload.generate(args.events, args.seed, duplicates=args.duplicates,
-                                  disorder=args.disorder, late=args.late)
+            w = workload.generate(req.events, req.seed, duplicates=req.duplicates,
+                                  disorder=req.disorder, late=req.late)
             key_f = topology.key_field
             events = ((e[key_f].encode(), orjson.dumps(e)) for e in w.events)
-            profiles = {} if args.no_profiles else w.profiles
+            profiles = w.profiles if req.profiles else {}
+            total = len(w.events)
         if profiles:
-            await _send(producer, topics.profiles, partitions,
-                        ((c.encode(), orjson.dumps(p)) for c, p in profiles.items()))
-            print(f"produced {len(profiles)} profiles to {topics.profiles}", file=sys.stderr)
-        n, elapsed = await _send(producer, topics.events, partitions, events, rate=args.rate)
-        print(f"produced {n} events to {topics.events} in {elapsed:.1f}s "
+            with Bar("profiles", len(profiles), "profiles") as bar:
+                await _send(producer, topics.profiles, partitions,
+                            ((c.encode(), orjson.dumps(p)) for c, p in profiles.items()),
+                            bar=bar)
+            print(f"produced {len(profiles):,} profiles to {topics.profiles}", file=sys.stderr)
+        with Bar("produce", total) as bar:
+            n, elapsed = await _send(producer, topics.events, partitions, events,
+                                     rate=req.rate, bar=bar)
+        print(f"produced {n:,} events to {topics.events} in {elapsed:.1f}s "
               f"({n / max(elapsed, 1e-9):,.0f} events/s)", file=sys.stderr)
     finally:
         await producer.stop()
@@ -63,8 +97,8 @@ async def produce(cfg: EngineConfig, topology: Topology, args: argparse.Namespac
 
 
 async def _send(producer: AIOKafkaProducer, topic: str, partitions: int,
-                records: Iterator[tuple[bytes | None, bytes]], rate: float = 0.0
-                ) -> tuple[int, float]:
+                records: Iterator[tuple[bytes | None, bytes]], rate: float = 0.0,
+                bar: Bar | None = None) -> tuple[int, float]:
     """Send keyed records in chunks, at most `rate` per second (0: unlimited)."""
     start = time.monotonic()
     sent = 0
@@ -85,6 +119,8 @@ async def _send(producer: AIOKafkaProducer, topic: str, partitions: int,
             done = True
         await send_all(producer, topic, batch)
         sent += len(batch)
+        if bar is not None:
+            bar.advance(len(batch))
         if rate > 0:
             ahead = sent / rate - (time.monotonic() - start)
             if ahead > 0:

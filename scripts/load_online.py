@@ -314,7 +314,7 @@ def main() -> int:
                 workers.append(subprocess.Popen(
                     [py, "-m", "engine", "--log-level", "WARNING", "worker", "fraud", *common,
                      "--web-host", "127.0.0.1", "--web-port", str(port),
-                     "--data-dir", str(tmp / f"w{i}")],
+                     "--data-dir", str(tmp / f"w{i}"), "--create-input-topic"],
                     env=env, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT))
         print(f"{args.workers} workers on {', '.join(urls)} (prefix {prefix}); waiting for "
               f"/readyz ...", file=sys.stderr)

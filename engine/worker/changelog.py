@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping
 
 from prometheus_client import Counter, Gauge
 
-from ..kafka_io import OutRecord, read_to_end
+from ..kafka_io import KafkaTarget, OutRecord, read_to_end
 from ..state import RocksStore, layout
 
 __all__ = ["changelog_records", "restore"]
@@ -29,7 +29,7 @@ def changelog_records(changes: Mapping[bytes, bytes | None]) -> Iterator[OutReco
     yield key, value, [END_OF_BATCH, FORMAT]
 
 
-async def restore(bootstrap: str, topic: str, partition: int, store: RocksStore,
+async def restore(kafka: KafkaTarget, topic: str, partition: int, store: RocksStore,
                   restored: Counter, restoring: Gauge) -> int:
     """Bring `store` up to the end of the partition's changelog; returns the records applied.
 
@@ -44,7 +44,7 @@ async def restore(bootstrap: str, topic: str, partition: int, store: RocksStore,
     group: dict[bytes, bytes | None] = {}
     restoring.inc()
     try:
-        async for chunk in read_to_end(bootstrap, topic, [partition], start_offsets=start):
+        async for chunk in read_to_end(kafka, topic, [partition], start_offsets=start):
             for m in chunk:
                 group[m.key] = m.value
                 if END_OF_BATCH in m.headers:

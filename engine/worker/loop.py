@@ -46,7 +46,14 @@ from prometheus_client import CollectorRegistry
 
 from ..clock import Clock, SystemClock
 from ..config import EngineConfig
-from ..kafka_io import TopicSpec, ensure_topics, partition_for, send_records
+from ..kafka_io import (
+    TopicSpec,
+    ensure_topics,
+    new_consumer,
+    new_producer,
+    partition_for,
+    send_records,
+)
 from ..metrics import (
     EngineMetrics,
     WorkerSnapshot,
@@ -108,7 +115,7 @@ class Worker:
         self._lag: dict[int, int] = {}  # partition -> records behind the end (scrape reads it)
         self._watermarked: set[int] = set()  # partitions with a watermark series
         self.state_dir = Path(cfg.state.data_dir) / topology.name
-        self.shared = SharedState(cfg.kafka.bootstrap, self.topics, self.partitions)
+        self.shared = SharedState(cfg.kafka, self.topics, self.partitions)
         self.stores: dict[int, StagedStore] = {}
         self.pipeline = Pipeline(topology, decider, self.clock, topic=self.topics.events)
         self.assigned_once = False
@@ -147,10 +154,11 @@ class Worker:
 
     async def start(self) -> None:
         k = self.cfg.kafka
-        await ensure_topics(k.bootstrap, topic_specs(self.topics, self.partitions),
-                            k.replication_factor)
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=k.bootstrap, acks="all", enable_idempotence=True,
+        # The input is never created by accident (a mistyped prefix): only when asked to.
+        await ensure_topics(k, topic_specs(self.topics, self.partitions), k.replication_factor,
+                            must_exist=() if k.create_input_topic else [self.topics.events])
+        self._producer = new_producer(
+            k, acks="all", enable_idempotence=True,
             max_batch_size=1 << 20, max_request_size=4 << 20, linger_ms=0)
         await self._producer.start()
         await self.shared.load()
@@ -158,8 +166,8 @@ class Worker:
             if m.url == self.url and m.worker_id != self.worker_id:
                 await self._producer.send_and_wait(self.topics.members, None,
                                                    key=m.worker_id.encode(), partition=0)
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=k.bootstrap, group_id=self.topics.group,
+        self._consumer = new_consumer(
+            k, group_id=self.topics.group,
             enable_auto_commit=False, auto_offset_reset="earliest",
             fetch_max_wait_ms=k.fetch_max_wait_ms, max_partition_fetch_bytes=4 << 20,
             session_timeout_ms=10_000, heartbeat_interval_ms=2_000)
@@ -456,7 +464,7 @@ class Worker:
     async def _open_partition(self, p: int) -> None:
         store = RocksStore(self.state_dir / f"p{p:04d}")
         name = self.topology.name
-        restored = await restore(self.cfg.kafka.bootstrap, self.topics.changelog, p, store,
+        restored = await restore(self.cfg.kafka, self.topics.changelog, p, store,
                                  self.metrics.restored_records.labels(name),
                                  self.metrics.restoring_partitions.labels(name))
         self.stores[p] = staged = StagedStore(store)

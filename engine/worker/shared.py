@@ -8,10 +8,10 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
-from ..kafka_io import read_to_end
+from ..kafka_io import KafkaTarget, new_consumer, read_to_end
 from ..profiles import apply_profile_records
 from ..routing import OwnerMap
 from ..topology import TopicNames
@@ -24,8 +24,8 @@ log = logging.getLogger("streamwise.worker")
 class SharedState:
     """Profiles (entity key -> profile) and partition owners, kept current."""
 
-    def __init__(self, bootstrap: str, topics: TopicNames, partitions: int) -> None:
-        self._bootstrap = bootstrap
+    def __init__(self, kafka: KafkaTarget, topics: TopicNames, partitions: int) -> None:
+        self._kafka = kafka
         self._topics = topics
         self._partitions = partitions
         self.profiles: dict[str, Mapping[str, Any]] = {}
@@ -36,11 +36,11 @@ class SharedState:
 
     async def load(self) -> None:
         """Read profiles and members to their ends (before the worker joins its group)."""
-        async for chunk in read_to_end(self._bootstrap, self._topics.profiles):
+        async for chunk in read_to_end(self._kafka, self._topics.profiles):
             self._apply_profiles(chunk)
         self.profiles_loaded = True
         log.info("loaded %d profiles", len(self.profiles))
-        async for chunk in read_to_end(self._bootstrap, self._topics.members):
+        async for chunk in read_to_end(self._kafka, self._topics.members):
             self.owners.apply_all((m.key, m.value) for m in chunk)
             self._members_position = chunk[-1].offset + 1
 
@@ -48,9 +48,8 @@ class SharedState:
         """Keep profiles and partition owners current after start (a batch job may republish
         profiles at any time; workers come and go): one consumer without a group, from where
         the initial loads stopped."""
-        consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap,
-                                    enable_auto_commit=False, auto_offset_reset="earliest",
-                                    fetch_max_wait_ms=500)
+        consumer = new_consumer(self._kafka, enable_auto_commit=False,
+                                auto_offset_reset="earliest", fetch_max_wait_ms=500)
         await consumer.start()
         try:
             tps = [TopicPartition(self._topics.profiles, p) for p in range(self._partitions)]

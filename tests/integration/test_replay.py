@@ -139,9 +139,20 @@ def _kafka_args(live: LiveRun, *extra: str) -> list[str]:
 
 
 def _parquet_rows(path: Path) -> list[dict]:
-    """Rows as decision dicts: the feature_<name> columns folded back into `features`."""
+    """Rows as decision dicts: the feature_<name> columns folded back into `features`, and the
+    timestamp columns (event_timestamp, decided_at: timestamp[ms, UTC]) back to the decision's
+    epoch-ms fields, so they compare with the live worker's decisions."""
+    table = pq.read_table(path)
+    for name in ("event_timestamp", "decided_at"):
+        assert str(table.schema.field(name).type) == "timestamp[ms, tz=UTC]", table.schema
+    as_ms = {"event_timestamp": "event_ts_ms", "decided_at": "decided_at_ms"}
+    table = table.rename_columns([as_ms.get(n, n) for n in table.column_names])
+    table = table.set_column(table.schema.get_field_index("event_ts_ms"), "event_ts_ms",
+                             table["event_ts_ms"].cast("int64"))
+    table = table.set_column(table.schema.get_field_index("decided_at_ms"), "decided_at_ms",
+                             table["decided_at_ms"].cast("int64"))
     rows = []
-    for r in pq.read_table(path).to_pylist():
+    for r in table.to_pylist():
         d = {k: v for k, v in r.items() if not k.startswith("feature_")}
         d["features"] = {n: r[f"feature_{n}"] for n in FEATURES}
         rows.append(d)

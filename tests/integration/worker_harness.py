@@ -118,10 +118,12 @@ class WorkerProcess:
         assert not self.alive, "worker already running"
         self.port = free_port()
         self.starts += 1
+        # Tests start workers before anything is produced: they ask for the input topic
+        # explicitly (a worker never creates it by accident).
         cmd = [sys.executable, "-m", "engine", "worker", "fraud", "--broker", self.broker,
                "--web-port", str(self.port), "--data-dir", str(self.data_dir),
                "--topic-prefix", self.prefix, "--partitions", str(self.partitions),
-               *self.extra_args]
+               "--create-input-topic", *self.extra_args]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with open(self.log_path, "ab") as log:
             log.write(f"\n===== start #{self.starts}: {' '.join(cmd)}\n".encode())
