@@ -145,3 +145,29 @@ def test_validators_and_forbidden_extras_are_applied() -> None:
         b'{"event_id": "abc", "n": 10}').reason == "schema"
     assert EventDecoder(_Forbid, ("event_id",), 1 << 20).decode(
         b'{"event_id": "abc", "n": 1, "x": 2}').reason == "schema"
+
+
+class _Unbounded(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False, strict=True)
+    event_id: str  # no length bounds
+    x: float  # no bounds
+    n: int = Field(le=10)
+
+
+def test_fields_without_bounds_and_an_upper_bound_le_take_the_fast_path() -> None:
+    dec = EventDecoder(_Unbounded, ("event_id",), 1 << 20)
+    dec._validate = _no_pydantic  # noqa: SLF001
+    assert tuple(dec.decode(b'{"event_id": "", "x": -1e300, "n": 10}')) == ("", -1e300, 10)
+    assert tuple(dec.decode(b'{"event_id": "e", "x": 3, "n": -7}')) == ("e", 3.0, -7)
+
+
+def test_a_value_past_le_is_refused_as_pydantic_refuses_it() -> None:
+    r = EventDecoder(_Unbounded, ("event_id",), 1 << 20).decode(
+        b'{"event_id": "e", "x": 1.0, "n": 11}')
+    assert r == ("schema", "n: Input should be less than or equal to 10")
+
+
+def test_a_nested_location_is_dotted_in_the_detail() -> None:
+    r = EventDecoder(_IntLength, ("event_id",), 1 << 20).decode(
+        b'{"event_id": "e", "items": [1, "a"]}')
+    assert r == ("schema", "items.1: Input should be a valid integer")
