@@ -541,3 +541,27 @@ def test_cheap_first_without_the_cheap_model_scores_everything_with_the_primary(
     assert [(v.model, v.path) for v in out] == [("primary:1", "model")] * 2
     assert r.chain.stats.primary_skipped == 0
 
+
+
+def test_rows_of_one_entity_in_a_batch_see_each_others_decisions_in_order(rig):
+    """Within a batch the last decision of an entity is its previous row's: a model-scored
+    row (here the backup's) offers its score to the next; a reuse or a rules decision hides
+    any older score, as it would across batches."""
+    r = rig(settings=ScoringSettings(timeout_ms=10_000, retries=0))
+    r.model("primary").mode = "fail"
+    stored = orjson.dumps({"path": "model", "score": 0.42, "decision": "approve",
+                           "model": "primary:1", "event_ts_ms": 900})
+    out = r.chain.decide(ScoringRows.of_vectors(
+        ["c", "c", "c", "d", "d"],
+        [_vector(), _vector(), _vector(count_10m=None), _vector(count_10m=None), _vector()],
+        [1_000, 2_000, 3_000, 1_000, 2_000],
+        last_decision=lambda key: stored if key == "d" else None))
+    assert [(v.path, v.reasons) for v in out] == [
+        ("fallback:backup_model", ("model_error",)),
+        ("fallback:last_score", ("model_error", "last_score_age_ms=1000")),  # row 0's score
+        ("fallback:rules", ("missing_features:count_10m",)),  # row 1 was a reuse: hidden
+        ("fallback:last_score", ("missing_features:count_10m", "last_score_age_ms=100")),
+        ("fallback:backup_model", ("model_error",)),  # row 3 was a reuse: hidden
+    ]
+    assert out[1].score == out[0].score and out[1].model == "backup:1"
+    assert out[3].score == 0.42
