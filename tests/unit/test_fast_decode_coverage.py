@@ -128,8 +128,20 @@ class _IntLength(BaseModel):
     items: list[int] = Field(max_length=2)
 
 
-@pytest.mark.parametrize("model", [_Validated, _ModelValidated, _Forbid, _NaNAllowed, _Optional,
-                                   _Aliased, _Literal, _Pattern, _IntLength])
+def _one_field(annotation: type, **constraints: object) -> type[BaseModel]:
+    """A strict contract of event_id plus one field `x` with these constraints."""
+    return type("OneField", (BaseModel,), {
+        "__annotations__": {"event_id": str, "x": annotation}, "x": Field(**constraints),
+        "model_config": ConfigDict(allow_inf_nan=False, strict=True)})
+
+
+@pytest.mark.parametrize("model", [
+    _Validated, _ModelValidated, _Forbid, _NaNAllowed, _Optional, _Aliased, _Literal, _Pattern,
+    _IntLength,
+    # bounds the fast path does not compare for that type: str ordering, lengths of numbers
+    _one_field(str, gt="m"), _one_field(str, ge="m"), _one_field(str, lt="m"),
+    _one_field(str, le="m"), _one_field(int, max_length=2), _one_field(float, min_length=1),
+], ids=lambda m: m.__name__ + str(getattr(m.model_fields.get("x"), "metadata", "")))
 def test_a_contract_the_fast_path_cannot_check_goes_to_pydantic(model: type[BaseModel]) -> None:
     assert EventDecoder(model, ("event_id",), 1 << 20)._checks is None  # noqa: SLF001
 
