@@ -78,11 +78,38 @@ def _read(path: Path) -> pa.Table:
             return pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(
                 column_types={"event_id": pa.string()}))
         if path.suffix in (".jsonl", ".json"):
-            import pyarrow.json as pjson
-            return pjson.read_json(path)
-    except (pa.ArrowInvalid, OSError) as exc:
+            return _read_jsonl(path)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
         raise ConfigError(f"cannot read --labels {path}: {str(exc).splitlines()[0]}") from None
     raise ConfigError(f"--labels must be .jsonl, .csv or .parquet, not {path.name}")
+
+
+def _read_jsonl(path: Path) -> pa.Table:
+    """One JSON object per line; `label_time` may mix epoch ms and ISO text."""
+    import orjson
+    columns: dict[str, list[Any]] = {c: [] for c in _COLUMNS}
+    with open(path, "rb") as fh:
+        for i, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                doc = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise ConfigError(f"cannot read --labels {path}, line {i}: {exc}") from None
+            if not isinstance(doc, dict):
+                raise ConfigError(f"--labels {path}, line {i}: not a JSON object")
+            for c in _COLUMNS:
+                columns[c].append(doc.get(c, _ABSENT))
+    present = [c for c in _COLUMNS if any(v is not _ABSENT for v in columns[c])]
+    times = [None if v is _ABSENT else v for v in columns["label_time"]]
+    table = {c: [None if v is _ABSENT else v for v in columns[c]] for c in present
+             if c != "label_time"}
+    if "label_time" in present:
+        table["label_time"] = [v if v is None or isinstance(v, str) else str(v) for v in times]
+    return pa.table(table)
+
+
+_ABSENT = object()
 
 
 def _times(column: pa.ChunkedArray, path: Path) -> list[int | None]:

@@ -57,6 +57,7 @@ from tests.integration.worker_harness import (
     FraudTopics,
     WorkerProcess,
     committed_offsets,
+    consume_all,
     end_offsets,
     fetch_json,
     produce,
@@ -406,6 +407,124 @@ async def test_two_replays_of_one_range_are_byte_identical(live: LiveRun):
                                           "partition"))
         assert not diff, f"row {i}: JSONL and Parquet differ: {diff}"
     assert "stage_ms" not in from_jsonl[0]  # wall-clock timings stay out of files
+
+
+# -- 2b. a training set ------------------------------------------------------------------------
+
+
+async def test_parquet_is_a_training_set_with_offsets_event_fields_and_metadata(live: LiveRun):
+    """Each row names the input record it decided (partition, offset) and carries that event's
+    own fields; times are UTC timestamps, window counts integers; the file says what made it."""
+    run = await _parity_replay(live)
+    table = pq.read_table(run.output)
+    types = {f.name: str(f.type) for f in table.schema}
+    assert types["offset"] == "int64" and types["partition"] == "int32"
+    assert types["event_timestamp"] == types["decided_at"] == "timestamp[ms, tz=UTC]"
+    assert "event_ts_ms" not in types and "decided_at_ms" not in types
+    for name in ("count_10m", "count_1h", "distinct_merchants_1h"):
+        assert types[f"feature_{name}"] == "int64", name
+    assert types["feature_sum_10m"] == types["event_amount"] == "double"
+    assert [n for n in types if n.startswith("event_") and n != "event_id"
+            and n != "event_timestamp"] == [
+        "event_card_id", "event_merchant_id", "event_amount", "event_currency", "event_country"]
+
+    meta = {k.decode(): v.decode() for k, v in pq.read_metadata(run.output).metadata.items()
+            if k.startswith(b"streamwise.")}
+    assert meta["streamwise.topology"] == "fraud"
+    assert meta["streamwise.feature_set"] == FEATURE_SET
+    assert orjson.loads(meta["streamwise.features"]) == list(FEATURES)
+    assert orjson.loads(meta["streamwise.models"]) == {"backup": "backup:1",
+                                                       "primary": "primary:1"}
+    inputs = await consume_all(live.bootstrap, live.topics.events)
+    replayed = orjson.loads(meta["streamwise.replayed"])
+    ends: dict[str, int] = {}
+    for r in inputs:
+        ends[str(r.partition)] = r.offset + 1
+    assert replayed["topic"] == live.topics.events and replayed["from_beginning"] is True
+    assert replayed["offsets"] == {p: [0, end] for p, end in ends.items()}
+
+    by_position = {(r.partition, r.offset): orjson.loads(r.value) for r in inputs}
+    rows = table.to_pylist()
+    assert sorted((d["partition"], d["offset"]) for d in rows) == sorted(by_position)
+    wrong = []
+    for d in rows:
+        event = by_position[(d["partition"], d["offset"])]
+        got = (d["event_id"], int(d["event_timestamp"].timestamp() * 1000), d["event_card_id"],
+               d["event_merchant_id"], d["event_amount"], d["event_currency"],
+               d["event_country"])
+        want = (event["event_id"], event["ts_ms"], event["card_id"], event["merchant_id"],
+                event["amount"], event["currency"], event["country"])
+        if got != want:
+            wrong.append((d["partition"], d["offset"], got, want))
+    assert not wrong, f"{len(wrong)} rows name another record than they decided: {wrong[:3]}"
+    counts = [d["feature_count_1h"] for d in rows if d["feature_count_1h"] is not None]
+    assert counts and all(type(c) is int for c in counts)
+
+
+async def test_labels_join_by_event_id_point_in_time(live: LiveRun, tmp_path):
+    """--labels FILE: a label is attached only to an event that happened before the label's
+    time; of several, the newest; JSONL labels as CSV labels; the label column is typed."""
+    per_partition = 300
+    to = ",".join(f"{p}:{per_partition}" for p in range(PARTITIONS))
+    # the events of the first 300 records of each partition
+    ids = list(dict.fromkeys(d["event_id"] for d in _first_records(live, per_partition)))
+    hour = 3_600_000
+    ts = {e: live.decisions[e]["event_ts_ms"] for e in ids}
+    after, before, revised = ids[0::3], ids[1::3], ids[2::3]
+    labels = [{"event_id": e, "label": live.workload.labels[e], "label_time": ts[e] + hour}
+              for e in after]
+    labels += [{"event_id": e, "label": 1, "label_time": ts[e] - 1} for e in before]
+    labels += [{"event_id": e, "label": 0, "label_time": ts[e] + hour} for e in revised]
+    labels += [{"event_id": e, "label": 1, "label_time": _iso(ts[e] + 2 * hour)}
+               for e in revised]  # the newer label wins; an ISO time works as well as ms
+    labels.append({"event_id": "no-such-event", "label": 1, "label_time": ts[ids[0]]})
+    jsonl = tmp_path / "labels.jsonl"
+    jsonl.write_bytes(b"".join(orjson.dumps({**x, "label_time": str(x["label_time"])})
+                               + b"\n" for x in labels))
+    run = await _replay(tmp_path / "labelled.parquet", *_kafka_args(live), "--to-offsets", to,
+                        "--labels", str(jsonl))
+    table = pq.read_table(run.output)
+    assert str(table.schema.field("label").type) == "int64"
+    assert str(table.schema.field("label_timestamp").type) == "timestamp[ms, tz=UTC]"
+    got = {d["event_id"]: (d["label"], None if d["label_timestamp"] is None else
+                           int(d["label_timestamp"].timestamp() * 1000))
+           for d in table.to_pylist()}
+    assert set(got) == set(ids)
+    for e in after:
+        assert got[e] == (live.workload.labels[e], ts[e] + hour), e
+    for e in before:  # known before the event happened: never attached
+        assert got[e] == (None, None), e
+    for e in revised:
+        assert got[e] == (1, ts[e] + 2 * hour), e
+    assert sum(label == 1 for label, _ in got.values()) >= len(revised)
+    meta = orjson.loads(pq.read_metadata(run.output).metadata[b"streamwise.labels"])
+    assert meta["file"] == "labels.jsonl" and meta["labels"] == len(labels)
+
+    # The same labels from CSV, into JSONL output: the same join.
+    csv = tmp_path / "labels.csv"
+    csv.write_text("event_id,label,label_time\n" + "".join(
+        f"{x['event_id']},{x['label']},{x['label_time']}\n" for x in labels))
+    run = await _replay(tmp_path / "labelled.jsonl", *_kafka_args(live), "--to-offsets", to,
+                        "--labels", str(csv))
+    rows = _first_by_event(_jsonl_rows(run.output))
+    assert {e: (d["label"], d["label_ts_ms"]) for e, d in rows.items()} == got
+
+
+def _first_records(live: LiveRun, n: int) -> list[dict]:
+    seen: dict[int, int] = {}
+    out = []
+    for d in live.in_order:  # (partition, offset) order: one decision per input record
+        k = seen.get(d["partition"], 0)
+        if k < n:
+            out.append(d)
+            seen[d["partition"]] = k + 1
+    return out
+
+
+def _iso(ms: int) -> str:
+    from datetime import UTC, datetime
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds") \
+        .replace("+00:00", "Z")
 
 
 # -- 3. isolation ------------------------------------------------------------------------------
