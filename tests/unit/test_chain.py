@@ -520,6 +520,8 @@ def test_cheap_first_routes_low_risk_rows_to_the_cheap_model(rig):
     assert (out[1].model, out[1].path, out[1].reasons) == ("primary:1", "model", ())
     assert r.chain.stats.primary_skipped == 1
     assert r.chain.stats.rows_scored == Counter({"backup:1": 2, "primary:1": 1})
+    # the cheap model runs on its own (backup) timeout, the primary on the primary's
+    assert r.chain.stats.call_timeouts_s == [("backup", 0.006), ("primary", 10.0)]
     r.decide([low])
     assert r.chain.stats.primary_skipped == 2
 

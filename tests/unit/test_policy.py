@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from engine.policy import Rules, RulesOnly, ScoringRows, Thresholds, Verdict, abstain
@@ -27,7 +28,7 @@ def test_thresholds_on_the_edges_of_zero_and_one_are_valid(review: float,
 
 @pytest.mark.parametrize(("review", "decline"), [(-0.1, 0.5), (0.6, 0.5), (0.5, 1.1)])
 def test_thresholds_out_of_order_or_range_are_refused(review: float, decline: float) -> None:
-    with pytest.raises(ValueError, match=r"0 <= review_at <= decline_at <= 1"):
+    with pytest.raises(ValueError, match=r"^thresholds need 0 <= review_at <= decline_at <= 1$"):
         Thresholds(review, decline)
 
 
@@ -58,3 +59,18 @@ def test_rules_only_decides_every_vector_by_the_rules_and_says_why() -> None:
                                                 [1, 2], [False, True]))
     assert out == [Verdict(0.95, "decline", "rules:v7", "fallback:rules", ("no_model", "big")),
                    Verdict(0.1, "approve", "rules:v7", "fallback:rules", ("no_model",))]
+
+
+def test_scoring_rows_from_feature_dicts() -> None:
+    vectors = [{"a": 1, "b": None}, {"a": 2, "b": 3}]
+    rows = ScoringRows.of_vectors(["k1", "k2"], vectors, [10, 20])
+    assert (rows.names, list(rows.keys), list(rows.ts_ms), len(rows)) == (
+        ("a", "b"), ["k1", "k2"], [10, 20], 2)
+    assert rows.matrix.dtype == np.float64 and rows.matrix.shape == (2, 2)
+    assert np.isnan(rows.matrix[0, 1]) and rows.matrix[1].tolist() == [2.0, 3.0]
+    assert list(rows.late) == [False, False] and rows.vector(1) is vectors[1]
+    assert rows.last_decision("k1") is None
+    late = ScoringRows.of_vectors(["k"], [{"a": 1}], [5], late=[True])
+    assert list(late.late) == [True]
+    empty = ScoringRows.of_vectors([], [], [])
+    assert empty.names == () and empty.matrix.shape == (0, 0)
