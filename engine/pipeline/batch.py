@@ -129,9 +129,8 @@ class Pipeline:
         n = len(rows)
         columns = FeatureColumns(plan, np.empty((n, len(plan.names))),
                                  [[None] * n for _ in plan.functions])
-        for p, (lo, hi) in spans.items():
-            fold(self.partitions[p], plan, rows[lo:hi], profiles, columns.matrix,
-                 columns.values, lo)
+        fold([(self.partitions[p], lo, hi) for p, (lo, hi) in spans.items()], plan, rows,
+             profiles, columns.matrix, columns.values)
         t3 = clock()
 
         verdicts: list[Verdict] = self.decider.decide(

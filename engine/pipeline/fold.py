@@ -25,7 +25,7 @@ from ..features import (
 )
 from ..kernel import AGGREGATES, NO_TS
 from ..kernel.specs import window_of
-from .partition import PartitionState, Row
+from .partition import Row
 
 __all__ = ["FeatureColumns", "FeaturePlan", "fold"]
 
@@ -102,51 +102,61 @@ class FeatureColumns:
                                                                  strict=True)}
 
 
-def fold(state: PartitionState, plan: FeaturePlan, rows: Sequence[Row],
+def fold(spans: Sequence[tuple[Any, int, int]], plan: FeaturePlan, rows: Sequence[Row],
          profiles: Mapping[str, Mapping[str, Any]], matrix: np.ndarray,
-         values: list[list[Any]], at: int) -> None:
-    """Fold one partition's `rows` (processing order) into its tables and write their
-    features to ``matrix[at:at + len(rows)]`` and ``values[j][at:...]``."""
+         values: list[list[Any]]) -> None:
+    """Fold a poll's `rows` into their tables and write their features to `matrix` and
+    `values` (row i of the poll to row i of both).
+
+    `spans` are ``(partition state, lo, hi)``: ``rows[lo:hi]`` are that partition's rows in
+    processing order. The poll's columns are built once; each partition's tables then fold
+    their slice (a kernel holds one partition's entities)."""
     n = len(rows)
     if n == 0:
         return
-    fs = state.topology.features
-    entities = [r.key for r in rows]
-    state.hold(entities)
+    fs = spans[0][0].topology.features
+    keys = [r.key for r in rows]
+    events = [r.event for r in rows]
     ts = np.fromiter((r.ts_ms for r in rows), np.int64, n)
     fold_mask = np.fromiter((not r.late for r in rows), np.bool_, n)
     horizon = np.fromiter((r.horizon_ms for r in rows), np.int64, n)
     prev = np.empty(n, np.int64)
-    block = matrix[at:at + n]
-    for t, (tb, _prefix, kernel) in enumerate(state.tables):
-        events = [r.event for r in rows]
+    tables = spans[0][0].tables
+    for t, (tb, _prefix, kernel) in enumerate(tables):
         values_in = np.fromiter((getattr(e, tb.value_field) for e in events), np.float64, n)
-        distinct = ([getattr(e, tb.distinct_field) for e in events]
-                    if tb.distinct_field else None)
+        distinct = [getattr(e, tb.distinct_field) for e in events] if tb.distinct_field \
+            else None
         out = np.empty((n, kernel.width))
-        kernel.fold_read(entities, ts, values_in, distinct, fold_mask, horizon, out, prev)
+        for state, lo, hi in spans:
+            if hi > lo:
+                if t == 0:
+                    state.hold(keys[lo:hi])
+                state.tables[t][2].fold_read(
+                    keys[lo:hi], ts[lo:hi], values_in[lo:hi],
+                    distinct[lo:hi] if distinct is not None else None, fold_mask[lo:hi],
+                    horizon[lo:hi], out[lo:hi], prev[lo:hi])
         for col, table, kcol, agg in plan.window:
             if table == t:
                 if agg == "mean":
                     count = out[:, kcol - _SUM + _COUNT]
                     with np.errstate(invalid="ignore", divide="ignore"):
-                        block[:, col] = np.where(count > 0, out[:, kcol] / count, np.nan)
+                        matrix[:, col] = np.where(count > 0, out[:, kcol] / count, np.nan)
                 else:
-                    block[:, col] = out[:, kcol]
+                    matrix[:, col] = out[:, kcol]
     if plan.since_last:
         since = np.where(prev == NO_TS, -1.0, (ts - prev) / 1000)
         for col in plan.since_last:
-            block[:, col] = since
-    functions = plan.functions
-    for i, r in enumerate(rows):
-        profile = _profile(fs, r, profiles)
-        for j, (col, f) in enumerate(functions):
-            if isinstance(f, ProfileFeature):
-                v = None if profile is None else f.compute(r.event, profile)
-            else:
-                v = f.compute(r.event)
-            values[j][at + i] = v
-            block[i, col] = np.nan if v is None else v
+            matrix[:, col] = since
+    profile_of = [_profile(fs, r, profiles) for r in rows]  # notes stale profiles too
+    for j, (col, f) in enumerate(plan.functions):
+        if isinstance(f, ProfileFeature):
+            compute = f.compute
+            column = [None if p is None else compute(e, p)
+                      for e, p in zip(events, profile_of, strict=True)]
+        else:
+            column = [f.compute(e) for e in events]
+        values[j][:] = column
+        matrix[:, col] = [np.nan if v is None else v for v in column]
 
 
 def _profile(fs: FeatureSet, r: Row, profiles: Mapping[str, Mapping[str, Any]]

@@ -93,7 +93,10 @@ def preview(state: PartitionState, events: Sequence[Any],
     columns = FeatureColumns(plan, np.empty((n, len(plan.names))),
                              [[None] * n for _ in plan.functions])
     for j, (_, row) in enumerate(rows):  # each event alone over the stored state
-        fold(_Private(state), plan, [row], profiles, columns.matrix, columns.values, j)
+        one = FeatureColumns(plan, columns.matrix[j:j + 1], [[None] for _ in plan.functions])
+        fold([(_Private(state), 0, 1)], plan, [row], profiles, one.matrix, one.values)
+        for k, column in enumerate(one.values):
+            columns.values[k][j] = column[0]
     t1 = time.perf_counter()
     scored = [r for _, r in rows]
     verdicts = decider.decide(scoring_rows(scored, columns, lambda key: _last(state, key[1])))
