@@ -30,6 +30,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .kafka_io import partition_for
 from .online import NotOwned, OnlineScorer, Overloaded
+from .ordering import too_far_ahead
 from .pipeline import Preview, abstain_decision, features_now, last_decision, table_view
 from .schemas import EventDecoder, Rejection
 
@@ -240,6 +241,11 @@ def build_app(worker: Worker, online: OnlineScorer | None = None,
             if event.reason in ("invalid_json", "not_utf8", "empty"):
                 raise ApiError(400, f"body is not a JSON event ({event.detail})")
             return _json({"error": event.detail, "reason": event.reason, "status": 422,
+                          "request_id": request[_REQUEST_ID]}, 422)
+        ahead = too_far_ahead(getattr(event, topo.time_field), worker.clock.now_ms(),
+                              topo.max_future_ms)
+        if ahead is not None:  # never scored, never appended: it would move a watermark
+            return _json({"error": ahead, "reason": "future_time", "status": 422,
                           "request_id": request[_REQUEST_ID]}, 422)
         kb = getattr(event, topo.key_field).encode()
         p = partition_for(kb, worker.partitions)

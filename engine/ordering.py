@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Generic, TypeVar
 
-__all__ = ["Lateness", "ReorderBuffer", "Watermark"]
+__all__ = ["Lateness", "ReorderBuffer", "Watermark", "too_far_ahead"]
 
 T = TypeVar("T")
 
@@ -51,6 +51,20 @@ class Watermark:
         """Account for an accepted event."""
         if self.max_ts_ms is None or ts_ms > self.max_ts_ms:
             self.max_ts_ms = ts_ms
+
+
+def too_far_ahead(ts_ms: int, reference_ms: int | None, max_future_ms: int | None
+                  ) -> str | None:
+    """Why an event at `ts_ms` is too far in the future of `reference_ms` (its record's Kafka
+    timestamp, or the time an online request arrived), or None. A reference of None or below 0
+    (a record without a timestamp, a file) or no limit checks nothing."""
+    if max_future_ms is None or reference_ms is None or reference_ms < 0:
+        return None
+    ahead = ts_ms - reference_ms
+    if ahead <= max_future_ms:
+        return None
+    return (f"event time {ts_ms} is {ahead} ms ahead of the record time {reference_ms} "
+            f"(more than {max_future_ms} ms)")
 
 
 @dataclass

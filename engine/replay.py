@@ -508,7 +508,7 @@ def _file_records(path: Path, topology: Topology, partitions: int) -> dict[int, 
     for key, value in keyed_events(path, topology.key_field):
         p = partition_for(key, partitions) if key else 0
         recs = out.setdefault(p, [])
-        recs.append(Record(str(path), p, len(recs), key, value, 0))
+        recs.append(Record(str(path), p, len(recs), key, value, None))  # no record time
     return out
 
 

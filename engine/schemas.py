@@ -20,7 +20,8 @@ class Rejection(NamedTuple):
 
     Reasons: ``empty`` (no value), ``oversized``, ``not_utf8``, ``invalid_json``, ``non_finite``
     (NaN or infinity), ``missing_key`` (empty or absent entity key or event id), ``schema``
-    (anything else the contract refuses).
+    (anything else the contract refuses). Admission adds ``future_time`` (see
+    `engine.ordering.too_far_ahead`).
     """
 
     reason: str

@@ -81,6 +81,10 @@ class Topology:
 
     `score_late`: late events still get a decision (scored with aggregates as they stand,
     without themselves); they never change an aggregate either way.
+    `max_future_ms`: an event whose time is further ahead than this of its record's Kafka
+    timestamp (online: of the time the request arrived) is refused with reason
+    ``future_time``, so no single event can drag a partition's watermark into the future
+    (None: no check).
     """
 
     name: str
@@ -99,6 +103,7 @@ class Topology:
     budgets: Mapping[str, StageBudget] = field(default_factory=dict)
     score_late: bool = True
     max_record_bytes: int = 1 << 20
+    max_future_ms: int | None = 600_000
     default_partitions: int = 8
     description: str = ""
     _tables_by_name: dict = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -130,6 +135,8 @@ class Topology:
             fail(f"{self.schema.__name__} must set allow_inf_nan=False")
         if self.dedup_ttl_ms <= 0:
             fail("dedup_ttl_ms must be > 0")
+        if self.max_future_ms is not None and self.max_future_ms < 0:
+            fail("max_future_ms must be >= 0 (or None: no check)")
         t = self.time
         if t.max_out_of_orderness_ms < 0 or t.allowed_lateness_ms < 0:
             fail("out-of-orderness and allowed lateness must be >= 0")

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..ordering import Lateness
+from ..ordering import Lateness, too_far_ahead
 from ..schemas import Rejection
 from ..sinks import dead_letter, late_record
 from ..state import layout
@@ -39,6 +39,7 @@ def admit(state: PartitionState, records: Sequence[InputRecord], events: Sequenc
     key_f, id_f, ts_f = topo.key_field, topo.event_id_field, topo.time_field
     wm = state.watermark
     reorder = state.reorder
+    max_future = topo.max_future_ms
     adm = Admitted()
     in_batch: dict[str, Row] = {}
     # One filter probe for the batch: the ids it has surely never seen skip the store read.
@@ -51,7 +52,14 @@ def admit(state: PartitionState, records: Sequence[InputRecord], events: Sequenc
             out.dlq_reasons.append(ev.reason)
             continue
         eid = getattr(ev, id_f)
-        original = original_of(state, eid, in_batch, out.changes, next(maybe_seen))
+        maybe = next(maybe_seen)
+        ahead = too_far_ahead(getattr(ev, ts_f), rec.timestamp, max_future)
+        if ahead is not None:  # before dedup: no future event is ever a table's input
+            out.dlq.append(dead_letter(topic, rec.partition, rec.offset, rec.key, rec.value,
+                                       "future_time", ahead, now_ms()))
+            out.dlq_reasons.append("future_time")
+            continue
+        original = original_of(state, eid, in_batch, out.changes, maybe)
         if original is not None:
             out.duplicates += 1
             if type(original) is Row:

@@ -26,8 +26,8 @@ class InputRecord(Protocol):
     def value(self) -> bytes | None: ...
 
     @property
-    def timestamp(self) -> int:
-        """The record's Kafka timestamp, epoch ms."""
+    def timestamp(self) -> int | None:
+        """The record's Kafka timestamp, epoch ms (None or negative: unknown)."""
         ...
 
 
@@ -40,10 +40,10 @@ class Record:
     offset: int
     key: bytes | None
     value: bytes | None
-    timestamp_ms: int
+    timestamp_ms: int | None  # None: a record without a Kafka timestamp (a file line)
 
     @property
-    def timestamp(self) -> int:
+    def timestamp(self) -> int | None:
         return self.timestamp_ms
 
 

@@ -261,3 +261,21 @@ async def test_url_length_limit_is_414_as_documented() -> None:
         assert MAX_URL_CHARS == 2048 and MAX_REQUEST_LINE_BYTES == 65_536
     finally:
         await client.close()
+
+
+async def test_an_online_event_from_the_far_future_is_refused_and_never_scored() -> None:
+    worker = BrokenWorker(store_broken=False)
+    online = OnlineScorer(worker, RulesOnly(TOPO.rules, TOPO.features.versioned_name))
+    client = TestClient(TestServer(build_app(worker, online, None)))
+    await client.start_server()
+    try:
+        now = worker.clock.now_ms()
+        future = {**EVENT, "ts_ms": now + TOPO.max_future_ms + 1}
+        resp = await client.post("/v1/score", data=orjson.dumps(future), headers=JSON)
+        body = await resp.json()
+        assert resp.status == 422 and body["reason"] == "future_time", body
+        at_limit = {**EVENT, "ts_ms": now + TOPO.max_future_ms}
+        assert (await client.post("/v1/score", data=orjson.dumps(at_limit),
+                                  headers=JSON)).status == 200
+    finally:
+        await client.close()
