@@ -15,6 +15,7 @@ in-flight requests (429 past them, at once). Errors are JSON with a request id, 
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import re
@@ -37,8 +38,8 @@ from .schemas import EventDecoder, Rejection
 if TYPE_CHECKING:
     from .worker import Worker
 
-__all__ = ["MAX_BODY_BYTES", "MAX_IN_FLIGHT", "MAX_REQUEST_LINE_BYTES", "MAX_URL_CHARS",
-           "build_app"]
+__all__ = ["MAX_BODY_BYTES", "MAX_FEATURE_KEYS", "MAX_IN_FLIGHT", "MAX_REQUEST_LINE_BYTES",
+           "MAX_URL_CHARS", "build_app"]
 
 log = logging.getLogger("streamwise.api")
 
@@ -48,6 +49,7 @@ MAX_URL_CHARS = 2048
 MAX_REQUEST_LINE_BYTES = 64 * 1024
 MAX_BODY_BYTES = 64 * 1024
 MAX_IN_FLIGHT = 512  # requests being served at once; past it: 429
+MAX_FEATURE_KEYS = 500  # keys in one POST /v1/features
 FORWARD_TIMEOUT_S = 2.0
 FORWARDED_HEADER = "X-Streamwise-Forwarded-By"
 _KEY_RE = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
@@ -201,18 +203,128 @@ def build_app(worker: Worker, online: OnlineScorer | None = None,
             "partition": p, "served_by": worker.worker_id, "stale": False,
         })
 
+    all_features = tuple(topo.features.names)
+
+    def selection(names: object) -> tuple[str, ...]:
+        """The features asked for (all when none is named), refused if unknown."""
+        if names is None or names == [] or names == "":
+            return all_features
+        if isinstance(names, str):
+            names = [n for n in names.split(",") if n]
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ApiError(400, "features must be a list of feature names")
+        unknown = [n for n in names if n not in all_features]
+        if unknown:
+            raise ApiError(400, f"unknown feature {unknown[0]!r}; features: "
+                                f"{', '.join(all_features)}")
+        return tuple(dict.fromkeys(names))
+
+    def features_of(key: str, p: int, names: tuple[str, ...]) -> dict | None:
+        """The stored features of a key of an owned partition (None: unknown key). An age is
+        null where its value is (no input), and never negative."""
+        found = features_now(worker.pipelines[p], key, worker.profiles)
+        if found is None:
+            return None
+        as_of, values, ages = found
+        return {"key": key, "as_of_ms": as_of,
+                "features": {n: values[n] for n in names},
+                "ages_ms": {n: None if values[n] is None or ages[n] is None
+                            else max(0, ages[n]) for n in names},
+                "partition": p, "served_by": worker.worker_id, "stale": False}
+
     async def features(request: web.Request) -> web.Response:
         key, kb, p = locate(request)
-        state = worker.pipelines.get(p)
-        if state is None:
+        names = selection(request.query.get("features"))
+        if p not in worker.pipelines:
             return await forward(request, p)
-        found = features_now(state, key, worker.profiles)
-        if found is None:
+        doc = features_of(key, p, names)
+        if doc is None:
             raise ApiError(404, "unknown key")
-        as_of, values, ages = found
-        return _json({"key": key, "as_of_ms": as_of, "features": values, "ages_ms": ages,
-                      "feature_set": topo.features.versioned_name, "partition": p,
-                      "served_by": worker.worker_id, "stale": False})
+        return _json({**doc, "feature_set": topo.features.versioned_name})
+
+    async def features_many(request: web.Request) -> web.Response:
+        """Many keys, a feature selection: each key answered by its partition's owner (one
+        forwarded request per owner, at most one hop), each with its own status."""
+        if request.content_type != "application/json":
+            raise ApiError(415, "send {keys, features} as application/json")
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            raise ApiError(400, "body is not JSON") from None
+        if not isinstance(body, dict) or not isinstance(body.get("keys"), list):
+            raise ApiError(400, "body must be {\"keys\": [...], \"features\": [...]}")
+        keys = body["keys"]
+        if not 1 <= len(keys) <= MAX_FEATURE_KEYS:
+            raise ApiError(400, f"keys: 1 to {MAX_FEATURE_KEYS} keys per request")
+        bad = [k for k in keys if not isinstance(k, str) or not _KEY_RE.match(k)]
+        if bad:
+            raise ApiError(400, f"invalid key {str(bad[0])[:40]!r}: 1-128 characters of "
+                                "A-Z a-z 0-9 . _ : @ -")
+        if not isinstance(body.get("features", []), list):
+            raise ApiError(400, "features must be a list of feature names")
+        names = selection(body.get("features"))
+        results: dict[int, dict] = {}
+        elsewhere: dict[int, list[int]] = {}  # partition -> positions of its keys
+        for i, key in enumerate(keys):
+            p = partition_for(key.encode(), worker.partitions)
+            if p in worker.pipelines:
+                doc = features_of(key, p, names)
+                results[i] = {**doc, "status": 200} if doc is not None else {
+                    "key": key, "status": 404, "error": "unknown key", "partition": p,
+                    "served_by": worker.worker_id}
+            else:
+                elsewhere.setdefault(p, []).append(i)
+        if elsewhere:
+            await forward_keys(request, keys, names, elsewhere, results)
+        return _json({"feature_set": topo.features.versioned_name, "features": list(names),
+                      "results": [results[i] for i in range(len(keys))]})
+
+    async def forward_keys(request: web.Request, keys: list[str], names: tuple[str, ...],
+                           elsewhere: dict[int, list[int]], results: dict[int, dict]) -> None:
+        """Ask each owner once for its keys; a key whose owner is unknown, this worker (a
+        rebalance) or silent gets its own 503."""
+        def unavailable(positions: list[int], p: int, why: str) -> None:
+            for i in positions:
+                results[i] = {"key": keys[i], "status": 503, "error": why, "partition": p}
+
+        by_owner: dict[str, tuple[str, list[int]]] = {}
+        for p, positions in elsewhere.items():
+            owner = worker.owners.owner(p)
+            if request.headers.get(FORWARDED_HEADER):
+                unavailable(positions, p, f"partition {p} is not owned here either "
+                                          "(rebalance in progress)")
+            elif owner is None or owner.worker_id == worker.worker_id:
+                unavailable(positions, p, f"no worker owns partition {p} right now "
+                                          "(rebalance in progress)")
+            else:
+                by_owner.setdefault(owner.worker_id, (owner.url, []))[1].extend(positions)
+        session: aiohttp.ClientSession = request.app[_SESSION]
+        headers = {FORWARDED_HEADER: worker.worker_id, "X-Request-Id": request[_REQUEST_ID],
+                   "Content-Type": "application/json"}
+        if "Authorization" in request.headers:
+            headers["Authorization"] = request.headers["Authorization"]
+
+        async def ask(url: str, positions: list[int]) -> None:
+            payload = orjson.dumps({"keys": [keys[i] for i in positions],
+                                    "features": list(names)})
+            try:
+                async with session.post(url + "/v1/features", data=payload,
+                                        headers=headers) as resp:
+                    answer = orjson.loads(await resp.read()) if resp.status == 200 else None
+            except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError):
+                answer = None
+            got = answer.get("results") if isinstance(answer, dict) else None
+            if not isinstance(got, list) or len(got) != len(positions):
+                for i in positions:
+                    results[i] = {"key": keys[i], "status": 503,
+                                  "error": "the key's owner did not answer",
+                                  "partition": partition_for(keys[i].encode(),
+                                                             worker.partitions)}
+                return
+            for i, doc in zip(positions, got, strict=True):
+                results[i] = doc
+
+        await asyncio.gather(*(ask(url, positions) for url, positions in by_owner.values()))
 
     async def decision(request: web.Request) -> web.Response:
         key, kb, p = locate(request)
@@ -304,6 +416,7 @@ def build_app(worker: Worker, online: OnlineScorer | None = None,
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/v1/tables/{table}/{key}", table)
     app.router.add_get("/v1/features/{key}", features)
+    app.router.add_post("/v1/features", features_many)
     app.router.add_get("/v1/decisions/{key}", decision)
     app.router.add_post("/v1/score", score)
     app.router.add_get("/v1/models", models)

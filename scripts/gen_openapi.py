@@ -175,11 +175,62 @@ features = {
             "description": "newest event time of the partition: features are computed as of then",
         },
         "features": {"type": "object", "additionalProperties": num_or_null},
-        "ages_ms": {"type": "object", "additionalProperties": {"type": ["integer", "null"]}},
+        "ages_ms": {
+            "type": "object",
+            "additionalProperties": {"type": ["integer", "null"], "minimum": 0},
+            "description": "age of each feature's freshest input; null where the value is null",
+        },
         "feature_set": {"type": "string"},
         "partition": {"type": "integer"},
         "served_by": {"type": "string"},
         "stale": {"type": "boolean"},
+    },
+}
+FEATURE_NAMES = list(topologies.get("fraud").features.names)
+feature_result = {
+    "type": "object",
+    "required": ["key", "status"],
+    "description": "One key's answer: status 200 with its features, 404 for an unknown key, "
+    "503 while nobody owns its partition or the owner does not answer.",
+    "properties": {
+        "key": {"type": "string"},
+        "status": {"type": "integer", "enum": [200, 404, 503]},
+        "as_of_ms": {"type": ["integer", "null"]},
+        "features": {"type": "object", "additionalProperties": num_or_null},
+        "ages_ms": {
+            "type": "object",
+            "additionalProperties": {"type": ["integer", "null"], "minimum": 0},
+        },
+        "partition": {"type": "integer"},
+        "served_by": {"type": "string"},
+        "stale": {"type": "boolean"},
+        "error": {"type": "string"},
+    },
+}
+features_request = {
+    "type": "object",
+    "required": ["keys"],
+    "properties": {
+        "keys": {"type": "array", "items": KEY, "minItems": 1, "maxItems": 500},
+        "features": {
+            "type": "array",
+            "items": {"type": "string", "enum": FEATURE_NAMES},
+            "description": "the features to return (default: all of the feature set)",
+        },
+    },
+    "examples": [{"keys": ["c000042", "c000043"], "features": ["count_1h", "sum_1h"]}],
+}
+features_many = {
+    "type": "object",
+    "required": ["feature_set", "features", "results"],
+    "properties": {
+        "feature_set": {"type": "string"},
+        "features": {"type": "array", "items": {"type": "string"}},
+        "results": {
+            "type": "array",
+            "items": {"$ref": "#/components/schemas/FeatureResult"},
+            "description": "one per requested key, in request order",
+        },
     },
 }
 models = {
@@ -242,6 +293,9 @@ doc = {
             "Error": error,
             "TableValue": table_value,
             "Features": features,
+            "FeaturesRequest": features_request,
+            "FeatureResult": feature_result,
+            "FeaturesMany": features_many,
             "Models": models,
             "Ready": ready,
         },
@@ -318,9 +372,36 @@ doc = {
             "get": {
                 "summary": "The stored features of a key now, with each feature's age",
                 "operationId": "getFeatures",
-                "parameters": [key_param()],
+                "parameters": [
+                    key_param(),
+                    {
+                        "name": "features",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string"},
+                        "description": "comma-separated feature names (default: all)",
+                    },
+                ],
                 "responses": {
                     "200": resp("features (those needing an event are null)", ref("Features")),
+                    "404": err,
+                    **common,
+                },
+            }
+        },
+        "/v1/features": {
+            "post": {
+                "summary": "The stored features of many keys, each answered by its owner",
+                "operationId": "getFeaturesMany",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": ref("FeaturesRequest")}},
+                },
+                "responses": {
+                    "200": resp("one result per key, each with its own status",
+                                ref("FeaturesMany")),
+                    "413": err,
+                    "415": err,
                     **common,
                 },
             }
