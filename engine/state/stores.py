@@ -3,13 +3,20 @@
 Each input partition has its own store. A store applies one batch's change set atomically
 (RocksDB write batch) together with the changelog offset that change set was written at, so
 restore knows where to resume reading the changelog.
+
+RocksDB runs without its write-ahead log (the changelog is the log), so what a crash keeps is
+what reached an SST file. A worker's stores checkpoint: they flush their memtables once
+`Checkpoints.every_records` changes or `every_s` seconds have gone unflushed, so a crash
+replays at most about that much of the changelog, not all of it.
 """
 
 from __future__ import annotations
 
 import bisect
 import shutil
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from rocksdict import (
@@ -26,7 +33,7 @@ from rocksdict import (
 from ..errors import StateError
 from . import layout
 
-__all__ = ["MemoryStore", "RocksStore", "StagedStore"]
+__all__ = ["Checkpoints", "MemoryStore", "RocksStore", "StagedStore"]
 
 _CHANGELOG_OFFSET = layout.CHANGELOG_OFFSET_KEY  # local only: never itself changelogged
 
@@ -85,11 +92,29 @@ def _memory() -> tuple[Cache, WriteBufferManager]:
     return _MEMORY
 
 
-class RocksStore:
-    """One partition's state in a RocksDB directory."""
+@dataclass(frozen=True)
+class Checkpoints:
+    """When a store flushes its memtables on its own: once this many changes, or changes this
+    many seconds old, are not yet in an SST file (the flush runs in RocksDB's background
+    threads; `every_s` is also enforced by `RocksStore.checkpoint_if_due`, which a worker
+    calls for stores that receive no writes)."""
 
-    def __init__(self, path: Path) -> None:
-        path.mkdir(parents=True, exist_ok=True)
+    every_records: int = 100_000
+    every_s: float = 10.0
+
+
+class RocksStore:
+    """One partition's state in a RocksDB directory.
+
+    Every RocksDB error (cannot open, cannot write, cannot flush, the directory deleted under
+    it) is raised as a `StateError` that names the directory."""
+
+    def __init__(self, path: Path, checkpoints: Checkpoints | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateError(f"cannot open state at {path}: {exc.strerror or exc}") from None
         opts = Options(raw_mode=True)
         opts.create_if_missing(True)
         # One memory budget for every store of the process (a worker holds one per partition):
@@ -132,6 +157,11 @@ class RocksStore:
         # from that offset on. Memtables are flushed on a clean close.
         self._write_opts = WriteOptions()
         self._write_opts.disable_wal = True
+        self.checkpoints = checkpoints
+        self._clock = clock
+        self._unflushed = 0  # changes written since the last flush
+        self._dirty_since: float | None = None  # when the oldest of them was written
+        self.flushes = 0
 
     def get(self, key: bytes) -> bytes | None:
         return self._db.get(key)
@@ -155,7 +185,39 @@ class RocksStore:
                 wb.put(key, value)
         if changelog_offset is not None:
             wb.put(_CHANGELOG_OFFSET, str(changelog_offset).encode())
-        self._db.write(wb, self._write_opts)
+        try:
+            self._db.write(wb, self._write_opts)
+        except Exception as exc:  # a failed background flush fails every later write
+            raise StateError(f"cannot write state at {self.path}: {exc}") from None
+        if self._dirty_since is None:
+            self._dirty_since = self._clock()
+        self._unflushed += len(changes)
+        self.checkpoint_if_due()
+
+    def checkpoint_if_due(self) -> bool:
+        """Start a background flush when the checkpoint policy says so; True if one started.
+        A flush that fails (a full disk, the directory gone) fails the next write."""
+        c = self.checkpoints
+        if c is None or self._dirty_since is None:
+            return False
+        if self._unflushed < c.every_records and self._clock() - self._dirty_since < c.every_s:
+            return False
+        self.flush(wait=False)
+        return True
+
+    def flush(self, wait: bool = True) -> None:
+        """Memtables to SST files (with `wait=False`, in RocksDB's background threads)."""
+        self._unflushed, self._dirty_since = 0, None
+        try:
+            self._db.flush(wait)
+        except Exception as exc:
+            raise StateError(f"cannot write state at {self.path}: {exc}") from None
+        self.flushes += 1
+
+    def present(self) -> bool:
+        """False once the store's directory is gone (deleted under a running worker): nothing
+        written from then on would survive a restart."""
+        return (self.path / "CURRENT").is_file()
 
     @property
     def changelog_offset(self) -> int | None:
@@ -167,7 +229,12 @@ class RocksStore:
                 if k != _CHANGELOG_OFFSET)
 
     def close(self) -> None:
-        self._db.close()
+        """Flush the memtables and close (raises StateError when the flush fails; the store is
+        closed either way)."""
+        try:
+            self._db.close()
+        except Exception as exc:
+            raise StateError(f"cannot flush state at {self.path} on close: {exc}") from None
 
     @staticmethod
     def destroy(path: Path) -> None:
