@@ -238,8 +238,8 @@ def _print_report(r: dict, base: str, events: list[dict]) -> None:
     for stage in stages:
         vals = [d["stage_ms"][stage] for d in ds]
         rows.append((stage, f"{_pct(vals, .5):.2f}", f"{_pct(vals, .99):.2f}"))
-    render_table(("stage", "p50 ms", "p99 ms"), rows, right=(1, 2),
-                 title="Stage time per batch (every event waits for its batch)")
+    render_table(("stage", "p50 ms", "p99 ms"), rows, right=(1, 2), title="Stage time")
+    _say("   (per batch: every event waits for its batch)")
     lat = r["latencies_ms"]
     _say(f"   end to end (produce → decision read back): p50 {_pct(lat, .5):.0f} ms, "
          f"p99 {_pct(lat, .99):.0f} ms")

@@ -41,6 +41,7 @@ __all__ = [
     "read_to_end",
     "send_all",
     "send_records",
+    "wait_for_coordinator",
 ]
 
 log = logging.getLogger(__name__)
@@ -153,6 +154,28 @@ async def ensure_topics(target: KafkaTarget, specs: Sequence[TopicSpec],
     if missing:
         await _wait_for_leaders(target, missing)
     return missing
+
+
+async def wait_for_coordinator(target: KafkaTarget, group: str, timeout_s: float = 30.0
+                               ) -> None:
+    """Until the brokers name a coordinator for `group`. On a new cluster the first group
+    request creates the offsets topic, and a consumer joining meanwhile logs an ERROR per
+    retry; asking here first waits that out quietly (a consumer still copes if time runs
+    out)."""
+    admin = new_admin(target, request_timeout_ms=int(timeout_s * 1000))
+    await admin.start()
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            try:
+                await admin.find_coordinator(group)
+                return
+            except KafkaError as exc:
+                if not exc.retriable or asyncio.get_running_loop().time() > deadline:
+                    return
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
 
 
 async def _wait_for_leaders(target: KafkaTarget, specs: Sequence[TopicSpec],

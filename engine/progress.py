@@ -59,7 +59,7 @@ def render_table(columns: Sequence[str], rows: Iterable[Sequence[object]],
                  console: Console | None = None) -> None:
     """Print a table; columns at the indexes in `right` are right-aligned (numbers). It fits
     the terminal's width (or 100 columns in a pipe) without running over."""
-    table = Table(title=title, title_justify="left", header_style="bold", pad_edge=False)
+    table = Table(title=title, title_justify="left", header_style="bold")
     for i, name in enumerate(columns):
         table.add_column(name, justify="right" if i in right else "left")
     for row in rows:

@@ -53,6 +53,7 @@ from ..kafka_io import (
     new_producer,
     partition_for,
     send_records,
+    wait_for_coordinator,
 )
 from ..metrics import (
     EngineMetrics,
@@ -166,6 +167,7 @@ class Worker:
             if m.url == self.url and m.worker_id != self.worker_id:
                 await self._producer.send_and_wait(self.topics.members, None,
                                                    key=m.worker_id.encode(), partition=0)
+        await wait_for_coordinator(k, self.topics.group)  # no ERROR lines on a new cluster
         self._consumer = new_consumer(
             k, group_id=self.topics.group,
             enable_auto_commit=False, auto_offset_reset="earliest",
