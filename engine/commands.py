@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from .clock import Clock, SystemClock
 from .config import EngineConfig, ModelConfig
-from .errors import ConfigError, EngineError
+from .errors import ConfigError, EngineError, StateError
 
 if TYPE_CHECKING:
     from .pipeline import Decider
@@ -143,10 +143,15 @@ async def run_worker(cfg: EngineConfig, topology: Topology) -> int:
             await worker.start()
             gc.freeze()  # profiles, models and modules are loaded: no collection scans them
             await worker.run()
+        except StateError as exc:  # a write failed: said once, then the same way out
+            worker.fail(str(exc))
         finally:
             await worker.close()
     finally:
         await runner.cleanup()
+    if worker.failure is not None:  # state that cannot be opened or written: one line, exit 2
+        raise StateError(f"{worker.failure} (the worker left its group; its partitions "
+                         "restore from the changelog wherever they run next)")
     return 0
 
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .stores import MemoryStore, RocksStore, StagedStore
+    from .stores import Checkpoints, MemoryStore, RocksStore, StagedStore
 
-__all__ = ["MemoryStore", "RocksStore", "StagedStore"]
+__all__ = ["Checkpoints", "MemoryStore", "RocksStore", "StagedStore"]
 
 
 def __getattr__(name: str) -> Any:

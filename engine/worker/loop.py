@@ -46,6 +46,7 @@ from prometheus_client import CollectorRegistry
 
 from ..clock import Clock, SystemClock
 from ..config import EngineConfig
+from ..errors import StateError
 from ..kafka_io import (
     TopicSpec,
     ensure_topics,
@@ -65,7 +66,7 @@ from ..metrics import (
 from ..pipeline import Decider, PartitionState, Pipeline, PollResult
 from ..routing import Member
 from ..scoring.chain import ChainStats, FallbackChain
-from ..state import RocksStore, StagedStore
+from ..state import Checkpoints, RocksStore, StagedStore
 from ..topology import TopicNames, Topology
 from .changelog import changelog_records, restore
 from .shared import SharedState
@@ -79,6 +80,7 @@ log = logging.getLogger("streamwise.worker")
 
 _FULL_GC_EVERY_S = 300.0  # a full collection now and then reclaims cycles frozen since
 _MAX_POLLS_IN_FLIGHT = 4  # polls whose writes may be under way while the next one runs
+SESSION_TIMEOUT_MS = 10_000  # the consumer group's; /readyz fails once the broker is silent longer
 
 
 def topic_specs(t: TopicNames, partitions: int) -> list[TopicSpec]:
@@ -137,6 +139,11 @@ class Worker:
         self._last_full_gc = time.monotonic()
         self.decided = 0
         self.url: str | None = None  # where this worker's HTTP API answers; set before start()
+        self.checkpoints = Checkpoints()
+        # Why this worker gave up (its state cannot be opened or written), or None: it leaves
+        # its group and exits; /healthz and /readyz say so meanwhile.
+        self.failure: str | None = None
+        self._broker_seen = time.monotonic()  # last time a broker answered (see _watch_broker)
 
     @property
     def profiles(self) -> Mapping[str, Mapping[str, Any]]:
@@ -172,7 +179,7 @@ class Worker:
             k, group_id=self.topics.group,
             enable_auto_commit=False, auto_offset_reset="earliest",
             fetch_max_wait_ms=k.fetch_max_wait_ms, max_partition_fetch_bytes=4 << 20,
-            session_timeout_ms=10_000, heartbeat_interval_ms=2_000)
+            session_timeout_ms=SESSION_TIMEOUT_MS, heartbeat_interval_ms=2_000)
         self._consumer.subscribe([self.topics.events], listener=_Listener(self))
         await self._consumer.start()
         self._tasks.append(asyncio.create_task(self.shared.tail(self._stopping),
@@ -180,6 +187,8 @@ class Worker:
         if self.models is not None:
             self._tasks.append(asyncio.create_task(self._reload_models(), name="models"))
         self._tasks.append(asyncio.create_task(self._track_lag(), name="lag"))
+        self._tasks.append(asyncio.create_task(self._watch_state(), name="state"))
+        self._tasks.append(asyncio.create_task(self._watch_broker(), name="broker"))
 
     async def run(self) -> None:
         """Process until `stop()`; the batch in flight is finished, then `close()` is due."""
@@ -205,6 +214,9 @@ class Worker:
             task.cancel()
         try:
             await self._drain()  # the last poll's state, outputs and commit
+        except StateError as exc:  # said once already, where it happened
+            log.warning("the last polls' writes failed (%s); their records will be "
+                        "re-delivered", exc)
         except Exception:
             log.exception("the last poll's writes failed; its records will be re-delivered")
         if self._consumer is not None:
@@ -219,6 +231,11 @@ class Worker:
 
     @property
     def ready(self) -> tuple[bool, str]:
+        if self.failure is not None:
+            return False, self.failure
+        silent_s = time.monotonic() - self._broker_seen
+        if silent_s > SESSION_TIMEOUT_MS / 1000:
+            return False, f"no Kafka broker has answered for {silent_s:.0f} s"
         if not self.shared.profiles_loaded:
             return False, "loading profiles"
         if not self.assigned_once:
@@ -343,7 +360,18 @@ class Worker:
         """A poll whose writes failed stops the loop at once (even with no more input), and
         `run` raises the error: nothing is committed past it, its records are re-delivered."""
         if not task.cancelled() and task.exception() is not None:
+            if isinstance(task.exception(), StateError):
+                self.fail(str(task.exception()))
             self._stopping.set()
+
+    def fail(self, reason: str) -> None:
+        """Give up: local state cannot be opened or written. The worker stops, leaves its group
+        (its partitions move to the other workers, which restore them from the changelog) and
+        exits non-zero with `reason`; until then /healthz and /readyz answer 503."""
+        if self.failure is None:
+            self.failure = reason
+            log.error("%s; leaving the group and exiting", reason)
+        self._stopping.set()
 
     async def _drain(self) -> None:
         """Wait for every poll whose writes are under way, then commit; the first failure is
@@ -425,13 +453,48 @@ class Worker:
                 continue
             self._lag = lag
 
+    async def _watch_state(self, every_s: float = 1.0) -> None:
+        """Checkpoint stores that receive no writes (a busy store checkpoints as it writes),
+        and notice a state directory deleted under the worker: a flush there fails, and
+        nothing written from then on would survive a restart, so the worker gives up."""
+        while not self._stopping.is_set():
+            await asyncio.sleep(every_s)
+            try:
+                for staged in list(self.stores.values()):
+                    store = staged.inner
+                    if isinstance(store, RocksStore):
+                        if not store.present():
+                            raise StateError(f"cannot write state at {store.path}: the "
+                                             "directory is gone")
+                        store.checkpoint_if_due()  # schedules a flush; does not wait for it
+            except StateError as exc:
+                self.fail(str(exc))
+
+    async def _watch_broker(self, every_s: float = 1.0) -> None:
+        """One cheap request to the broker a second (the input's first end offset), so
+        /readyz can say when no broker has answered for longer than the session timeout."""
+        tp = TopicPartition(self.topics.events, 0)
+        while not self._stopping.is_set():
+            consumer = self._consumer
+            if consumer is not None:
+                try:
+                    await asyncio.wait_for(consumer.end_offsets([tp]), timeout=5)
+                    self._broker_seen = time.monotonic()
+                except Exception as exc:  # KafkaError, a timeout: the broker is not there
+                    log.debug("broker probe failed: %r", exc)
+            await asyncio.sleep(every_s)
+
     # -- partitions ------------------------------------------------------------------------
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         async with self._lock:
-            for tp in sorted(assigned):
-                if tp.partition not in self.pipelines:
-                    await self._open_partition(tp.partition)
+            try:
+                for tp in sorted(assigned):
+                    if tp.partition not in self.pipelines:
+                        await self._open_partition(tp.partition)
+            except StateError as exc:  # aiokafka would log and swallow it: the worker stalls
+                self.fail(str(exc))
+                return
             self.metrics.assigned_partitions.labels(self.topology.name).set(len(self.pipelines))
             self.assigned_once = True
             log.info("assigned partitions %s", sorted(self.pipelines))
@@ -464,11 +527,18 @@ class Worker:
         self.owners.apply(self.worker_id, value)
 
     async def _open_partition(self, p: int) -> None:
-        store = RocksStore(self.state_dir / f"p{p:04d}")
+        store = RocksStore(self.state_dir / f"p{p:04d}", self.checkpoints)
         name = self.topology.name
-        restored = await restore(self.cfg.kafka, self.topics.changelog, p, store,
-                                 self.metrics.restored_records.labels(name),
-                                 self.metrics.restoring_partitions.labels(name))
+        try:
+            restored = await restore(self.cfg.kafka, self.topics.changelog, p, store,
+                                     self.metrics.restored_records.labels(name),
+                                     self.metrics.restoring_partitions.labels(name))
+        except BaseException:
+            try:
+                store.close()
+            except StateError as exc:
+                log.warning("partition %d: %s", p, exc)
+            raise
         self.stores[p] = staged = StagedStore(store)
         self.pipeline.open(p, staged)
         log.info("partition %d ready (%d changelog records restored)", p, restored)
@@ -479,7 +549,10 @@ class Worker:
         store = self.stores.pop(p, None)
         if store is not None:
             with self.state_lock:
-                store.close()
+                try:
+                    store.close()
+                except StateError as exc:  # its changes are in the changelog: nothing lost
+                    log.warning("partition %d: %s", p, exc)
 
     # -- models ----------------------------------------------------------------------------
 
