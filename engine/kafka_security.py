@@ -27,6 +27,7 @@ from aiokafka.errors import (
     SaslAuthenticationFailed,
     UnsupportedSaslMechanismError,
 )
+from aiokafka.protocol.metadata import MetadataRequest
 
 from .config import KafkaSecurity
 from .errors import ConfigError
@@ -144,16 +145,30 @@ async def diagnose(bootstrap: str, security: KafkaSecurity, timeout_s: float = 1
         except (OSError, KafkaError, TimeoutError) as exc:
             first = first or (host, port, exc)
             continue
-        conn.close()
+        try:  # one request: a broker may refuse a connection only once it is used
+            answer = await asyncio.wait_for(conn.send(MetadataRequest([])), timeout_s)
+            if not getattr(answer, "brokers", None):
+                raise _Unusable("its metadata answer names no broker")
+        except (OSError, KafkaError, TimeoutError, _Unusable) as exc:
+            first = first or (host, port, _Unusable(str(exc) or type(exc).__name__))
+            continue
+        finally:
+            conn.close()
         return
     assert first is not None
     host, port, exc = first
     raise ConfigError(await _explain(bootstrap, host, port, exc, security)) from None
 
 
+class _Unusable(Exception):
+    """The connection came up (handshake, authentication) but its first request failed."""
+
+
 async def _explain(bootstrap: str, host: str, port: int, exc: BaseException,
                    security: KafkaSecurity) -> str:
     where = f"{host}:{port}"
+    if isinstance(exc, KafkaConnectionError) and isinstance(exc.__cause__, ssl.SSLError):
+        exc = exc.__cause__  # the broker's TLS alert, after the handshake (TLS 1.3)
     if isinstance(exc, ssl.SSLCertVerificationError):
         hint = ("pass the CA that signed it with --ssl-cafile" if security.ssl_cafile is None
                 else f"--ssl-cafile {security.ssl_cafile} did not sign it")
@@ -168,9 +183,10 @@ async def _explain(bootstrap: str, host: str, port: int, exc: BaseException,
                     f"use --security-protocol {'SASL_PLAINTEXT' if security.uses_sasl else 'PLAINTEXT'}")
         if "certificate required" in reason or "bad certificate" in reason \
                 or "unknown ca" in reason:
-            return (f"TLS handshake with {where} failed: the broker refused the client "
-                    f"certificate ({reason}); mutual TLS needs --ssl-certfile and --ssl-keyfile "
-                    "signed by a CA the broker trusts")
+            given = "no client certificate was given" if security.ssl_certfile is None else \
+                f"it refused --ssl-certfile {security.ssl_certfile}"
+            return (f"TLS: broker {where} requires mutual TLS and {given} ({reason}); pass "
+                    "--ssl-certfile and --ssl-keyfile signed by a CA the broker trusts")
         return f"TLS handshake with {where} failed: {reason}"
     if isinstance(exc, SaslAuthenticationFailed | UnsupportedSaslMechanismError) or (
             isinstance(exc, KafkaError) and "authentic" in str(exc).lower()):
@@ -179,6 +195,12 @@ async def _explain(bootstrap: str, host: str, port: int, exc: BaseException,
         detail = str(exc).strip() or type(exc).__name__
         return (f"authentication failed at broker {where} {who}with {security.sasl_mechanism}: "
                 f"{detail}")
+    if isinstance(exc, _Unusable):
+        if security.uses_sasl:
+            return (f"authentication failed at broker {where} with {security.sasl_mechanism}: "
+                    f"the connection was not served after it ({exc}); was the token or the "
+                    "password rejected?")
+        return f"broker {where} dropped the connection at the first request ({exc})"
     refused = isinstance(exc, ConnectionRefusedError) or (
         isinstance(exc, OSError) and exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH,
                                                    errno.ENETUNREACH))
@@ -187,8 +209,12 @@ async def _explain(bootstrap: str, host: str, port: int, exc: BaseException,
     if isinstance(exc, OSError) and not isinstance(exc, ConnectionError):
         return f"no Kafka broker answers at {bootstrap} ({exc.strerror or exc})"
     if not security.uses_ssl and await _speaks_tls(host, port):
-        return (f"the listener at {where} expects TLS: use --security-protocol "
-                f"{'SASL_SSL' if security.uses_sasl else 'SSL'} (and --ssl-cafile)")
+        return (f"the listener at {where} expects TLS: use --security-protocol SSL or "
+                "SASL_SSL (with --ssl-cafile)")
+    if security.uses_ssl and isinstance(exc, ConnectionError) \
+            and not await _speaks_tls(host, port):
+        return (f"TLS handshake with {where} failed: the listener does not speak TLS; use "
+                f"--security-protocol {'SASL_PLAINTEXT' if security.uses_sasl else 'PLAINTEXT'}")
     if isinstance(exc, TimeoutError):
         return f"no Kafka broker answers at {bootstrap} (no answer from {where})"
     if isinstance(exc, KafkaConnectionError | ConnectionError):

@@ -10,9 +10,16 @@ Where the broker comes from (first match wins):
 
 If no broker can be had the fixture raises: integration tests then *error*, they never skip.
 
+The local broker also has its secured listeners (scripts/kafka-local.sh with KAFKA_SECURE=1):
+an SSL listener requiring a client certificate and a SASL_SSL listener with SCRAM users. With
+an external or Docker broker, `kafka_secure` starts one local secured broker of its own.
+
 Fixtures:
     kafka_broker   (session) -> KafkaBroker: bootstrap, version, source; kill/stop/start/restart
                                 for the local broker (crash and restart tests)
+    kafka_secure   (session) -> SecureListeners: SSL and SASL_SSL bootstraps, CA, client
+                                certificate and key, SCRAM user and password file
+                                (KAFKA_SECURE_LOCAL_DIR: of a secured local broker already up)
     kafka_bootstrap (session) -> str "host:port"
     admin          (session) -> KafkaAdmin: create_topics / delete_topics (async, and *_sync)
     unique_prefix  (function) -> str like "t1a2b3c4d." for topic / group names
@@ -52,12 +59,36 @@ _broker_summary: list[str] = []  # printed once in the terminal summary
 # --------------------------------------------------------------------------- broker handle
 
 
+@dataclass(frozen=True)
+class SecureListeners:
+    """The local broker's secured listeners and what a client needs for them (client.env)."""
+
+    plaintext: str  # the same broker's plaintext bootstrap (to check results without TLS)
+    ssl: str  # SSL listener, client certificate required (mutual TLS)
+    sasl_ssl: str  # SASL_SSL listener: SCRAM-SHA-512/256, PLAIN, OAUTHBEARER (unsecured JWT)
+    ca_file: Path
+    client_cert: Path
+    client_key: Path
+    username: str
+    password_file: Path
+
+    @classmethod
+    def read(cls, plaintext: str, base: Path) -> SecureListeners:
+        env = dict(line.split("=", 1) for line in
+                   (base / "secure" / "client.env").read_text().splitlines() if "=" in line)
+        return cls(plaintext, env["KAFKA_SSL_BOOTSTRAP"], env["KAFKA_SASL_SSL_BOOTSTRAP"],
+                   Path(env["KAFKA_CA_FILE"]), Path(env["KAFKA_CLIENT_CERT_FILE"]),
+                   Path(env["KAFKA_CLIENT_KEY_FILE"]), env["KAFKA_SASL_USERNAME"],
+                   Path(env["KAFKA_SASL_PASSWORD_FILE"]))
+
+
 @dataclass
 class KafkaBroker:
     bootstrap: str
     version: str
     source: str  # "external" | "testcontainers" | "local"
     local_env: dict[str, str] | None = field(default=None, repr=False)
+    secure: SecureListeners | None = None
 
     @property
     def controllable(self) -> bool:
@@ -87,7 +118,10 @@ class KafkaBroker:
         return _run_kafka_local(command, self.local_env)
 
     def describe(self) -> str:
-        return f"kafka broker: Apache Kafka {self.version} at {self.bootstrap} ({self.source})"
+        secured = (f"; SSL {self.secure.ssl}, SASL_SSL {self.secure.sasl_ssl}"
+                   if self.secure is not None else "")
+        return (f"kafka broker: Apache Kafka {self.version} at {self.bootstrap} "
+                f"({self.source}{secured})")
 
 
 def _run_kafka_local(command: str, env: dict[str, str], timeout: float = 1200) -> str:
@@ -129,11 +163,14 @@ def _docker_answers() -> bool:
 def _start_local(tmp_root: Path) -> KafkaBroker:
     last_error: Exception | None = None
     for _attempt in range(2):  # a free port can be taken between the probe and the bind
-        port, cport = free_ports(2)
+        port, cport, ssl_port, sasl_port = free_ports(4)
         env = {
             **os.environ,
             "KAFKA_PORT": str(port),
             "KAFKA_CONTROLLER_PORT": str(cport),
+            "KAFKA_SECURE": "1",
+            "KAFKA_SSL_PORT": str(ssl_port),
+            "KAFKA_SASL_SSL_PORT": str(sasl_port),
             "KAFKA_LOCAL_DIR": tempfile.mkdtemp(prefix="kafka-", dir=tmp_root),
             "KAFKA_VERSION": KAFKA_VERSION,
             "KAFKA_OWNER_PID": str(os.getpid()),  # the broker goes when this session goes
@@ -147,11 +184,13 @@ def _start_local(tmp_root: Path) -> KafkaBroker:
             raise
         lines = out.strip().splitlines()
         match = re.search(r"Apache Kafka (\S+)", out)
+        bootstrap = lines[-1].strip()
         return KafkaBroker(
-            bootstrap=lines[-1].strip(),
+            bootstrap=bootstrap,
             version=match.group(1) if match else "unknown",
             source="local, scripts/kafka-local.sh",
             local_env=env,
+            secure=SecureListeners.read(bootstrap, Path(env["KAFKA_LOCAL_DIR"])),
         )
     raise RuntimeError(f"could not start the local Kafka broker: {last_error}")
 
@@ -255,6 +294,27 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory):
 def kafka_bootstrap(kafka_broker: KafkaBroker) -> str:
     """Bootstrap address "host:port" of the session's broker."""
     return kafka_broker.bootstrap
+
+
+@pytest.fixture(scope="session")
+def kafka_secure(kafka_broker: KafkaBroker, tmp_path_factory: pytest.TempPathFactory):
+    """The secured listeners: the session's local broker's, or (external or Docker broker) a
+    local secured broker of this fixture's own, stopped at the end."""
+    if kafka_broker.secure is not None:
+        yield kafka_broker.secure
+        return
+    running = os.environ.get("KAFKA_SECURE_LOCAL_DIR", "").strip()  # a secured local broker
+    if running:                                                     # that is already up
+        base = Path(running)
+        yield SecureListeners.read((base / "kafka.bootstrap").read_text().strip(), base)
+        return
+    broker = _start_local(tmp_path_factory.mktemp("kafka-secure"))
+    try:
+        _wait_serving(broker.bootstrap)
+        _broker_summary.append(f"secured listeners: {broker.describe()}")
+        yield broker.secure
+    finally:
+        broker.stop()
 
 
 @pytest.fixture
