@@ -100,7 +100,6 @@ async def run_worker(cfg: EngineConfig, topology: Topology) -> int:
     from .kafka_io import MissingTopicError, connect_check, missing_topics
     from .logs import release_held_logs
     from .online import OnlineScorer
-    from .scoring.chain import FallbackChain
     from .worker import Worker
 
     clock = SystemClock()
@@ -109,7 +108,7 @@ async def run_worker(cfg: EngineConfig, topology: Topology) -> int:
     sys.setswitchinterval(0.001)
     decider, registry = build_decider(topology, cfg.models, clock)
     worker = Worker(cfg, topology, decider, clock=clock, models=registry)
-    online_decider = decider.twin() if isinstance(decider, FallbackChain) else decider
+    online_decider = decider.twin()  # own breakers and counts: never shared with the stream
     online = OnlineScorer(worker, online_decider)
     token = cfg.api.token.get_secret_value() if cfg.api.token else None
     runner = web.AppRunner(build_app(worker, online, token), access_log=None)

@@ -27,7 +27,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from .scoring.chain import ChainStats
+    from .policy import DeciderStats as ChainStats
 
 __all__ = ["STAGE_BUCKETS_S", "EngineMetrics", "WorkerSnapshot", "WorkerStateCollector",
            "count_decisions", "register_runtime_collectors"]

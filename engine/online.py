@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 from .kafka_io import partition_for
 from .pipeline import Decider, Preview, preview
 from .scoring.batching import MicroBatcher
-from .scoring.chain import ChainStats, FallbackChain
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -87,7 +86,6 @@ class OnlineScorer:
                                    self._decider, self._worker.clock.now_ms())
             for i, prev in zip(idx, previews, strict=True):
                 out[i] = prev
-        if isinstance(self._decider, FallbackChain):
-            stats, self._decider.stats = self._decider.stats, ChainStats()
-            self._worker.metrics.observe_online_chain(self._worker.topology.name, stats)
+        self._worker.metrics.observe_online_chain(self._worker.topology.name,
+                                                  self._decider.drain_stats())
         return out

@@ -56,9 +56,10 @@ class Watermark:
 def too_far_ahead(ts_ms: int, reference_ms: int | None, max_future_ms: int | None
                   ) -> str | None:
     """Why an event at `ts_ms` is too far in the future of `reference_ms` (its record's Kafka
-    timestamp, or the time an online request arrived), or None. A reference of None or below 0
-    (a record without a timestamp, a file) or no limit checks nothing."""
-    if max_future_ms is None or reference_ms is None or reference_ms < 0:
+    timestamp, or the time an online request arrived), or None. A reference of None, 0 or below
+    (a record without a timestamp: Kafka's -1, a file line, a test's 0) or no limit checks
+    nothing."""
+    if max_future_ms is None or reference_ms is None or reference_ms <= 0:
         return None
     ahead = ts_ms - reference_ms
     if ahead <= max_future_ms:

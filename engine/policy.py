@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
 import numpy as np
 
 from .features import FeatureVector
 
-__all__ = ["Outcome", "Rules", "RulesOnly", "ScoringRows", "Thresholds", "Verdict", "abstain"]
+__all__ = ["DeciderHealth", "DeciderStats", "Outcome", "Rules", "RulesOnly", "ScoringRows",
+           "Thresholds", "Verdict", "abstain"]
 
 Outcome = Literal["approve", "review", "decline"]
 
@@ -98,6 +100,27 @@ class ScoringRows:
                    vectors.__getitem__, last_decision)
 
 
+@dataclass
+class DeciderStats:
+    """What a decider counted since its last `drain_stats`, for the metrics adapter."""
+
+    fallbacks: Counter = field(default_factory=Counter)  # reason
+    rows_scored: Counter = field(default_factory=Counter)  # model ref
+    primary_skipped: int = 0  # cheap-first saving
+    inference_s: list[tuple[str, float]] = field(default_factory=list)  # (model ref, seconds)
+    # (model name, seconds the call was given to finish) for every model call started
+    call_timeouts_s: list[tuple[str, float]] = field(default_factory=list)
+
+
+class DeciderHealth(NamedTuple):
+    """A decider's models now: which are usable, and each one's circuit breaker state
+    (``closed``, ``half_open``, ``open``; its value 0, 1, 2 for metrics)."""
+
+    usable: tuple[str, ...]
+    breakers: Mapping[str, tuple[str, int]]
+    has_models: bool  # False for rules alone (nothing can be unusable)
+
+
 def abstain(why: tuple[str, ...]) -> Verdict:
     """No path could decide: send the event to human review."""
     return Verdict(None, "review", "none", "abstain", why)
@@ -109,6 +132,15 @@ class RulesOnly:
     def __init__(self, rules: Rules, feature_set: str) -> None:
         self._rules = rules
         self.feature_set = feature_set
+
+    def twin(self) -> RulesOnly:
+        return self
+
+    def drain_stats(self) -> DeciderStats:
+        return DeciderStats()
+
+    def health(self) -> DeciderHealth:
+        return DeciderHealth((), {}, has_models=False)
 
     def decide(self, rows: ScoringRows) -> list[Verdict]:
         decide = self._rules.decide

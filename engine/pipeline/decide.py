@@ -10,7 +10,7 @@ import numpy as np
 import orjson
 
 from ..kernel import encode_decisions
-from ..policy import ScoringRows, Verdict, abstain
+from ..policy import DeciderHealth, DeciderStats, ScoringRows, Verdict, abstain
 from ..schemas import decision_id
 from ..state import layout
 from ..topology import Topology
@@ -24,11 +24,19 @@ __all__ = ["Decider", "abstain_decision", "decision_doc", "encode_rows", "scorin
 
 class Decider(Protocol):
     """Scores a batch: one call per poll. `feature_set` is the versioned feature-set name
-    that goes into every decision id; row keys are opaque (one entity of one partition)."""
+    that goes into every decision id; row keys are opaque (one entity of one partition).
+    A decider reports for itself: its counts since the last drain, its models' health, and a
+    twin with its own breakers and counts (the online path's)."""
 
     feature_set: str
 
     def decide(self, rows: ScoringRows) -> list[Verdict]: ...
+
+    def drain_stats(self) -> DeciderStats: ...
+
+    def health(self) -> DeciderHealth: ...
+
+    def twin(self) -> Decider: ...
 
 
 def decision_doc(row: Row, v: Verdict, features: dict[str, Any], feature_set: str,

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import time
-from collections import Counter
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 import orjson
 
 from ..clock import Clock
-from ..policy import Rules, ScoringRows, Thresholds, Verdict, abstain
+from ..policy import DeciderHealth, DeciderStats, Rules, ScoringRows, Thresholds, Verdict, abstain
 from .breaker import BreakerSettings, BreakerState, CircuitBreaker
 
 __all__ = ["CheapFirst", "FallbackChain", "Model", "ScoringSettings"]
@@ -64,16 +63,7 @@ class _Guard:
     calls: int = 0
 
 
-@dataclass
-class ChainStats:
-    """Counts since the last `drain`, for the metrics adapter."""
-
-    fallbacks: Counter = field(default_factory=Counter)  # reason
-    rows_scored: Counter = field(default_factory=Counter)  # model ref
-    primary_skipped: int = 0  # cheap-first saving
-    inference_s: list[tuple[str, float]] = field(default_factory=list)  # (model ref, seconds)
-    # (model name, seconds the call was given to finish) for every model call started
-    call_timeouts_s: list[tuple[str, float]] = field(default_factory=list)
+ChainStats = DeciderStats  # the chain's counts are the Decider port's
 
 
 class FallbackChain:
@@ -108,6 +98,18 @@ class FallbackChain:
 
     def breaker_state(self, name: str) -> BreakerState:
         return self._guards[name].breaker.state
+
+    def drain_stats(self) -> DeciderStats:
+        """The counts since the last call; counting starts afresh."""
+        stats, self.stats = self.stats, DeciderStats()
+        return stats
+
+    def health(self) -> DeciderHealth:
+        breakers = {}
+        for name in self._guards:
+            state = self.breaker_state(name)
+            breakers[name] = (state.name.lower(), state.value)
+        return DeciderHealth(tuple(self.usable()), breakers, has_models=True)
 
     def usable(self) -> list[str]:
         return [n for n in self._guards if self._models(n) is not None]

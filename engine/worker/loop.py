@@ -65,7 +65,6 @@ from ..metrics import (
 )
 from ..pipeline import Decider, PartitionState, Pipeline, PollResult
 from ..routing import Member
-from ..scoring.chain import ChainStats, FallbackChain
 from ..state import Checkpoints, RocksStore, StagedStore
 from ..topology import TopicNames, Topology
 from .changelog import changelog_records, restore
@@ -240,8 +239,8 @@ class Worker:
             return False, "loading profiles"
         if not self.assigned_once:
             return False, "waiting for partition assignment"
-        if self.models is not None and isinstance(self.decider, FallbackChain) \
-                and not self.decider.usable():
+        health = self.decider.health()
+        if self.models is not None and health.has_models and not health.usable:
             errors = {n: s.last_error for n, s in self.models.slots.items()}
             return False, f"no usable model: {errors or 'registry empty'}"
         return True, "ready"
@@ -411,17 +410,14 @@ class Worker:
         for p in self._watermarked - self.pipelines.keys():  # revoked: another worker reports
             m.watermark_seconds.remove(name, str(p))
             self._watermarked.discard(p)
-        chain = self.decider
-        if isinstance(chain, FallbackChain):
-            stats, chain.stats = chain.stats, ChainStats()
-            m.observe_chain(name, stats)
-            for model in chain.breaker_names():
-                m.breaker_state.labels(name, model).set(chain.breaker_state(model).value)
+        m.observe_chain(name, self.decider.drain_stats())
+        for model, (_, value) in self.decider.health().breakers.items():
+            m.breaker_state.labels(name, model).set(value)
 
     def _snapshot(self) -> WorkerSnapshot:
         """What a Prometheus scrape reads now (see metrics.WorkerStateCollector)."""
-        chain = self.decider
-        usable = len(chain.usable()) if isinstance(chain, FallbackChain) else None
+        health = self.decider.health()
+        usable = len(health.usable) if health.has_models else None
         active = {} if self.models is None else {
             # list(): one C call, so a reload thread adding a slot cannot break the iteration
             n: s.active.ref.partition(":")[2] for n, s in list(self.models.slots.items())
@@ -581,10 +577,8 @@ class Worker:
                                            partition=partition_for(key, self.partitions))
 
     def breaker_state(self, model: str) -> str | None:
-        chain = self.decider
-        if isinstance(chain, FallbackChain) and model in chain.breaker_names():
-            return chain.breaker_state(model).name.lower()
-        return None
+        state = self.decider.health().breakers.get(model)
+        return None if state is None else state[0]
 
     def owns(self, partition: int) -> bool:
         return partition in self.stores
