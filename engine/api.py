@@ -11,6 +11,14 @@ Security: `/v1/*` needs the bearer token when one is set (compared in constant t
 logged); `?update=true` on `/v1/score` (it writes to the input topic) is refused when no token
 is configured. Limits: URL length, key length and character set, table names, body size, and
 in-flight requests (429 past them, at once). Errors are JSON with a request id, no traces.
+
+Slow clients: a connection that has not sent a whole request head within `IDLE_TIMEOUT_S`
+(after connecting, or after its previous answer: an idle keep-alive) is closed, and a body not
+received within `BODY_TIMEOUT_S` is answered 408, so no client holds an in-flight slot for
+longer. A client that goes away mid-request is counted with status 499 and logged at debug
+level: it is not a server error. Requests aiohttp's HTTP parser refuses (a header over
+8,190 bytes, a non-ASCII path, not HTTP at all) get the same JSON error, without echoing the
+input, when the app runs under `ApiRunner`; no response names the server's software.
 """
 
 from __future__ import annotations
@@ -26,7 +34,8 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 import orjson
-from aiohttp import web
+from aiohttp import web, web_protocol, web_server
+from aiohttp.http_exceptions import BadHttpMethod, InvalidURLError, LineTooLong
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .kafka_io import partition_for
@@ -38,8 +47,8 @@ from .schemas import EventDecoder, Rejection
 if TYPE_CHECKING:
     from .worker import Worker
 
-__all__ = ["MAX_BODY_BYTES", "MAX_FEATURE_KEYS", "MAX_IN_FLIGHT", "MAX_REQUEST_LINE_BYTES",
-           "MAX_URL_CHARS", "build_app"]
+__all__ = ["BODY_TIMEOUT_S", "IDLE_TIMEOUT_S", "MAX_BODY_BYTES", "MAX_FEATURE_KEYS",
+           "MAX_IN_FLIGHT", "MAX_REQUEST_LINE_BYTES", "MAX_URL_CHARS", "ApiRunner", "build_app"]
 
 log = logging.getLogger("streamwise.api")
 
@@ -51,9 +60,14 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_IN_FLIGHT = 512  # requests being served at once; past it: 429
 MAX_FEATURE_KEYS = 500  # keys in one POST /v1/features
 FORWARD_TIMEOUT_S = 2.0
+IDLE_TIMEOUT_S = 10.0  # a request head must arrive within this (also: idle keep-alives)
+BODY_TIMEOUT_S = 10.0  # a request body must arrive within this: 408 otherwise
+SERVER_HEADER = "streamwise"  # no software versions in responses
 FORWARDED_HEADER = "X-Streamwise-Forwarded-By"
-_KEY_RE = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
-_TABLE_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+CLIENT_CLOSED = 499  # the status counted for a request whose client went away (nginx's)
+_KEY_RE = re.compile(r"[A-Za-z0-9._:@-]{1,128}")  # fullmatch: "$" would let "k\n" through
+_TABLE_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:@-]{1,64}")
 _OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
 _OPENAPI = resources.files("engine").joinpath("openapi.json")
 _REQUEST_ID = web.RequestKey("request_id", str)
@@ -64,6 +78,22 @@ def _json(data: object, status: int = 200, headers: dict[str, str] | None = None
           ) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, headers=headers,
                         content_type="application/json")
+
+
+def _error(status: int, message: str, request_id: str,
+           headers: dict[str, str] | None = None) -> web.Response:
+    return _json({"error": message, "status": status, "request_id": request_id}, status,
+                 headers)
+
+
+async def read_body(request: web.Request, timeout_s: float) -> bytes:
+    """The request body, received within `timeout_s` (408 otherwise: a slow or stalled
+    client must not hold an in-flight slot)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await request.read()
+    except TimeoutError:
+        raise ApiError(408, f"request body not received within {timeout_s:g} s") from None
 
 
 class ApiError(Exception):
@@ -77,8 +107,10 @@ class ApiError(Exception):
 
 
 def build_app(worker: Worker, online: OnlineScorer | None = None,
-              token: str | None = None) -> web.Application:
-    """The worker's HTTP API. `online` scores `POST /v1/score` (404 without it)."""
+              token: str | None = None, *, body_timeout_s: float = BODY_TIMEOUT_S,
+              idle_timeout_s: float = IDLE_TIMEOUT_S) -> web.Application:
+    """The worker's HTTP API. `online` scores `POST /v1/score` (404 without it). A request
+    body must arrive within `body_timeout_s`, a request head within `idle_timeout_s`."""
     topo = worker.topology
     metrics = worker.metrics
     in_flight = 0
@@ -89,7 +121,9 @@ def build_app(worker: Worker, online: OnlineScorer | None = None,
     @web.middleware
     async def guard(request: web.Request, handler):
         nonlocal in_flight
-        request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex[:16]
+        request_id = request.headers.get("X-Request-Id", "")
+        if not _REQUEST_ID_RE.fullmatch(request_id):  # echoed in a header and in JSON
+            request_id = uuid.uuid4().hex[:16]
         request[_REQUEST_ID] = request_id
         t0 = time.perf_counter()
         route = request.match_info.route.resource
@@ -98,7 +132,10 @@ def build_app(worker: Worker, online: OnlineScorer | None = None,
             if len(str(request.rel_url)) > MAX_URL_CHARS:
                 raise ApiError(414, f"URL longer than {MAX_URL_CHARS} characters")
             if request.path.startswith("/v1/") and expected is not None:
-                given = request.headers.get("Authorization", "").encode()
+                # aiohttp decodes header bytes with surrogateescape: re-encode the same way,
+                # so invalid UTF-8 is just a wrong token (401), not an encoding error
+                given = request.headers.get("Authorization", "").encode("utf-8",
+                                                                        "surrogateescape")
                 if not hmac.compare_digest(given, expected):
                     raise ApiError(401, "missing or wrong bearer token",
                                    {"WWW-Authenticate": 'Bearer realm="streamwise"'})
@@ -110,17 +147,19 @@ def build_app(worker: Worker, online: OnlineScorer | None = None,
             finally:
                 in_flight -= 1
         except ApiError as exc:
-            response = _json({"error": exc.message, "status": exc.status,
-                              "request_id": request_id}, exc.status, exc.headers)
+            response = _error(exc.status, exc.message, request_id, exc.headers)
         except web.HTTPException as exc:  # aiohttp's own: 404/405 routing, 413 body size
             allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-            response = _json({"error": exc.reason, "status": exc.status,
-                              "request_id": request_id}, exc.status, allow)
+            response = _error(exc.status, exc.reason, request_id, allow)
+        except ConnectionError:  # the client went away (mid-body, say): not our failure
+            log.debug("request %s: the client closed the connection", request_id)
+            response = _error(CLIENT_CLOSED, "client closed the connection", request_id)
         except Exception:
             log.exception("request %s failed", request_id)  # the trace stays in the log
             response = _json({"error": "internal error", "status": 500,
                               "request_id": request_id}, 500)
         response.headers["X-Request-Id"] = request_id
+        response.headers["Server"] = SERVER_HEADER
         metrics.http_requests.labels(topo.name, route_name, str(response.status)).inc()
         metrics.http_seconds.labels(topo.name, route_name).observe(time.perf_counter() - t0)
         return response
@@ -129,7 +168,7 @@ def build_app(worker: Worker, online: OnlineScorer | None = None,
 
     def locate(request: web.Request) -> tuple[str, bytes, int]:
         key = request.match_info["key"]
-        if not _KEY_RE.match(key):
+        if not _KEY_RE.fullmatch(key):
             raise ApiError(400, "invalid key: 1-128 characters of A-Z a-z 0-9 . _ : @ -")
         kb = key.encode()
         return key, kb, partition_for(kb, worker.partitions)
@@ -164,6 +203,8 @@ def build_app(worker: Worker, online: OnlineScorer | None = None,
     # -- handlers --------------------------------------------------------------------------
 
     async def healthz(request: web.Request) -> web.Response:
+        if worker.failure is not None:  # state cannot be written: the worker is leaving
+            return _json({"status": "failed", "reason": worker.failure}, 503)
         return _json({"status": "ok"})
 
     async def readyz(request: web.Request) -> web.Response:
@@ -180,7 +221,7 @@ def build_app(worker: Worker, online: OnlineScorer | None = None,
 
     async def table(request: web.Request) -> web.Response:
         name = request.match_info["table"]
-        if not _TABLE_RE.match(name):
+        if not _TABLE_RE.fullmatch(name):
             raise ApiError(400, "invalid table name: [a-z][a-z0-9_]{0,63}")
         try:
             topo.table(name)
@@ -248,7 +289,7 @@ def build_app(worker: Worker, online: OnlineScorer | None = None,
         if request.content_type != "application/json":
             raise ApiError(415, "send {keys, features} as application/json")
         try:
-            body = orjson.loads(await request.read())
+            body = orjson.loads(await read_body(request, body_timeout_s))
         except orjson.JSONDecodeError:
             raise ApiError(400, "body is not JSON") from None
         if not isinstance(body, dict) or not isinstance(body.get("keys"), list):
@@ -256,7 +297,7 @@ def build_app(worker: Worker, online: OnlineScorer | None = None,
         keys = body["keys"]
         if not 1 <= len(keys) <= MAX_FEATURE_KEYS:
             raise ApiError(400, f"keys: 1 to {MAX_FEATURE_KEYS} keys per request")
-        bad = [k for k in keys if not isinstance(k, str) or not _KEY_RE.match(k)]
+        bad = [k for k in keys if not isinstance(k, str) or not _KEY_RE.fullmatch(k)]
         if bad:
             raise ApiError(400, f"invalid key {str(bad[0])[:40]!r}: 1-128 characters of "
                                 "A-Z a-z 0-9 . _ : @ -")
@@ -347,7 +388,7 @@ def build_app(worker: Worker, online: OnlineScorer | None = None,
             raise ApiError(404, "online scoring is not enabled on this worker")
         if request.content_type != "application/json":
             raise ApiError(415, "send the event as application/json")
-        body = await request.read()
+        body = await read_body(request, body_timeout_s)
         event = decoder.decode(body)  # the topology's contract, as the stream applies it
         if type(event) is Rejection:
             if event.reason in ("invalid_json", "not_utf8", "empty"):
@@ -407,7 +448,9 @@ def build_app(worker: Worker, online: OnlineScorer | None = None,
             await online.close()
 
     app = web.Application(middlewares=[guard], client_max_size=MAX_BODY_BYTES,
-                          handler_args={"max_line_size": MAX_REQUEST_LINE_BYTES})
+                          handler_args={"max_line_size": MAX_REQUEST_LINE_BYTES,
+                                        "keepalive_timeout": idle_timeout_s,
+                                        "lingering_time": 1.0})
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)
     app.router.add_get("/healthz", healthz)
@@ -421,6 +464,49 @@ def build_app(worker: Worker, online: OnlineScorer | None = None,
     app.router.add_post("/v1/score", score)
     app.router.add_get("/v1/models", models)
     return app
+
+
+class _ApiRequestHandler(web_protocol.RequestHandler):
+    """aiohttp's connection handler, answering what never reaches the app (requests its HTTP
+    parser refuses) with the API's JSON error instead of text that echoes the input, and
+    without a traceback in the log for a client's mistake."""
+
+    def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if request.writer.output_size > 0:  # aiohttp's contract: too late for an answer
+            raise ConnectionError("response already started; cannot send an error")
+        if status >= 500:
+            log.error("request failed outside the API", exc_info=exc)
+            text = "internal error"
+        else:
+            log.debug("refused a request the HTTP parser could not read: %r", exc)
+            text = _PARSER_ERRORS.get(type(exc), "malformed HTTP request")
+        response = _error(status, text, uuid.uuid4().hex[:16], {"Server": SERVER_HEADER})
+        response.force_close()
+        return response
+
+
+_PARSER_ERRORS = {
+    LineTooLong: f"request line or header field too long (request line: at most "
+                 f"{MAX_REQUEST_LINE_BYTES} bytes, header field: 8190)",
+    InvalidURLError: "invalid URL (only ASCII; percent-encode anything else)",
+    BadHttpMethod: "not an HTTP request",
+}
+
+
+class _ApiServer(web_server.Server):
+    def __call__(self) -> web_protocol.RequestHandler:
+        return _ApiRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class ApiRunner(web.AppRunner):
+    """`web.AppRunner` whose connections answer requests the HTTP parser refuses with the
+    API's JSON error (see `_ApiRequestHandler`)."""
+
+    async def _make_server(self) -> web_server.Server:
+        server = await super()._make_server()
+        server.__class__ = _ApiServer  # the app's own server; only its connections differ
+        return server
 
 
 def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:

@@ -96,7 +96,7 @@ async def run_worker(cfg: EngineConfig, topology: Topology) -> int:
     and the input topic, then run until SIGTERM / SIGINT."""
     from aiohttp import web
 
-    from .api import build_app
+    from .api import ApiRunner, build_app
     from .kafka_io import MissingTopicError, connect_check, missing_topics
     from .logs import release_held_logs
     from .online import OnlineScorer
@@ -111,7 +111,7 @@ async def run_worker(cfg: EngineConfig, topology: Topology) -> int:
     online_decider = decider.twin()  # own breakers and counts: never shared with the stream
     online = OnlineScorer(worker, online_decider)
     token = cfg.api.token.get_secret_value() if cfg.api.token else None
-    runner = web.AppRunner(build_app(worker, online, token), access_log=None)
+    runner = ApiRunner(build_app(worker, online, token), access_log=None)
     await runner.setup()
     try:
         site = web.TCPSite(runner, cfg.api.host, cfg.api.port)

@@ -305,7 +305,7 @@ doc = {
     "paths": {
         "/healthz": {
             "get": {
-                "summary": "The event loop answers",
+                "summary": "The event loop answers (503: the worker gave up, its state cannot be written, and is exiting)",
                 "security": [],
                 "operationId": "healthz",
                 "responses": {
@@ -316,7 +316,15 @@ doc = {
                             "required": ["status"],
                             "properties": {"status": {"type": "string"}},
                         },
-                    )
+                    ),
+                    "503": resp(
+                        "failed, with the reason",
+                        {
+                            "type": "object",
+                            "required": ["status", "reason"],
+                            "properties": {"status": {"type": "string"}, "reason": {"type": "string"}},
+                        },
+                    ),
                 },
             }
         },
@@ -400,6 +408,7 @@ doc = {
                 "responses": {
                     "200": resp("one result per key, each with its own status",
                                 ref("FeaturesMany")),
+                    "408": err,
                     "413": err,
                     "415": err,
                     **common,
@@ -446,6 +455,7 @@ doc = {
                     "200": resp("the decision", ref("ScoredDecision")),
                     "403": err,
                     "404": err,
+                    "408": err,
                     "413": err,
                     "415": err,
                     "422": err,

@@ -48,6 +48,7 @@ class BrokenWorker:
     models = None
     owners = OwnerMap()
     ready = (True, "ready")
+    failure = None  # the worker has not given up (its state is writable)
     state_lock = threading.Lock()
     clock = ManualClock(1_800_000_000_000)
 
