@@ -15,9 +15,9 @@ import signal
 import time
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 
-from engine.kafka_io import send_records
+from engine.kafka_io import new_consumer, new_producer, send_records
 
 __all__ = ["run"]
 
@@ -30,12 +30,12 @@ async def run(bootstrap: str, source: str, sink: str, group: str, fetch_max_wait
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     # Producer and consumer settings as the worker's, so only the work in between differs.
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
-                                max_batch_size=1 << 20, max_request_size=4 << 20, linger_ms=0)
-    consumer = AIOKafkaConsumer(source, bootstrap_servers=bootstrap, group_id=group,
-                                enable_auto_commit=False, auto_offset_reset="earliest",
-                                fetch_max_wait_ms=fetch_max_wait_ms,
-                                max_partition_fetch_bytes=4 << 20)
+    producer = new_producer(bootstrap, acks="all", enable_idempotence=True,
+                            max_batch_size=1 << 20, max_request_size=4 << 20, linger_ms=0)
+    consumer = new_consumer(bootstrap, source, group_id=group,
+                            enable_auto_commit=False, auto_offset_reset="earliest",
+                            fetch_max_wait_ms=fetch_max_wait_ms,
+                            max_partition_fetch_bytes=4 << 20)
     await producer.start()
     await consumer.start()
     try:

@@ -7,11 +7,10 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine.kafka_io import read_to_end
+from engine.kafka_io import new_admin, new_consumer, read_to_end
 
 __all__ = ["Output", "committed_total", "end_offsets", "first_consumed_ms", "latencies_ms",
            "latency_parts_ms", "peak_rss_mb", "percentile", "progress", "read_input_times",
@@ -21,7 +20,7 @@ Output = tuple[str, int, dict]  # event id, Kafka timestamp (ms), decoded value
 
 
 async def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    consumer = new_consumer(bootstrap)
     await consumer.start()
     try:
         ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(partitions)])
@@ -32,7 +31,7 @@ async def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, 
 
 async def committed_total(bootstrap: str, group: str, topic: str) -> int:
     """Sum of the group's committed offsets on `topic` (0 before its first commit)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = new_admin(bootstrap)
     await admin.start()
     try:
         committed = await admin.list_consumer_group_offsets(group)

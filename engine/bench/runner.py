@@ -29,9 +29,9 @@ from typing import Any
 
 import aiohttp
 import orjson
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from engine.kafka_io import new_admin
 from engine.topology import TopicNames
 
 from . import measure, online_load, workload
@@ -210,7 +210,7 @@ async def _replay(o: BenchOptions, prefix: str, stops: dict[int, int], work: Pat
 async def _delete_topics(bootstrap: str, prefix: str) -> None:
     """Best effort: leave nothing of this run on a shared broker (Faust's own topics, and
     Quix's `changelog__<group>--...`, whose group carries the prefix)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
+    admin = new_admin(bootstrap, request_timeout_ms=15_000)
     try:
         await asyncio.wait_for(admin.start(), 15)
         names = [n for n in await admin.list_topics() if prefix in n]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from engine.kafka_io import ensure_topics, partition_for, queue_all, send_all
+from engine.kafka_io import ensure_topics, new_producer, partition_for, queue_all, send_all
 from engine.topology import TopicNames
 from engine.worker import topic_specs
 from topologies.fraud import workload as fraud_workload
@@ -58,8 +58,8 @@ def open_loop_events(ds: DataSet, n_events: int, seed: int) -> Encoded:
 
 
 def _producer(bootstrap: str) -> AIOKafkaProducer:
-    return AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
-                            max_batch_size=1 << 20, max_request_size=16 << 20, linger_ms=0)
+    return new_producer(bootstrap, acks="all",
+                        max_batch_size=1 << 20, max_request_size=16 << 20, linger_ms=0)
 
 
 async def produce_backlog(bootstrap: str, topics: TopicNames, ds: DataSet) -> None:
