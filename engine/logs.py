@@ -6,12 +6,14 @@ import logging
 import logging.handlers
 import sys
 import time
+from collections.abc import Callable
 
 import orjson
 
 from .config import LogConfig
 
-__all__ = ["JsonFormatter", "discard_held_logs", "release_held_logs", "setup_logging"]
+__all__ = ["JsonFormatter", "RepeatFilter", "discard_held_logs", "release_held_logs",
+           "setup_logging"]
 
 _TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -31,14 +33,55 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(doc, default=str).decode()
 
 
+class RepeatFilter(logging.Filter):
+    """Warnings and errors that repeat are logged at most once per `every_s` for each logger
+    and message template; the next one that gets through says how many were left out.
+
+    With the broker down, aiokafka logs each failed connection, metadata refresh and fetch:
+    ~150 ERROR lines a second. Through this filter that is a few lines per `every_s`, each
+    saying how often it happened."""
+
+    def __init__(self, every_s: float = 10.0, clock: Callable[[], float] = time.monotonic,
+                 max_keys: int = 1_000) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self._clock = clock
+        self._max_keys = max_keys
+        self._seen: dict[tuple[str, int, str], list] = {}  # key -> [last logged at, left out]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.name, record.levelno, str(record.msg))
+        now = self._clock()
+        seen = self._seen.get(key)
+        if seen is None:
+            if len(self._seen) >= self._max_keys:  # bounded: forget the oldest templates
+                for old in sorted(self._seen, key=lambda k: self._seen[k][0])[:len(self._seen) // 2]:
+                    del self._seen[old]
+            self._seen[key] = [now, 0]
+            return True
+        if now - seen[0] < self.every_s:
+            seen[1] += 1
+            return False
+        if seen[1]:
+            record.msg = (f"{record.getMessage()} ({seen[1]} more like this in the last "
+                          f"{now - seen[0]:.0f} s)")
+            record.args = None
+        seen[0], seen[1] = now, 0
+        return True
+
+
 def setup_logging(cfg: LogConfig, hold: bool = False) -> None:
     """The root logger at `cfg.level`, to stderr, as text or JSON. aiokafka logs its warnings
-    and errors only (its info lines are per connection).
+    and errors only (its info lines are per connection); a warning or error that repeats is
+    written at most once per 10 s (`RepeatFilter`).
 
     `hold`: keep the records of the start-up checks until `release_held_logs()`; a command
     that fails a check before then ends with its one line alone (the held records go)."""
     handler: logging.Handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if cfg.format == "json" else logging.Formatter(_TEXT))
+    handler.addFilter(RepeatFilter())  # an outage must not flood the log
     if hold:
         handler = _Held(handler)
     root = logging.getLogger()

@@ -61,8 +61,8 @@ class SharedState:
             while not stopping.is_set():
                 try:
                     batches = await consumer.getmany(timeout_ms=1000, max_records=5000)
-                except KafkaError:
-                    log.exception("profile refresh failed; retrying")
+                except KafkaError as exc:  # an outage: one line (no trace), retried
+                    log.warning("profile refresh failed (%r); retrying", exc)
                     await asyncio.sleep(1.0)
                     continue
                 for tp, records in batches.items():
