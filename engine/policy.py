@@ -25,6 +25,8 @@ class Verdict(NamedTuple):
     model: str
     path: str
     reasons: tuple[str, ...]
+    # a rollout's shadow candidate on this event, {model, score, decision}: never acts
+    shadow: dict | None = None
 
 
 @dataclass(frozen=True)

@@ -250,7 +250,7 @@ def encode_decisions(list eids, list keys, const long long[::1] ts_ms, list scor
                      tuple names, const double[:, ::1] matrix, bytes kinds, list objects,
                      str feature_set, bytes stage_json, int64_t now_ms,
                      const long long[::1] partitions, const long long[::1] offsets, list late,
-                     const long long[::1] last_ts):
+                     const long long[::1] last_ts, list shadows=None):
     """(decisions, seen values, entity values): the decision JSON of each row, its dedup entry
     and its entity record.
 
@@ -259,6 +259,8 @@ def encode_decisions(list eids, list keys, const long long[::1] ts_ms, list scor
     `reasons[i]` are the row's notes and verdict reasons together; `scores[i]` may be None.
     `last_ts[i]` is the entity's newest event time after the batch (NO_TS: none). Floats are
     written by orjson (shortest text that reads back as the same double), one call a batch.
+    `shadows[i]` (when given and not None) is the row's rollout shadow, a dict written as the
+    ``shadow`` field after ``features``; without it the document has no such field.
     """
     cdef Py_ssize_t n = len(eids), f = len(names), i, j, a, b, k
     cdef _Out o
@@ -315,7 +317,11 @@ def encode_decisions(list eids, list keys, const long long[::1] ts_ms, list scor
                     _put(&o, num_p + a, b - a)
                 else:
                     _value(&o, objects[j][i])
-            _put(&o, b'},"stage_ms":', 13)
+            _put(&o, b"}", 1)
+            if shadows is not None and shadows[i] is not None:
+                _put(&o, b',"shadow":', 10)
+                _putb(&o, orjson.dumps(shadows[i]))
+            _put(&o, b',"stage_ms":', 12)
             _putb(&o, stage_json)
             _put(&o, b',"event_ts_ms":', 15)
             _int(&o, ts_ms[i])

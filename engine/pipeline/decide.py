@@ -41,14 +41,18 @@ class Decider(Protocol):
 
 def decision_doc(row: Row, v: Verdict, features: dict[str, Any], feature_set: str,
                  stage: dict[str, float], now_ms: int) -> dict[str, Any]:
-    """A decision message (DESIGN.md §3); field order is the message's."""
-    return {
+    """A decision message (DESIGN.md §3); field order is the message's. `shadow` only when
+    a rollout shadows a candidate on the event."""
+    doc = {
         "decision_id": decision_id(row.eid, v.model, feature_set),
         "event_id": row.eid, "key": row.key, "score": v.score,
         "decision": v.decision, "model": v.model, "path": v.path,
-        "reasons": [*row.notes, *v.reasons], "features": features, "stage_ms": stage,
-        "event_ts_ms": row.ts_ms, "decided_at_ms": now_ms,
+        "reasons": [*row.notes, *v.reasons], "features": features,
     }
+    if v.shadow is not None:
+        doc["shadow"] = v.shadow
+    doc.update(stage_ms=stage, event_ts_ms=row.ts_ms, decided_at_ms=now_ms)
+    return doc
 
 
 def encode_rows(rows: Sequence[Row], verdicts: Sequence[Verdict], columns: FeatureColumns,
@@ -68,6 +72,7 @@ def encode_rows(rows: Sequence[Row], verdicts: Sequence[Verdict], columns: Featu
     for j, (col, _) in enumerate(plan.functions):
         kinds[col] = ord("o")
         objects[col] = columns.values[j]
+    shadows = [v.shadow for v in verdicts]  # a rollout's shadow fields (None: no field)
     bodies, seen, entity = encode_decisions(
         [r.eid for r in rows], [r.key for r in rows],
         np.fromiter((r.ts_ms for r in rows), np.int64, n),
@@ -77,7 +82,7 @@ def encode_rows(rows: Sequence[Row], verdicts: Sequence[Verdict], columns: Featu
         plan.names, np.ascontiguousarray(columns.matrix), bytes(kinds), objects, feature_set,
         orjson.dumps(stage), now_ms, np.fromiter((r.partition for r in rows), np.int64, n),
         np.fromiter((r.offset for r in rows), np.int64, n), [r.late for r in rows],
-        np.asarray(last_ts, dtype=np.int64))
+        np.asarray(last_ts, dtype=np.int64), shadows if shadows.count(None) < n else None)
     seen_key, entity_key = layout.seen_key, layout.entity_key
     for i, row in enumerate(rows):
         row.decision = bodies[i]

@@ -13,12 +13,14 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
+from engine import kernel
 from engine.kernel import encode_decisions
-from engine.kernel._rows import decision_id
 from engine.pipeline.decide import decision_doc
 from engine.pipeline.partition import Row
 from engine.pipeline.records import Record
 from engine.policy import Verdict
+
+decision_id = kernel._rows.decision_id  # the compiled one (tested against hashlib below)
 
 NAMES = ("count", "sum", "max", "since", "ratio", "flag", "hour")
 KINDS = b"iffffoo"  # count, three floats, a function float, two function values
@@ -99,3 +101,34 @@ def test_decision_id_of_a_long_input_crosses_blocks():
         eid = "x" * size
         h = hashlib.blake2b(f"{eid}\x1fm\x1ff".encode(), digest_size=16)
         assert decision_id(eid, "m", "f") == h.hexdigest(), size
+
+
+_shadow = st.none() | st.fixed_dictionaries({
+    "model": _text, "score": st.none() | _float,
+    "decision": st.none() | st.sampled_from(["approve", "review", "decline"])})
+
+
+@given(st.lists(_shadow, min_size=1, max_size=5), _text)
+def test_shadow_field_is_written_as_the_python_path_writes_it(shadows, feature_set):
+    """A rollout's shadow goes after the features, only on the rows that have one; a batch
+    without any shadow writes documents without the field (what the golden files hold)."""
+    n = len(shadows)
+    verdicts = [Verdict(0.25, "approve", "m:1", "model", (), s) for s in shadows]
+    matrix = np.zeros((n, 1))
+    args = ([f"e{i}" for i in range(n)], ["k"] * n, np.arange(n), [v.score for v in verdicts],
+            [v.decision for v in verdicts], [v.model for v in verdicts],
+            [v.path for v in verdicts], [() for _ in verdicts], ("x",), matrix, b"f", [None],
+            feature_set, b"{}", 5, np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64),
+            [False] * n, np.zeros(n, dtype=np.int64))
+    with_field, _, _ = encode_decisions(*args, shadows)
+    without, _, _ = encode_decisions(*args)
+    for i, v in enumerate(verdicts):
+        row = Row(Record("t", 0, 0, None, None, 0), None, "k", f"e{i}", i, False)
+        want = orjson.dumps(decision_doc(row, v, {"x": 0.0}, feature_set, {}, 5))
+        assert with_field[i] == want
+        assert ("shadow" in orjson.loads(with_field[i])) == (v.shadow is not None)
+        plain = orjson.dumps(decision_doc(row, v._replace(shadow=None), {"x": 0.0},
+                                          feature_set, {}, 5))
+        assert without[i] == plain
+        if v.shadow is not None:  # the field is all that differs
+            assert with_field[i].replace(b',"shadow":' + orjson.dumps(v.shadow), b"") == plain
