@@ -9,6 +9,7 @@ from .features import (
     WindowFeature,
 )
 from .policy import Rules, Thresholds, Verdict
+from .rollout.settings import Guardrails, RolloutSettings, ValidationMinima
 from .scoring.breaker import BreakerSettings
 from .scoring.chain import CheapFirst, ScoringSettings
 from .topology import Profiles, StageBudget, TimeSettings, Topology
@@ -20,9 +21,11 @@ __all__ = [
     "EventFeature",
     "FeatureSet",
     "FeatureVector",
+    "Guardrails",
     "Hopping",
     "ProfileFeature",
     "Profiles",
+    "RolloutSettings",
     "Rules",
     "ScoringSettings",
     "SinceLastFeature",
@@ -33,6 +36,7 @@ __all__ = [
     "TimeSettings",
     "Topology",
     "Tumbling",
+    "ValidationMinima",
     "Verdict",
     "WindowFeature",
 ]

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from .errors import TopologyError
 from .features import FeatureSet, SinceLastFeature, WindowFeature
 from .policy import Rules
+from .rollout.settings import RolloutSettings
 from .scoring.chain import ScoringSettings
 from .windows import Hopping, Sliding, TileTable, Tumbling
 
@@ -101,6 +102,7 @@ class Topology:
     scoring: ScoringSettings | None = None
     models_dir: Path | None = None
     budgets: Mapping[str, StageBudget] = field(default_factory=dict)
+    rollout: RolloutSettings = RolloutSettings()  # guardrails, validation minima, held-out set
     score_late: bool = True
     max_record_bytes: int = 1 << 20
     max_future_ms: int | None = 600_000

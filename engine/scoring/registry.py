@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,13 +116,53 @@ class ModelRegistry:
         self._pinned = dict(pinned or {})
         self._threads = intra_op_threads
         self.slots: dict[str, ModelSlot] = {}
+        # refresh() runs in a thread beside rollout changes (serve, load_version)
+        self._lock = threading.RLock()
+        self._versions: dict[tuple, OnnxModel] = {}  # (folder signature) -> loaded model
 
     def get(self, name: str) -> OnnxModel | None:
         slot = self.slots.get(name)
         return slot.active if slot else None
 
+    def load_version(self, name: str, version: str) -> OnnxModel:
+        """One version of a model, loaded and validated (cached while its files are
+        unchanged), without making it active: a rollout candidate. Raises ModelError."""
+        folder = self.root / name / version
+        if not folder.is_dir():
+            raise ModelError(f"{name}/{version}: no such version in {self.root}")
+        sig = _signature(folder)
+        with self._lock:
+            slot = self.slots.get(name)
+            if slot is not None and slot.signature == sig and slot.active is not None:
+                return slot.active
+            model = self._versions.get(sig)
+            if model is None:
+                model = load_model(folder, self._features, self._feature_set, self._threads)
+                self._versions = {k: v for k, v in self._versions.items()
+                                  if k[0] != str(folder)}  # older files of this folder
+                self._versions[sig] = model
+            return model
+
+    def serve(self, name: str, version: str) -> OnnxModel:
+        """Pin `name` to `version` and make it the active one now (a rollout's serving
+        version; reloads keep it). Raises ModelError and changes nothing if it does not load."""
+        with self._lock:
+            model = self.load_version(name, version)
+            folder = self.root / name / version
+            slot = self.slots.setdefault(name, ModelSlot(name))
+            self._pinned[name] = version
+            if slot.active is not model:
+                slot.active, slot.folder, slot.signature = model, folder, _signature(folder)
+                slot.last_error = None
+                log.info("model %s serving (rollout)", model.ref)
+            return model
+
     def refresh(self) -> list[str]:
         """Re-scan the registry; returns this scan's load failures (also logged)."""
+        with self._lock:
+            return self._refresh()
+
+    def _refresh(self) -> list[str]:
         errors: list[str] = []
         if not self.root.is_dir():
             return errors

@@ -6,8 +6,10 @@ from engine import (
     BreakerSettings,
     EventFeature,
     FeatureSet,
+    Guardrails,
     ProfileFeature,
     Profiles,
+    RolloutSettings,
     Rules,
     ScoringSettings,
     SinceLastFeature,
@@ -17,6 +19,7 @@ from engine import (
     TileTable,
     TimeSettings,
     Topology,
+    ValidationMinima,
     WindowFeature,
 )
 
@@ -56,6 +59,15 @@ FEATURES = FeatureSet(
     profile_max_age_ms=8 * 24 * HOUR_MS,  # profiles are recomputed nightly; a week late is stale
 )
 
+def _holdout() -> tuple[list[dict], dict[str, dict], dict[str, int]]:
+    """The held-out labelled set `streamwise rollout fraud validate` replays: 20,000 events
+    of the reference generator with a seed neither training (11) nor evaluation (7) uses."""
+    from .workload import generate
+
+    w = generate(20_000, seed=13)
+    return w.events, w.profiles, w.labels
+
+
 TOPOLOGY = Topology(
     name="fraud",
     description="Card payments scored for fraud in well under 100 ms.",
@@ -83,4 +95,13 @@ TOPOLOGY = Topology(
              "features": StageBudget(15, 30), "inference": StageBudget(10, 30),
              "policy": StageBudget(5, 10), "total": StageBudget(40, 80)},
     score_late=True,
+    # Canary against serving over 30 s; fraud's decline share is ~1.5%, so 5 points of
+    # difference is a different policy, not noise, at 100 rows a side.
+    rollout=RolloutSettings(
+        guardrails=Guardrails(window_s=30.0, min_rows=100, max_error_rate_delta=0.02,
+                              max_p99_ratio=3.0, p99_slack_ms=5.0, max_decline_rate_delta=0.05,
+                              max_psi=0.25),
+        minima=ValidationMinima(max_auc_drop=0.01, max_ece=0.05),
+        holdout=_holdout,
+    ),
 )

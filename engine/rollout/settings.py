@@ -1,0 +1,57 @@
+"""A topology's rollout settings: guardrail thresholds and offline validation minima."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Guardrails", "Holdout", "RolloutSettings", "ValidationMinima"]
+
+# Score bins for the drift guardrail (PSI): fraud scores crowd near 0, so the edges are dense
+# there; fixed edges keep every worker's histogram comparable.
+PSI_EDGES = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+@dataclass(frozen=True)
+class Guardrails:
+    """Canary against serving over a sliding window of `window_s` (wall clock), judged once
+    both sides have `min_rows` rows in it. A breach of any threshold rolls back.
+
+    * `max_error_rate_delta`: rows the model could not score (timeout, error, breaker,
+      bad output; missing features excluded), canary share minus serving share;
+    * `max_p99_ratio`, `p99_slack_ms`: the candidate's p99 batched-call time above the
+      serving model's p99 × ratio + slack;
+    * `max_decline_rate_delta`: |decline share of canary − of serving|;
+    * `max_psi`: population stability index of the two score histograms (`psi_edges`).
+    """
+
+    window_s: float = 30.0
+    min_rows: int = 100
+    max_error_rate_delta: float = 0.02
+    max_p99_ratio: float = 3.0
+    p99_slack_ms: float = 5.0
+    max_decline_rate_delta: float = 0.05
+    max_psi: float = 0.25
+    psi_edges: tuple[float, ...] = PSI_EDGES
+
+
+@dataclass(frozen=True)
+class ValidationMinima:
+    """What `streamwise rollout T validate` requires of a candidate on the held-out set."""
+
+    max_auc_drop: float = 0.01  # below the serving version's AUC
+    max_ece: float = 0.05
+    ece_bins: int = 10
+
+
+# () -> (events as dicts, profiles {key: profile}, labels {event_id: 0|1}); the default
+# held-out set `validate` replays when no --holdout file is given.
+Holdout = Callable[[], tuple[list[dict[str, Any]], dict[str, dict[str, Any]], dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class RolloutSettings:
+    guardrails: Guardrails = Guardrails()
+    minima: ValidationMinima = ValidationMinima()
+    holdout: Holdout | None = field(default=None, compare=False)
