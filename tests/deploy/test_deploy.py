@@ -9,7 +9,6 @@ test with one line saying how to get it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shutil
@@ -45,9 +44,11 @@ def _run(*cmd: str, stdin: bytes | None = None) -> str:
 
 
 def _cli_env_names() -> set[str]:
-    """Every STREAMWISE_* variable engine/cli.py reads."""
-    source = (REPO / "engine" / "cli.py").read_text()
-    return {f"STREAMWISE_{n}" for n in re.findall(r'_env\("([A-Z_]+)"', source)}
+    """Every STREAMWISE_* variable engine/cli.py reads (its settings catalogue)."""
+    from engine.cli import _PASSWORD_FILE, SETTINGS
+    names = {s.env for s in (*SETTINGS, _PASSWORD_FILE)}
+    assert {"STREAMWISE_BROKER", "STREAMWISE_WEB_PORT", "STREAMWISE_SASL_PASSWORD"} <= names
+    return names
 
 
 # -- Kubernetes ---------------------------------------------------------------------------------
@@ -124,6 +125,84 @@ def test_statefulset_runs_the_worker_as_deployed(k8s_build):
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
     for service in by_kind["Service"]:
         assert service["spec"]["selector"].items() <= labels.items()
+
+
+def test_the_secured_overlay_mounts_the_kafka_secret_as_files(tmp_path):
+    """deploy/k8s-overlays/sasl-ssl: valid Kubernetes; the settings name files that the mounted
+    Secret provides; no secret value in the ConfigMap."""
+    text = _run(_tool("kustomize"), "build", str(DEPLOY / "k8s-overlays" / "sasl-ssl"))
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    built = tmp_path / "secured.yaml"
+    built.write_text(text)
+    out = _run(_tool("kubeconform"), "-strict", "-summary", "-kubernetes-version",
+               K8S_VERSIONS[-1], "-schema-location",
+               str(TOOLS / "k8s-schemas") + "/{{ .NormalizedKubernetesVersion }}-local"
+               "{{ .StrictSuffix }}/{{ .ResourceKind }}{{ .KindSuffix }}.json", str(built))
+    assert f"Valid: {len(docs)}, Invalid: 0, Errors: 0, Skipped: 0" in out, out
+    (config,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
+    (sts,) = [d for d in docs if d["kind"] == "StatefulSet"]
+    pod = sts["spec"]["template"]["spec"]
+    (worker,) = pod["containers"]
+    data = config["data"]
+    assert set(data) <= _cli_env_names(), set(data) - _cli_env_names()
+    assert data["STREAMWISE_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert "STREAMWISE_SASL_PASSWORD" not in data  # a file, not a value
+    volume = next(v for v in pod["volumes"] if "secret" in v)
+    mount = next(m for m in worker["volumeMounts"] if m["name"] == volume["name"])
+    assert mount["readOnly"] is True
+    secret = secrets[volume["secret"]["secretName"]]
+    for name in ("STREAMWISE_SSL_CAFILE", "STREAMWISE_SASL_PASSWORD_FILE"):
+        path = Path(data[name])
+        assert path.parent == Path(mount["mountPath"]) and path.name in secret["stringData"]
+    # what the worker makes of these settings: a valid, consistent configuration
+    from engine.cli import _parser, load_config
+    password = tmp_path / "sasl-password"
+    password.write_text("from-the-secret\n")
+    cfg, _ = load_config(_parser().parse_args(["worker", "fraud"]),
+                         {**data, "STREAMWISE_SASL_PASSWORD_FILE": str(password)})
+    sec = cfg.kafka.security
+    assert (sec.protocol, sec.sasl_mechanism) == ("SASL_SSL", "SCRAM-SHA-512")
+    assert sec.sasl_password.get_secret_value() == "from-the-secret"
+
+
+def test_the_secured_compose_override_and_its_secrets(tmp_path):
+    """deploy/compose/secured.yml over the base: the workers reach Kafka's SASL_SSL listener
+    with the CA and the password as Compose secrets; make-secrets.sh makes what it needs."""
+    env = {"KAFKA_KEYSTORE_PASSWORD": "k", "STREAMWISE_SASL_PASSWORD": "s", "PATH": "/usr/bin:/bin"}
+    cmd = [_tool("compose-config"), "-f", str(DEPLOY / "compose" / "docker-compose.yml"),
+           "-f", str(DEPLOY / "compose" / "secured.yml")]
+    proc = subprocess.run(cmd, capture_output=True, timeout=300, env=env, check=False)
+    assert proc.returncode == 0, proc.stderr.decode()
+    project = json.loads(proc.stdout)
+    kafka = project["services"]["kafka"]
+    assert "SASL_SSL://kafka:9096" in kafka["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+    for name in ("worker-1", "worker-2"):
+        service = project["services"][name]
+        worker_env = service["environment"]
+        assert {k for k in worker_env if k.startswith("STREAMWISE_")} <= _cli_env_names()
+        assert worker_env["STREAMWISE_BROKER"] == "kafka:9096"
+        assert "STREAMWISE_SASL_PASSWORD" not in worker_env
+        targets = {s["target"] for s in service["secrets"]}
+        assert {worker_env["STREAMWISE_SSL_CAFILE"],
+                worker_env["STREAMWISE_SASL_PASSWORD_FILE"]} <= targets
+    # without the env file it refuses with the hint, rather than running with no password
+    proc = subprocess.run(cmd, capture_output=True, timeout=300, env={"PATH": "/usr/bin:/bin"},
+                          check=False)
+    assert proc.returncode != 0 and b"make-secrets.sh" in proc.stderr
+    # make-secrets.sh: Kafka's certificate names `kafka` and chains to the CA it made
+    out = tmp_path / "secrets"
+    _run("bash", str(DEPLOY / "compose" / "make-secrets.sh"), str(out))
+    files = {p.name for p in out.iterdir()}
+    assert {Path(v["file"]).name for v in project["secrets"].values()} <= files
+    assert "OK" in _run("openssl", "verify", "-CAfile", str(out / "ca.pem"), str(out / "kafka.pem"))
+    assert "DNS:kafka" in _run("openssl", "x509", "-in", str(out / "kafka.pem"), "-noout", "-ext",
+                               "subjectAltName")
+    password = (out / "keystore-password").read_text()
+    _run("openssl", "pkcs12", "-in", str(out / "kafka.p12"), "-nokeys", "-passin",
+         f"pass:{password}")
+    assert f"STREAMWISE_SASL_PASSWORD={(out / 'sasl-password').read_text()}" in \
+        (out / "secrets.env").read_text()
 
 
 # -- Image --------------------------------------------------------------------------------------
@@ -218,15 +297,14 @@ def _exposed_metric_names() -> set[str]:
     """Every family a worker exposes, from a Worker built in-process (nothing started)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    from engine.cli import _build_decider
     from engine.clock import SystemClock
-    from engine.config import EngineConfig
+    from engine.commands import build_decider
+    from engine.config import EngineConfig, ModelConfig
     from engine.worker import Worker
     from topologies import get
 
     topology = get("fraud")
-    args = argparse.Namespace(models_dir=None, model=[], inject_faults="")
-    decider, models = _build_decider(topology, args, SystemClock())
+    decider, models = build_decider(topology, ModelConfig(), SystemClock())
     worker = Worker(EngineConfig(), topology, decider, models=models)
     from prometheus_client import generate_latest
 
