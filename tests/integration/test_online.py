@@ -74,13 +74,19 @@ async def _start_pair(broker: str, prefix: str, tmp: Path) -> Pair:
     workers = [WorkerProcess(broker, prefix, tmp / f"w{i}", tmp / f"w{i}.log",
                              partitions=PARTITIONS, extra_args=["--api-token", TOKEN])
                for i in range(2)]
-    for wp in workers:
-        wp.start()
-    for wp in workers:
-        await wp.wait_ready()
-    await wait_drained(broker, topics, {e["event_id"] for e in w.events}, None, timeout_s=180)
-    await _wait_split(workers)
-    oracle = await _oracle(broker, topics, w.profiles)
+    try:
+        for wp in workers:
+            wp.start()
+        for wp in workers:
+            await wp.wait_ready()
+        await wait_drained(broker, topics, {e["event_id"] for e in w.events}, None,
+                           timeout_s=180)
+        await _wait_split(workers)
+        oracle = await _oracle(broker, topics, w.profiles)
+    except BaseException:  # the fixture never yields: its teardown would not stop them
+        for wp in workers:
+            wp.stop()
+        raise
     return Pair(broker, topics, w, oracle, *workers)
 
 
