@@ -458,7 +458,8 @@ def _run(args: argparse.Namespace, cfg: EngineConfig, given: set[str]) -> int:
     if args.command == "demo":
         from .demo import run_demo
         return run_demo(cfg, events=args.events, keep=args.keep,
-                        broker_given="broker" in given, child_env=child_env(cfg))
+                        broker_given="broker" in given,
+                        child_env={**os.environ, **child_env(cfg)})
     if args.command == "bench":
         from .bench import run_command
         return run_command(args)

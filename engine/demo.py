@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import signal
 import socket
@@ -63,7 +62,8 @@ def _port_free(port: int) -> bool:
 def run_demo(cfg: EngineConfig, events: int, keep: bool, broker_given: bool,
              child_env: dict[str, str]) -> int:
     """`broker_given`: a broker was configured (flag or environment), so no local one is
-    started; `child_env`: the STREAMWISE_* variables that connect the worker the same way."""
+    started; `child_env`: the worker's whole environment (the CLI's, plus the STREAMWISE_*
+    variables that connect it the same way: secrets never go on a command line)."""
     web_port = cfg.api.port
     kafka = cfg.kafka
     broker = kafka.bootstrap if broker_given else None
@@ -99,8 +99,7 @@ def run_demo(cfg: EngineConfig, events: int, keep: bool, broker_given: bool,
                "--web-port", str(web_port), "--data-dir", str(data_dir),
                "--topic-prefix", prefix, "--partitions", str(PARTITIONS)]
         log_path = data_dir / "worker.log"
-        # the child's environment: ours plus the Kafka connection (secrets included)
-        env = {**os.environ, **child_env, "STREAMWISE_BROKER": broker}
+        env = {**child_env, "STREAMWISE_BROKER": broker}
         worker = subprocess.Popen(cmd, stdout=open(log_path, "wb"),  # noqa: SIM115
                                   stderr=subprocess.STDOUT, env=env)
         base = f"http://127.0.0.1:{web_port}"
