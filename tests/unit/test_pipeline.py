@@ -50,14 +50,22 @@ def records(values: Sequence[bytes | None], keys: Sequence[bytes | None] | None 
             first_offset: int = 0, partition: int = 0) -> list[Record]:
     out = []
     for i, value in enumerate(values):
+        try:
+            event = orjson.loads(value)
+        except Exception:
+            event = None
         if keys is not None:
             key = keys[i]
         else:
             try:
-                key = orjson.loads(value)["card_id"].encode()
+                key = event["card_id"].encode()
             except Exception:
                 key = None
-        out.append(Record(TOPIC, partition, first_offset + i, key, value, T0))
+        # produced when it happened: the record time is the event's own (or T0 for junk), so
+        # no event is in the future of its record (see test_future_time.py for that)
+        ts = event.get("ts_ms") if isinstance(event, dict) else None
+        record_ts = ts if type(ts) is int and T0 <= ts else T0
+        out.append(Record(TOPIC, partition, first_offset + i, key, value, record_ts))
     return out
 
 
