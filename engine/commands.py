@@ -51,9 +51,9 @@ def build_decider(topology: Topology, models: ModelConfig, clock: Clock,
         if models.pins:
             raise ConfigError(f"--model: topology {topology.name} scores with rules only")
         return RulesOnly(topology.rules, fs), None
-    from .scoring.chain import FallbackChain
     from .scoring.faults import FaultInjector, FaultSpec
     from .scoring.registry import ModelRegistry
+    from .scoring.rollout import RolloutDecider
 
     if models.models_dir is not None and not models_dir.is_dir():
         raise ConfigError(f"--models-dir {models_dir} is not a folder")
@@ -64,9 +64,12 @@ def build_decider(topology: Topology, models: ModelConfig, clock: Clock,
     settings = topology.scoring
     if batch_mode:
         settings = replace(settings, timeout_ms=60_000, backup_timeout_ms=60_000)
-    chain = FallbackChain(settings, topology.rules, fs, registry.get, clock,
-                          wrap=FaultInjector(spec) if spec else None)
-    return chain, registry
+    # The fallback chain inside a rollout decider: with no rollout state on T.control it is
+    # the chain alone (serving the newest valid versions); see engine/scoring/rollout.py.
+    decider = RolloutDecider(settings, topology.rules, fs, registry, clock,
+                             topology.rollout.guardrails,
+                             wrap=FaultInjector(spec) if spec else None, record=not batch_mode)
+    return decider, registry
 
 
 def _check_pins(registry: ModelRegistry, pins: dict[str, str], models_dir: Path) -> None:
@@ -213,8 +216,19 @@ async def run_replay(cfg: EngineConfig, topology: Topology, req: ReplayRequest) 
                                     partitions, labels=labels, models=models,
                                     allow_empty=req.allow_empty)
     else:
-        from .kafka_io import connect_check
+        from .kafka_io import connect_check, missing_topics
         await connect_check(cfg.kafka)
+        control = topology.topics(cfg.kafka.topic_prefix).control
+        if hasattr(decider, "apply") and not await missing_topics(cfg.kafka, [control]):
+            # The rollout as it stands (canary slices, shadow, serving versions), like the
+            # profiles: a replay decides as the stream does now; a --model pin wins.
+            from .rollout.control_io import read_control
+            log_ = await read_control(cfg.kafka, control)
+            states = {k: v for k, v in log_.slots.items() if k not in cfg.models.pins}
+            if states:
+                await asyncio.to_thread(decider.apply, states)
+                models.update({n: s.active.ref for n, s in sorted(registry.slots.items())
+                               if s.active is not None})
         # the topic's own partition count, unless --partitions says which to expect
         summary = await replay_kafka(cfg.kafka, topology, decider, cfg.kafka.topic_prefix, rng,
                                      req.output, cfg.kafka.partitions, labels=labels,

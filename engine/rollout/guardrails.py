@@ -125,7 +125,8 @@ class GuardWindow:
                           f"{serving.error_rate:.3f}: +{delta:.3f} > {g.max_error_rate_delta} "
                           f"{n}"), canary, serving
         c99, s99 = canary.p99_ms(), serving.p99_ms()
-        if canary.call_s and serving.call_s and c99 > s99 * g.max_p99_ratio + g.p99_slack_ms:
+        if min(len(canary.call_s), len(serving.call_s)) >= g.p99_min_calls \
+                and c99 > s99 * g.max_p99_ratio + g.p99_slack_ms:
             return Breach("p99_latency", f"p99 model call {c99:.2f} ms vs {s99:.2f} ms > "
                           f"{g.max_p99_ratio:g}x + {g.p99_slack_ms:g} ms {n}"), canary, serving
         d = abs(canary.decline_rate - serving.decline_rate)
@@ -133,8 +134,8 @@ class GuardWindow:
             return Breach("decline_rate", f"decline rate {canary.decline_rate:.3f} vs "
                           f"{serving.decline_rate:.3f}: |delta| {d:.3f} > "
                           f"{g.max_decline_rate_delta} {n}"), canary, serving
-        if canary.hist and serving.hist and sum(canary.hist) >= g.min_rows \
-                and sum(serving.hist) >= g.min_rows:
+        if canary.hist and serving.hist and sum(canary.hist) >= g.psi_min_rows \
+                and sum(serving.hist) >= g.psi_min_rows:
             value = psi(serving.hist, canary.hist)
             if value > g.max_psi:
                 return Breach("score_psi", f"score PSI {value:.3f} > {g.max_psi} {n}"), \

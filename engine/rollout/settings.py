@@ -21,18 +21,21 @@ class Guardrails:
     * `max_error_rate_delta`: rows the model could not score (timeout, error, breaker,
       bad output; missing features excluded), canary share minus serving share;
     * `max_p99_ratio`, `p99_slack_ms`: the candidate's p99 batched-call time above the
-      serving model's p99 × ratio + slack;
+      serving model's p99 × ratio + slack (with `p99_min_calls` calls a side);
     * `max_decline_rate_delta`: |decline share of canary − of serving|;
-    * `max_psi`: population stability index of the two score histograms (`psi_edges`).
+    * `max_psi`: population stability index of the two score histograms (`psi_edges`),
+      with `psi_min_rows` scores a side.
     """
 
     window_s: float = 30.0
-    min_rows: int = 100
+    min_rows: int = 200
     max_error_rate_delta: float = 0.02
     max_p99_ratio: float = 3.0
-    p99_slack_ms: float = 5.0
+    p99_slack_ms: float = 10.0
+    p99_min_calls: int = 100  # a p99 of fewer calls is one stall, not the model
     max_decline_rate_delta: float = 0.05
     max_psi: float = 0.25
+    psi_min_rows: int = 1000  # PSI of 10 bins is noisy below this (~0.1 at 100 rows a side)
     psi_edges: tuple[float, ...] = PSI_EDGES
 
 

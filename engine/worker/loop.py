@@ -138,6 +138,14 @@ class Worker:
         self._last_full_gc = time.monotonic()
         self.decided = 0
         self.url: str | None = None  # where this worker's HTTP API answers; set before start()
+        # the rollout state's tail (engine/worker/control.py), when the decider rolls out
+        # model versions (a RolloutDecider); the owner of input partition 0 advances ramps
+        self.control: Any = None
+        if hasattr(decider, "apply"):
+            from .control import RolloutControl
+            self.control = RolloutControl(cfg.kafka, self.topics.control, decider,
+                                          topology.name, self.clock, self.registry,
+                                          controller=lambda: 0 in self.pipelines)
         self.checkpoints = Checkpoints()
         # Why this worker gave up (its state cannot be opened or written), or None: it leaves
         # its group and exits; /healthz and /readyz say so meanwhile.
@@ -169,6 +177,8 @@ class Worker:
             max_batch_size=1 << 20, max_request_size=4 << 20, linger_ms=0)
         await self._producer.start()
         await self.shared.load()
+        if self.control is not None:  # the rollout state, before any decision
+            await self.control.load()
         for m in self.owners.members:  # an earlier process at our URL that died unannounced
             if m.url == self.url and m.worker_id != self.worker_id:
                 await self._producer.send_and_wait(self.topics.members, None,
@@ -185,6 +195,9 @@ class Worker:
                                                name="profiles+members"))
         if self.models is not None:
             self._tasks.append(asyncio.create_task(self._reload_models(), name="models"))
+        if self.control is not None:
+            self._tasks.append(asyncio.create_task(self.control.run(self._stopping),
+                                                   name="rollout"))
         self._tasks.append(asyncio.create_task(self._track_lag(), name="lag"))
         self._tasks.append(asyncio.create_task(self._watch_state(), name="state"))
         self._tasks.append(asyncio.create_task(self._watch_broker(), name="broker"))

@@ -115,7 +115,7 @@ def _rows(n: int, start: int = 0) -> ScoringRows:
 
 def _decider(registry, clock):
     return RolloutDecider(TOPO.scoring, TOPO.rules, FS, registry, clock,
-                          Guardrails(window_s=10, min_rows=50))
+                          Guardrails(window_s=10, min_rows=50, psi_min_rows=50))
 
 
 def test_shadow_scores_every_row_and_changes_no_decision(registry):

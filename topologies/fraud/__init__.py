@@ -96,11 +96,11 @@ TOPOLOGY = Topology(
              "policy": StageBudget(5, 10), "total": StageBudget(40, 80)},
     score_late=True,
     # Canary against serving over 30 s; fraud's decline share is ~1.5%, so 5 points of
-    # difference is a different policy, not noise, at 100 rows a side.
+    # difference is a different policy, not noise (5 standard deviations at 200 rows a side).
     rollout=RolloutSettings(
-        guardrails=Guardrails(window_s=30.0, min_rows=100, max_error_rate_delta=0.02,
-                              max_p99_ratio=3.0, p99_slack_ms=5.0, max_decline_rate_delta=0.05,
-                              max_psi=0.25),
+        guardrails=Guardrails(window_s=30.0, min_rows=200, max_error_rate_delta=0.02,
+                              max_p99_ratio=3.0, p99_slack_ms=10.0, p99_min_calls=100,
+                              max_decline_rate_delta=0.05, max_psi=0.25, psi_min_rows=1000),
         minima=ValidationMinima(max_auc_drop=0.01, max_ece=0.05),
         holdout=_holdout,
     ),
