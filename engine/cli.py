@@ -38,8 +38,8 @@ __all__ = ["child_env", "main"]
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "STREAMWISE_"
 
-W, P, R, D = "worker", "produce", "replay", "demo"
-_KAFKA = frozenset({W, P, R, D})
+W, P, R, D, RO = "worker", "produce", "replay", "demo", "rollout"
+_KAFKA = frozenset({W, P, R, D, RO})
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ def _s(name: str, path: str, flag: str | None, commands, **kw: Any) -> _Setting:
 
 SETTINGS: tuple[_Setting, ...] = (
     _s("broker", "kafka.bootstrap", "--broker", _KAFKA, metavar="HOST:PORT,...",  also_env=("KAFKA_BOOTSTRAP_SERVERS",)),
-    _s("topic_prefix", "kafka.topic_prefix", "--topic-prefix", {W, P, R}, metavar="PREFIX"),
+    _s("topic_prefix", "kafka.topic_prefix", "--topic-prefix", {W, P, R, RO}, metavar="PREFIX"),
     _s("partitions", "kafka.partitions", "--partitions", {W, P, R}, metavar="N"),
     _s("replication_factor", "kafka.replication_factor", "--replication-factor", {W, P, R}, metavar="N"),
     _s("create_input_topic", "kafka.create_input_topic", "--create-input-topic", {W}),
@@ -93,7 +93,7 @@ SETTINGS: tuple[_Setting, ...] = (
     _s("web_port", "api.port", "--web-port", {W, D}, metavar="PORT"),
     _s("api_token", "api.token", "--api-token", {W}, secret=True, metavar="TOKEN"),
     _s("advertise_url", "api.advertise_url", "--advertise-url", {W}, metavar="URL"),
-    _s("models_dir", "models.models_dir", "--models-dir", {W, R}, metavar="DIR"),
+    _s("models_dir", "models.models_dir", "--models-dir", {W, R, RO}, metavar="DIR"),
     _s("model", "models.pins", "--model", {W, R}, repeat=True),
     _s("inject_faults", "models.faults", "--inject-faults", {W}, hidden=True),
     _s("log_level", "log.level", "--log-level", frozenset()),
@@ -319,6 +319,36 @@ def _parser() -> _Parser:
                    help="an empty range writes an empty output and exits 0 (default: exit 1)")
     _add_settings(r, R)
 
+    ro = command("rollout", "safe rollout of a model version through the topology's control "
+                            "topic: validate, shadow, canary, ramp, promote, rollback, status")
+    _topology_arg(ro)
+    ro.add_argument("action", choices=["status", "validate", "shadow", "canary", "ramp",
+                                       "promote", "rollback"])
+    ro.add_argument("target", nargs="?", metavar="SLOT=VERSION",
+                    help="the model slot and version (e.g. primary=2); promote and rollback "
+                         "take SLOT or nothing (the slot with a candidate)")
+    ro.add_argument("--percent", type=_number(0, 100), help="canary: percent of entities")
+    ro.add_argument("--sample", type=_number(0, 1), default=1.0,
+                    help="shadow: share of entities the candidate shadows")
+    ro.add_argument("--steps", default="1,5,25,50,100",
+                    help="ramp: percents of entities, in order; reaching 100 releases")
+    ro.add_argument("--dwell-s", type=_number(0), default=60.0,
+                    help="ramp: minimum seconds per step")
+    ro.add_argument("--min-events", type=_count(0), default=1000,
+                    help="ramp: minimum candidate decisions per step")
+    ro.add_argument("--reason", default="", help="why (kept on the control topic)")
+    ro.add_argument("--holdout", type=Path,
+                    help="validate (and staging): labelled held-out set, a `streamwise replay "
+                         "... --labels L --output F.parquet` output (default: the topology's, "
+                         "replayed now)")
+    ro.add_argument("--against", metavar="VERSION",
+                    help="validate: the version to compare with (default: the serving one)")
+    ro.add_argument("--force", action="store_true",
+                    help="stage a version that fails the topology's minima (never one that "
+                         "fails the contract)")
+    ro.add_argument("--json", action="store_true", help="status, validate: JSON output")
+    _add_settings(ro, RO)
+
     d = command("demo", "the README's main job: Kafka, a worker, events, a report")
     d.add_argument("--events", type=_count(1), default=10_000)
     d.add_argument("--keep", action="store_true", help="leave Kafka and the worker running")
@@ -470,6 +500,14 @@ def _run(args: argparse.Namespace, cfg: EngineConfig, given: set[str]) -> int:
     if args.command == W:
         from .commands import run_worker
         return asyncio.run(run_worker(cfg, topology))
+    if args.command == RO:
+        from .rollout.command import RolloutRequest, run_rollout
+        req = RolloutRequest(action=args.action, target=args.target, percent=args.percent,
+                             sample=args.sample, steps=args.steps, dwell_s=args.dwell_s,
+                             min_events=args.min_events, reason=args.reason,
+                             holdout=args.holdout, against=args.against, force=args.force,
+                             as_json=args.json)
+        return asyncio.run(run_rollout(cfg, topology, req))
     if args.command == P:
         from .produce import ProduceRequest, produce
         req = ProduceRequest(events=args.events, rate=args.rate, seed=args.seed,

@@ -62,6 +62,18 @@ decision = {
         },
         "reasons": {"type": "array", "items": {"type": "string"}},
         "features": {"type": "object", "additionalProperties": num_or_null},
+        "shadow": {
+            "type": "object",
+            "description": "a rollout's shadow candidate on this event (never acted on); "
+            "only while one is shadowed",
+            "required": ["model", "score", "decision"],
+            "properties": {
+                "model": {"type": "string"},
+                "score": {"type": ["number", "null"]},
+                "decision": {"enum": ["approve", "review", "decline", None]},
+                "reason": {"type": "string"},
+            },
+        },
         "stage_ms": {"type": "object", "additionalProperties": {"type": "number"}},
         "event_ts_ms": {"type": "integer"},
         "decided_at_ms": {"type": "integer"},
@@ -251,9 +263,57 @@ models = {
                     "last_error": {"type": ["string", "null"]},
                     "thresholds": {"type": ["object", "null"], "additionalProperties": True},
                     "breaker": {"enum": ["closed", "half_open", "open", None]},
+                    "rollout": {"oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/RolloutState"}]},
                 },
             },
         },
+    },
+}
+rollout_state = {
+    "type": "object",
+    "description": "a model slot's rollout state on the control topic, as applied",
+    "required": ["slot", "serving", "seq", "stage", "candidate", "percent", "last_good", "reason", "alarm"],
+    "properties": {
+        "slot": {"type": "string"},
+        "serving": {"type": "string"},
+        "seq": {"type": "integer"},
+        "stage": {"enum": ["shadow", "canary", "ramp", "released", "rolled_back"]},
+        "candidate": {"type": ["string", "null"]},
+        "percent": {"type": "number"},
+        "shadow_sample": {"type": "number"},
+        "plan": {
+            "type": ["object", "null"],
+            "properties": {
+                "steps": {"type": "array", "items": {"type": "number"}},
+                "dwell_s": {"type": "number"},
+                "min_events": {"type": "integer"},
+            },
+        },
+        "step": {"type": "integer"},
+        "step_started_ms": {"type": "integer"},
+        "last_good": {"type": ["string", "null"]},
+        "reason": {"type": "string"},
+        "by": {"type": "string"},
+        "at_ms": {"type": "integer"},
+        "automatic": {"type": "boolean"},
+        "alarm": {"type": "boolean"},
+        "candidate_loaded": {"type": "boolean"},
+        "candidate_error": {"type": ["string", "null"]},
+    },
+}
+rollout_request = {
+    "type": "object",
+    "required": ["action"],
+    "additionalProperties": False,
+    "properties": {
+        "action": {"enum": ["shadow", "canary", "ramp", "promote", "rollback"]},
+        "target": {"type": "string", "description": "SLOT=VERSION (e.g. primary=2); promote and rollback: SLOT"},
+        "percent": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 100},
+        "sample": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+        "steps": {"type": "string", "description": "ramp percents, e.g. 1,5,25,50,100"},
+        "dwell_s": {"type": "number", "minimum": 0},
+        "min_events": {"type": "integer", "minimum": 0},
+        "reason": {"type": "string", "maxLength": 500},
     },
 }
 ready = {
@@ -297,6 +357,8 @@ doc = {
             "FeatureResult": feature_result,
             "FeaturesMany": features_many,
             "Models": models,
+            "RolloutState": rollout_state,
+            "RolloutRequest": rollout_request,
             "Ready": ready,
         },
         "responses": {"Error": resp("An error (JSON, with a request id)", ref("Error"))},
@@ -468,6 +530,28 @@ doc = {
                 "summary": "Models, active versions, breakers",
                 "operationId": "getModels",
                 "responses": {"200": resp("models", ref("Models")), **common},
+            }
+        },
+        "/v1/rollout": {
+            "post": {
+                "summary": "Change a model slot's rollout (written to the control topic; every worker applies it); needs the worker's --api-token",
+                "operationId": "postRollout",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": ref("RolloutRequest")}},
+                },
+                "responses": {
+                    "200": resp("the new state", ref("RolloutState")),
+                    "400": err,
+                    "403": err,
+                    "404": err,
+                    "408": err,
+                    "409": err,
+                    "413": err,
+                    "415": err,
+                    "422": err,
+                    **common,
+                },
             }
         },
     },
