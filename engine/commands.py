@@ -112,6 +112,12 @@ async def run_worker(cfg: EngineConfig, topology: Topology) -> int:
     decider, registry = build_decider(topology, cfg.models, clock)
     worker = Worker(cfg, topology, decider, clock=clock, models=registry)
     online_decider = decider.twin()  # own breakers and counts: never shared with the stream
+    if registry is not None:  # models score online: identical rows within 60 s are cached
+        from .metrics import PredictionCacheCollector
+        from .scoring.cache import PredictionCache
+        cache: PredictionCache[float] = PredictionCache(max_entries=10_000, ttl_ms=60_000)
+        online_decider = decider.twin(cache=cache)
+        worker.registry.register(PredictionCacheCollector(topology.name, cache))
     online = OnlineScorer(worker, online_decider)
     token = cfg.api.token.get_secret_value() if cfg.api.token else None
     runner = ApiRunner(build_app(worker, online, token), access_log=None)

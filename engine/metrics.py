@@ -29,7 +29,7 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from .policy import DeciderStats as ChainStats
 
-__all__ = ["STAGE_BUCKETS_S", "EngineMetrics", "WorkerSnapshot", "WorkerStateCollector",
+__all__ = ["STAGE_BUCKETS_S", "EngineMetrics", "PredictionCacheCollector", "WorkerSnapshot", "WorkerStateCollector",
            "count_decisions", "register_runtime_collectors"]
 
 # Fine below 1 ms (p99 of cheap stages) and up to 1 s (a stalled batch).
@@ -215,3 +215,30 @@ def register_runtime_collectors(registry: CollectorRegistry) -> None:
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
+
+
+class PredictionCacheCollector(Collector):
+    """The online path's prediction cache: lookups by result and entries held, at scrape."""
+
+    def __init__(self, topology: str, cache) -> None:
+        self._topology = topology
+        self._cache = cache
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily
+        t, c = self._topology, self._cache
+        lookups = CounterMetricFamily("streamwise_prediction_cache_lookups",
+                                      "Online model-score lookups in the prediction cache by "
+                                      "result (hit rate = hit / all)",
+                                      labels=["topology", "result"])
+        lookups.add_metric([t, "hit"], float(c.hits))
+        lookups.add_metric([t, "miss"], float(c.misses))
+        yield lookups
+        size = GaugeMetricFamily("streamwise_prediction_cache_entries",
+                                 "Scores held in the online prediction cache",
+                                 labels=["topology"])
+        size.add_metric([t], float(len(c)))
+        yield size
+
+    def describe(self):
+        return []

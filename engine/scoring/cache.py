@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
-from collections.abc import Hashable
-from typing import Generic, TypeVar
+from collections.abc import Callable, Hashable
+from typing import Any, Generic, TypeVar
 
-__all__ = ["PredictionCache"]
+import numpy as np
+
+__all__ = ["CachedModel", "CachingWrap", "PredictionCache"]
 
 V = TypeVar("V")
 
@@ -51,3 +54,61 @@ class PredictionCache(Generic[V]):
 
     def __len__(self) -> int:
         return len(self._data)
+
+
+class CachedModel:
+    """A model whose scores of identical rows come from a `PredictionCache` within its TTL.
+
+    Valid where the same input must give the same score: a key is the model version plus the
+    row's exact float32 bytes, so another version or any changed feature is a miss. The online
+    path uses it (`POST /v1/score` retried, or the same event scored twice); the stream does
+    not: its feature vectors fold the event itself in (amount, counts, time since the last
+    event), so a repeat is vanishingly rare and the lookups would cost more than they save.
+    """
+
+    def __init__(self, model: Any, cache: PredictionCache[float], now_ms: Callable[[], int],
+                 lock: threading.Lock) -> None:
+        self._model = model
+        self._cache = cache
+        self._now_ms = now_ms
+        self._lock = lock
+        self.ref = model.ref
+        self.manifest = model.manifest
+
+    def run_options(self) -> Any:
+        return self._model.run_options()
+
+    def score_many(self, rows: np.ndarray, run_options: Any = None) -> np.ndarray:
+        now = self._now_ms()
+        keys = [(self.ref, row.tobytes()) for row in rows]
+        out = np.empty(len(rows), dtype=np.float64)
+        with self._lock:
+            found = [self._cache.get(k, now) for k in keys]
+        todo = [i for i, v in enumerate(found) if v is None]
+        if todo:
+            scores = self._model.score_many(rows[todo], run_options)
+            with self._lock:
+                for i, s in zip(todo, scores.tolist(), strict=True):
+                    self._cache.put(keys[i], s, now)
+            out[todo] = scores
+        for i, v in enumerate(found):
+            if v is not None:
+                out[i] = v
+        return out
+
+
+class CachingWrap:
+    """A model wrapper for `FallbackChain(wrap=...)`: every model through one cache (after
+    `inner`, the fault injector of chaos tests, when there is one)."""
+
+    def __init__(self, cache: PredictionCache[float], now_ms: Callable[[], int],
+                 inner: Callable[[Any], Any] | None = None) -> None:
+        self.cache = cache
+        self._now_ms = now_ms
+        self._inner = inner
+        self._lock = threading.Lock()
+
+    def __call__(self, model: Any) -> CachedModel:
+        if self._inner is not None:
+            model = self._inner(model)
+        return CachedModel(model, self.cache, self._now_ms, self._lock)

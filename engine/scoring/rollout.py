@@ -36,6 +36,7 @@ from ..rollout.guardrails import GuardWindow, SideStats
 from ..rollout.settings import Guardrails
 from ..rollout.state import RolloutState, in_canary
 from .breaker import CircuitBreaker
+from .cache import CachingWrap, PredictionCache
 from .chain import FallbackChain, Model, ScoringSettings
 
 __all__ = ["Plan", "RolloutDecider", "RolloutStats"]
@@ -205,12 +206,13 @@ class RolloutDecider:
     def usable(self) -> list[str]:
         return self.chain.usable()
 
-    def twin(self, wrap: Callable[[Model], Model] | None = None) -> RolloutDecider:
+    def twin(self, cache: PredictionCache | None = None) -> RolloutDecider:
         """Same plan (it follows every change), own chains, breakers and counts, no
-        guardrail records: the online path's decider. `wrap` replaces the model wrapper
-        (the online path's prediction cache)."""
+        guardrail records: the online path's decider; with `cache`, identical rows within
+        its TTL are not scored again (see `CachedModel` for where that is valid)."""
+        wrap = CachingWrap(cache, self._clock.now_ms, self._wrap) if cache else self._wrap
         return RolloutDecider(self.settings, self._rules, self.feature_set, self._registry,
-                              self._clock, self.guardrails, wrap or self._wrap, record=False,
+                              self._clock, self.guardrails, wrap, record=False,
                               holder=self._holder)
 
     def close(self) -> None:

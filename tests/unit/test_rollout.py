@@ -183,3 +183,37 @@ def test_guard_window_forgets_rows_older_than_the_window():
     w.record(100.0, SideStats(rows=5, declines=5), SideStats(rows=5))
     assert w.judge(105.0)[0] is not None
     assert w.judge(111.5)[0] is None  # nothing left in the window
+
+
+class _Counting:
+    def __init__(self, model) -> None:
+        self._model, self.ref, self.manifest, self.rows = model, model.ref, model.manifest, 0
+
+    def run_options(self):
+        return self._model.run_options()
+
+    def score_many(self, rows, run_options=None):
+        self.rows += len(rows)
+        return self._model.score_many(rows, run_options)
+
+
+def test_online_prediction_cache_scores_a_repeated_row_once_within_its_ttl(registry):
+    from engine.scoring.cache import CachingWrap, PredictionCache
+
+    clock = ManualClock(0)
+    cache: PredictionCache[float] = PredictionCache(max_entries=100, ttl_ms=1_000)
+    inner = _Counting(registry.get("primary"))
+    model = CachingWrap(cache, clock.now_ms)(inner)
+    x = _rows(10).matrix.astype(np.float32)
+    first = model.score_many(x)
+    again = model.score_many(x)
+    assert np.array_equal(first, again) and inner.rows == 10 and cache.hits == 10
+    changed = x.copy()
+    changed[0, 0] += 1
+    model.score_many(changed)
+    assert inner.rows == 11  # one changed feature: one miss
+    clock.advance(1_000)
+    model.score_many(x)
+    assert inner.rows == 21  # past the TTL: scored again
+    twin = _decider(registry, clock).twin(cache=cache)
+    assert [v.model for v in twin.decide(_rows(5))] == ["primary:1"] * 5
