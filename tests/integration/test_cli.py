@@ -1,7 +1,7 @@
 """The CLI as a user meets it against a real broker: every mistake gives one line on stderr and a
 non-zero exit (never a traceback, never a library's log lines first), and leaves nothing behind.
 
-Mistakes that need no broker are in tests/unit/test_cli.py.
+Mistakes that need no broker are in tests/unit/test_cli_settings.py.
 """
 
 from __future__ import annotations
