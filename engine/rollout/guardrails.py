@@ -26,6 +26,10 @@ class SideStats:
     rows: int = 0  # rows decided
     eligible: int = 0  # rows with every feature present: a model should have scored them
     errors: int = 0  # eligible rows the side's model did not score (timeout, error, ...)
+    # batches with eligible rows, and those where the side's model failed them: a failure
+    # is a whole call (a timeout fails the batch), so the rate is counted in calls
+    batches: int = 0
+    failed_batches: int = 0
     declines: int = 0
     hist: list[int] = field(default_factory=list)  # model scores per PSI bin
     call_s: list[float] = field(default_factory=list)  # batched model call durations
@@ -34,6 +38,8 @@ class SideStats:
         self.rows += other.rows
         self.eligible += other.eligible
         self.errors += other.errors
+        self.batches += other.batches
+        self.failed_batches += other.failed_batches
         self.declines += other.declines
         if other.hist:
             self.hist = [a + b for a, b in zip(self.hist or [0] * len(other.hist), other.hist,
@@ -42,7 +48,8 @@ class SideStats:
 
     @property
     def error_rate(self) -> float:
-        return self.errors / self.eligible if self.eligible else 0.0
+        """Share of the side's model calls (batches with complete rows) that failed."""
+        return self.failed_batches / self.batches if self.batches else 0.0
 
     @property
     def decline_rate(self) -> float:

@@ -50,8 +50,8 @@ class RolloutMetrics(NamedTuple):
                                      "Decline share over the guardrail window, canary and "
                                      "serving side", [*t, "model", "side"], **kw),
             side_error_ratio=Gauge("streamwise_rollout_error_ratio",
-                                   "Share of complete rows the side's model did not score "
-                                   "over the guardrail window", [*t, "model", "side"], **kw),
+                                   "Share of the side's model calls (batches with complete "
+                                   "rows) that failed, over the guardrail window", [*t, "model", "side"], **kw),
             side_rows=Gauge("streamwise_rollout_window_rows",
                             "Rows in the guardrail window per side", [*t, "model", "side"],
                             **kw),

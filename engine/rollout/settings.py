@@ -18,8 +18,9 @@ class Guardrails:
     """Canary against serving over a sliding window of `window_s` (wall clock), judged once
     both sides have `min_rows` rows in it. A breach of any threshold rolls back.
 
-    * `max_error_rate_delta`: rows the model could not score (timeout, error, breaker,
-      bad output; missing features excluded), canary share minus serving share;
+    * `max_error_rate_delta`: model calls that failed (timeout, error, breaker, bad
+      output, model missing: a batch whose complete rows the side's model did not score),
+      canary share minus serving share;
     * `max_p99_ratio`, `p99_slack_ms`: the candidate's p99 batched-call time above the
       serving model's p99 × ratio + slack (with `p99_min_calls` calls a side);
     * `max_decline_rate_delta`: |decline share of canary − of serving|;

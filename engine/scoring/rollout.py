@@ -374,4 +374,6 @@ def _side(verdicts: Sequence[Verdict], idx: Sequence[int], eligible: np.ndarray,
         if v.model == ref and v.score is not None:
             scores.append(v.score)
     side.hist = window.hist(np.asarray(scores, dtype=np.float64)) if scores else []
+    side.batches = int(side.eligible > 0)
+    side.failed_batches = int(side.errors > 0)
     return side
