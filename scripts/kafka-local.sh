@@ -236,12 +236,14 @@ format_once() {
 
 add_scram_users() {  # data formatted before the secured listeners: add the user now
   if [ -z "$SECURE" ] || [ -f "$DATA/.scram-users" ]; then return 0; fi
-  local pw; pw="$(cat "$SEC/scram-password")"
+  local pw mech; pw="$(cat "$SEC/scram-password")"
   jvm_args
-  "$JAVA" "${JVM[@]}" kafka.admin.ConfigCommand --bootstrap-server "127.0.0.1:$PORT" --alter \
-      --entity-type users --entity-name "$SCRAM_USER" \
-      --add-config "SCRAM-SHA-512=[password=$pw],SCRAM-SHA-256=[password=$pw]" \
-      >"$LOGS/scram.log" 2>&1 || { tail -n 20 "$LOGS/scram.log" >&2; die "adding SCRAM users failed"; }
+  for mech in SCRAM-SHA-512 SCRAM-SHA-256; do  # one mechanism per request
+    "$JAVA" "${JVM[@]}" kafka.admin.ConfigCommand --bootstrap-server "127.0.0.1:$PORT" --alter \
+        --entity-type users --entity-name "$SCRAM_USER" --add-config "$mech=[password=$pw]" \
+        >>"$LOGS/scram.log" 2>&1 \
+      || { tail -n 20 "$LOGS/scram.log" >&2; stop; die "adding SCRAM users failed"; }
+  done
   touch "$DATA/.scram-users"
   log "added SCRAM user $SCRAM_USER"
 }
