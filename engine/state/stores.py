@@ -241,6 +241,15 @@ class RocksStore:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _newest(staged: tuple[Mapping[bytes, bytes | None], ...], key: bytes,
+            stored: bytes | None) -> bytes | None:
+    """`key`'s value in the newest staged set that has it, else `stored`."""
+    for changes in reversed(staged):
+        if key in changes:
+            return changes[key]
+    return stored
+
+
 class StagedStore:
     """A partition store whose newest change sets wait for their changelog acknowledgement
     before they reach the store, while reads already see them.
@@ -254,6 +263,9 @@ class StagedStore:
     def __init__(self, store: RocksStore | MemoryStore) -> None:
         self.inner = store
         self._staged: tuple[Mapping[bytes, bytes | None], ...] = ()
+        # id(staged set) -> (the set, its keys sorted); the set is held, so its id is not
+        # reused while the entry lives; entries of written sets are dropped as they go
+        self._sorted: dict[int, tuple[Mapping[bytes, bytes | None], list[bytes]]] = {}
 
     def get(self, key: bytes) -> bytes | None:
         for changes in reversed(self._staged):
@@ -262,16 +274,41 @@ class StagedStore:
         return self.inner.get(key)
 
     def items_between(self, lo: bytes, hi: bytes) -> Iterable[tuple[bytes, bytes]]:
-        """The store's pairs in ``[lo, hi)`` with staged values over them (keys only staged
-        are not listed: the sweeps that call this look for old keys)."""
+        """The pairs in ``[lo, hi)``, in key order, as they will be once every staged set is
+        written: the store's, with staged values over them (the newest wins, a staged
+        deletion hides a key), and the keys only staged so far. (Listing only the store's
+        keys made a lookup miss a tile its entity's newest event had just created.)"""
         staged = self._staged
+        if not staged:
+            yield from self.inner.items_between(lo, hi)
+            return
+        extra: set[bytes] = set()
+        for changes in staged:
+            keys = self._keys_of(changes)
+            extra.update(keys[bisect.bisect_left(keys, lo):bisect.bisect_left(keys, hi)])
+        only_staged = sorted(extra)
+        i = 0
         for key, value in self.inner.items_between(lo, hi):
-            for changes in reversed(staged):
-                if key in changes:
-                    value = changes[key]
-                    break
+            while i < len(only_staged) and only_staged[i] <= key:
+                if only_staged[i] != key:
+                    v = _newest(staged, only_staged[i], None)
+                    if v is not None:
+                        yield only_staged[i], v
+                i += 1
+            value = _newest(staged, key, value)
             if value is not None:
                 yield key, value
+        for key in only_staged[i:]:
+            v = _newest(staged, key, None)
+            if v is not None:
+                yield key, v
+
+    def _keys_of(self, changes: Mapping[bytes, bytes | None]) -> list[bytes]:
+        """A staged set's keys, sorted once (on the first range read that needs them)."""
+        entry = self._sorted.get(id(changes))
+        if entry is None or entry[0] is not changes:
+            entry = self._sorted[id(changes)] = (changes, sorted(changes))
+        return entry[1]
 
     def stage(self, changes: Mapping[bytes, bytes | None]) -> None:
         self._staged = (*self._staged, changes)
@@ -284,6 +321,10 @@ class StagedStore:
         """Write the oldest staged change set, acknowledged at `changelog_offset`."""
         self.inner.apply(self._staged[0], changelog_offset=changelog_offset)
         self._staged = self._staged[1:]
+        live = {id(c) for c in self._staged}
+        for key in list(self._sorted):  # list(): one call, safe beside a reading thread
+            if key not in live:
+                self._sorted.pop(key, None)
 
     def close(self) -> None:
         self.inner.close()
