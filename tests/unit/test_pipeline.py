@@ -64,7 +64,7 @@ def records(values: Sequence[bytes | None], keys: Sequence[bytes | None] | None 
         # produced when it happened: the record time is the event's own (or T0 for junk), so
         # no event is in the future of its record (see test_future_time.py for that)
         ts = event.get("ts_ms") if isinstance(event, dict) else None
-        record_ts = ts if type(ts) is int and T0 <= ts else T0
+        record_ts = ts if type(ts) is int and ts >= T0 else T0
         out.append(Record(TOPIC, partition, first_offset + i, key, value, record_ts))
     return out
 
