@@ -65,6 +65,16 @@ class Breach:
     detail: str
 
 
+def _z(p1: float, n1: int, p2: float, n2: int) -> float:
+    """Two-proportion z statistic: how many standard errors apart two shares are (a share's
+    difference must be both large, the threshold, and not noise, this)."""
+    if not n1 or not n2:
+        return 0.0
+    pooled = (p1 * n1 + p2 * n2) / (n1 + n2)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+    return abs(p1 - p2) / se if se > 0 else (math.inf if p1 != p2 else 0.0)
+
+
 def psi(expected: list[int], actual: list[int]) -> float:
     """Population stability index of two histograms over the same bins (a floor of 1e-4 per
     bin share keeps empty bins finite)."""
@@ -127,7 +137,8 @@ class GuardWindow:
             return None, canary, serving
         n = f"(canary {canary.rows} rows, serving {serving.rows} rows, {g.window_s:g} s window)"
         delta = canary.error_rate - serving.error_rate
-        if delta > g.max_error_rate_delta:
+        if delta > g.max_error_rate_delta and _z(canary.error_rate, canary.batches,
+                                                  serving.error_rate, serving.batches) >= g.min_z:
             return Breach("error_rate", f"error rate {canary.error_rate:.3f} vs "
                           f"{serving.error_rate:.3f}: +{delta:.3f} > {g.max_error_rate_delta} "
                           f"{n}"), canary, serving
@@ -137,7 +148,8 @@ class GuardWindow:
             return Breach("p99_latency", f"p99 model call {c99:.2f} ms vs {s99:.2f} ms > "
                           f"{g.max_p99_ratio:g}x + {g.p99_slack_ms:g} ms {n}"), canary, serving
         d = abs(canary.decline_rate - serving.decline_rate)
-        if d > g.max_decline_rate_delta:
+        if d > g.max_decline_rate_delta and _z(canary.decline_rate, canary.rows,
+                                                serving.decline_rate, serving.rows) >= g.min_z:
             return Breach("decline_rate", f"decline rate {canary.decline_rate:.3f} vs "
                           f"{serving.decline_rate:.3f}: |delta| {d:.3f} > "
                           f"{g.max_decline_rate_delta} {n}"), canary, serving

@@ -24,6 +24,7 @@ class Guardrails:
     * `max_p99_ratio`, `p99_slack_ms`: the candidate's p99 batched-call time above the
       serving model's p99 × ratio + slack (with `p99_min_calls` calls a side);
     * `max_decline_rate_delta`: |decline share of canary − of serving|;
+      (both rates also need a difference of `min_z` standard errors);
     * `max_psi`: population stability index of the two score histograms (`psi_edges`),
       with `psi_min_rows` scores a side.
     """
@@ -38,6 +39,10 @@ class Guardrails:
     max_psi: float = 0.25
     psi_min_rows: int = 1000  # PSI of 10 bins is noisy below this (~0.1 at 100 rows a side)
     psi_edges: tuple[float, ...] = PSI_EDGES
+    # the error-rate and decline-rate differences must also be this many standard errors
+    # apart (a two-proportion z test): a 5-point difference at 200 rows and a 17% decline
+    # share is 2 standard errors, noise that would roll back a good candidate
+    min_z: float = 4.0
 
 
 @dataclass(frozen=True)

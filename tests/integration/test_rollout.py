@@ -271,10 +271,15 @@ async def test_shadow_canary_ramp_and_automatic_rollback_on_two_workers(
         assert stripped == [_untimed(r.value) for r in without]
         # ...and the live serving decisions are the replay's (timings aside)
         by_id = {orjson.loads(r.value)["event_id"]: orjson.loads(r.value) for r in without}
+        timed_out = 0
         for d in docs:
             r = by_id[d["event_id"]]
+            if d["path"] != r["path"] and "timeout" in d["reasons"]:
+                timed_out += 1  # a live model call past its budget (replay has none)
+                continue
             assert (d["decision_id"], d["decision"], d["path"], d["model"]) == \
                 (r["decision_id"], r["decision"], r["path"], r["model"])
+        assert timed_out <= 0.05 * len(docs)
 
         # -- canary at 10%: the hash slice, on both workers, across a restart ---------------
         _cli("rollout", "fraud", "canary", "primary=2", "--percent", "10", *stage)
@@ -328,11 +333,17 @@ async def test_shadow_canary_ramp_and_automatic_rollback_on_two_workers(
         state = (await _models(workers[1].url))["rollout"]
         assert (state["serving"], state["last_good"], state["automatic"]) == ("2", "1", True)
         assert [wp.proc.pid for wp in workers] == pids
-        assert all((await _models(wp.url))["active"] == "primary:2" for wp in workers)
+        assert [(await _models(wp.url))["active"] for wp in workers] == ["primary:2"] * 2
+        after = _events(1_000, 49, start + 70_000_000)
+        await produce(kafka, topics.events, after)  # decided by the released version
+        ramp_batches.append(after)
         decided = await wait_drained(kafka, topics, canary_ids | ids | _ids(ramp_batches),
                                      None, timeout_s=300)
-        last = [orjson.loads(r.value) for r in decided]
-        assert {d["model"] for d in last if d["path"] == "model"} >= {"primary:2"}
+        after_ids = _ids([after])
+        last = [d for d in map(orjson.loads, (r.value for r in decided))
+                if d["event_id"] in after_ids]
+        assert {d["model"] for d in last if d["path"] in ("model", "canary")} == {"primary:2"}
+        assert "canary" not in {d["path"] for d in last}
 
         # -- a bad candidate on a ramp is rolled back by the guardrail ----------------------
         seq = state["seq"]

@@ -172,7 +172,7 @@ def test_a_candidate_that_does_not_load_falls_back_and_breaches_the_error_rate(r
     d = _decider(registry, clock)
     d.apply({"primary": canary(None, "primary", "1", "9", 50, "t", 0)})  # no version 9
     assert d.plan.candidate is None and "9" in d.plan.candidate_error
-    verdicts = d.decide(_rows(400))
+    verdicts = [v for i in range(20) for v in d.decide(_rows(20, 20 * i))]  # 20 batches
     assert "canary" not in {v.path for v in verdicts}
     breach, _, _ = d.plan.window.judge(0)
     assert breach is not None and breach.guardrail == "error_rate"
@@ -180,7 +180,7 @@ def test_a_candidate_that_does_not_load_falls_back_and_breaches_the_error_rate(r
 
 def test_guard_window_forgets_rows_older_than_the_window():
     w = GuardWindow(Guardrails(window_s=10, min_rows=1), "primary:2")
-    w.record(100.0, SideStats(rows=5, declines=5), SideStats(rows=5))
+    w.record(100.0, SideStats(rows=50, declines=50), SideStats(rows=50))
     assert w.judge(105.0)[0] is not None
     assert w.judge(111.5)[0] is None  # nothing left in the window
 

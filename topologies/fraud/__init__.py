@@ -95,12 +95,13 @@ TOPOLOGY = Topology(
              "features": StageBudget(15, 30), "inference": StageBudget(10, 30),
              "policy": StageBudget(5, 10), "total": StageBudget(40, 80)},
     score_late=True,
-    # Canary against serving over 30 s; fraud's decline share is ~1.5%, so 5 points of
-    # difference is a different policy, not noise (5 standard deviations at 200 rows a side).
+    # Canary against serving over 30 s: 5 points of decline-share difference that is also 4
+    # standard errors apart is a different policy, not noise.
     rollout=RolloutSettings(
         guardrails=Guardrails(window_s=30.0, min_rows=200, max_error_rate_delta=0.02,
                               max_p99_ratio=3.0, p99_slack_ms=10.0, p99_min_calls=100,
-                              max_decline_rate_delta=0.05, max_psi=0.25, psi_min_rows=1000),
+                              max_decline_rate_delta=0.05, max_psi=0.25, psi_min_rows=1000,
+                              min_z=4.0),
         minima=ValidationMinima(max_auc_drop=0.01, max_ece=0.05),
         holdout=_holdout,
     ),
