@@ -32,6 +32,7 @@ from pydantic_settings import (
 from . import __version__
 from .config import EngineConfig
 from .errors import ConfigError, EngineError
+from .supervisor import SHARED_PORT_FLAG
 
 __all__ = ["child_env", "main"]
 
@@ -284,6 +285,13 @@ def _parser() -> _Parser:
     w = command("worker", "run a stream worker of a topology")
     _topology_arg(w)
     _add_settings(w, W)
+    w.add_argument("--processes", default=os.environ.get(ENV_PREFIX + "PROCESSES", "1"),
+                   metavar="N|auto",
+                   help="members of the consumer group to run here under one supervisor, "
+                        "each a process with its own state directory (<data-dir>/m<i>), all "
+                        "answering on --web-port; auto: one per core [default: 1; env "
+                        "STREAMWISE_PROCESSES]")
+    w.add_argument(SHARED_PORT_FLAG, action="store_true", help=argparse.SUPPRESS)
 
     pr = command("produce", "produce the reference workload (or a file) to a topology; "
                             "creates the topology's topics when missing")
@@ -456,7 +464,9 @@ def child_env(cfg: EngineConfig) -> dict[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    args.worker_argv = argv  # a supervisor (--processes) starts its members with them
     try:
         cfg, given = load_config(args, os.environ)
     except EngineError as exc:
@@ -482,6 +492,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         release_held_logs()
 
 
+def _processes(value: str) -> int:
+    from .supervisor import resolve_processes
+    try:
+        return resolve_processes(value)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def _run(args: argparse.Namespace, cfg: EngineConfig, given: set[str]) -> int:
     if args.command == "kafka":
         return _kafka(args.action, args.secure)
@@ -498,8 +516,15 @@ def _run(args: argparse.Namespace, cfg: EngineConfig, given: set[str]) -> int:
     if args.command in (W, R):
         _tune_gc()
     if args.command == W:
+        processes = _processes(args.processes)
+        if processes > 1:
+            from .logs import release_held_logs
+            from .supervisor import supervise
+            release_held_logs()
+            return supervise(args.worker_argv, processes, cfg.state.data_dir, cfg.api.host,
+                             cfg.api.port)
         from .commands import run_worker
-        return asyncio.run(run_worker(cfg, topology))
+        return asyncio.run(run_worker(cfg, topology, shared_port=args.shared_web_port))
     if args.command == RO:
         from .rollout.command import RolloutRequest, run_rollout
         req = RolloutRequest(action=args.action, target=args.target, percent=args.percent,

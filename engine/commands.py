@@ -94,9 +94,13 @@ def _check_pins(registry: ModelRegistry, pins: dict[str, str], models_dir: Path)
 # -- worker ------------------------------------------------------------------------------------
 
 
-async def run_worker(cfg: EngineConfig, topology: Topology) -> int:
+async def run_worker(cfg: EngineConfig, topology: Topology, shared_port: bool = False) -> int:
     """Bind the HTTP port (a busy port fails before Kafka is asked anything), check the broker
-    and the input topic, then run until SIGTERM / SIGINT."""
+    and the input topic, then run until SIGTERM / SIGINT.
+
+    `shared_port`: this worker is one member of `--processes N` (engine.supervisor): it
+    listens on the port with SO_REUSEPORT beside its siblings, and on a private port of its
+    own, the one it advertises for forwarded lookups."""
     from aiohttp import web
 
     from .api import ApiRunner, build_app
@@ -123,7 +127,7 @@ async def run_worker(cfg: EngineConfig, topology: Topology) -> int:
     runner = ApiRunner(build_app(worker, online, token), access_log=None)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, cfg.api.host, cfg.api.port)
+        site = web.TCPSite(runner, cfg.api.host, cfg.api.port, reuse_port=shared_port or None)
         try:
             await site.start()
         except OSError as exc:
@@ -131,7 +135,9 @@ async def run_worker(cfg: EngineConfig, topology: Topology) -> int:
             raise ConfigError(f"cannot listen on {cfg.api.host}:{cfg.api.port}: "
                               f"{'address already in use' if busy else exc.strerror or exc}"
                               f"{' (pass another --web-port)' if busy else ''}") from None
-        host, port = runner.addresses[0][:2]  # the port actually bound (--web-port 0: any)
+        if shared_port:  # siblings share the public port: forwards need this member's own
+            await web.TCPSite(runner, cfg.api.host, 0).start()
+        host, port = runner.addresses[-1][:2]  # the port bound last (--web-port 0: any)
         worker.url = cfg.api.advertise_url or f"http://{host}:{port}"
         await connect_check(cfg.kafka)
         if not cfg.kafka.create_input_topic:  # Worker.start refuses it too; say so early
