@@ -16,7 +16,8 @@ an external or Docker broker, `kafka_secure` starts one local secured broker of 
 
 Fixtures:
     kafka_broker   (session) -> KafkaBroker: bootstrap, version, source; kill/stop/start/restart
-                                for the local broker (crash and restart tests)
+                                and pause/resume (SIGSTOP/SIGCONT) for the local broker (crash,
+                                restart and chaos tests)
     kafka_secure   (session) -> SecureListeners: SSL and SASL_SSL bootstraps, CA, client
                                 certificate and key, SCRAM user and password file
                                 (KAFKA_SECURE_LOCAL_DIR: of a secured local broker already up)
@@ -31,6 +32,7 @@ import asyncio
 import os
 import re
 import secrets
+import signal
 import subprocess
 import tempfile
 import threading
@@ -109,6 +111,21 @@ class KafkaBroker:
 
     def restart(self) -> None:
         self._script("restart")
+
+    @property
+    def pid(self) -> int:
+        """The local broker's JVM (from kafka-local.sh's PID file)."""
+        if self.local_env is None:
+            raise RuntimeError(f"the {self.source} broker at {self.bootstrap} is not ours")
+        return int((Path(self.local_env["KAFKA_LOCAL_DIR"]) / "kafka.pid").read_text())
+
+    def pause(self) -> None:
+        """SIGSTOP the broker by PID: it holds its connections and answers nothing (a long GC
+        pause, a frozen VM) until `resume()`."""
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.pid, signal.SIGCONT)
 
     def _script(self, command: str) -> str:
         if self.local_env is None:

@@ -1,0 +1,192 @@
+"""The chaos suite's verifier can fail: given the outputs a correct worker would write it counts
+nothing, and each kind of damage to them is counted where it belongs (lost, duplicate,
+raw_duplicate, unexpected, wrong_value, unaccounted). Pure: no broker, no engine."""
+
+from __future__ import annotations
+
+import copy
+import zlib
+from dataclasses import dataclass, field
+
+import orjson
+import pytest
+
+from tests.integration.chaos_harness import far_future_events, mix, poison_records
+from tests.integration.chaos_verifier import (
+    CardHistory,
+    Expected,
+    expected_outcomes,
+    verify,
+)
+from topologies.fraud.workload import generate
+
+PARTITIONS = 4
+RECORD_TS = 1_767_225_600_000 + 3_600_000  # the produce time of every record
+
+
+@dataclass
+class Rec:
+    """What aiokafka's ConsumerRecord offers the verifier."""
+
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: int = RECORD_TS
+    headers: list = field(default_factory=list)
+
+
+def _input() -> list[Rec]:
+    w = generate(600, seed=3, cards=60)
+    cards = sorted({ev["card_id"] for ev in w.events})
+    stream = mix(w.events, poison_records(14, 3, cards) + far_future_events(3, 3, cards), 3)
+    offsets = [0] * PARTITIONS
+    out = []
+    for i, (key, value) in enumerate(stream):
+        p = zlib.crc32(key) % PARTITIONS if key is not None else i % PARTITIONS
+        out.append(Rec(p, offsets[p], key, value))
+        offsets[p] += 1
+    return out
+
+
+def _outputs(expected: Expected) -> tuple[list[Rec], list[Rec], list[Rec]]:
+    """What a correct worker writes: one decision per valid event plus one per re-delivered
+    duplicate, one DLQ record per bad record, one late record per late event."""
+    o = expected.oracle
+    decisions, dlq, late = [], [], []
+    for eid, (p, _) in sorted(o.first_seen.items(), key=lambda kv: kv[1]):
+        ev = o.events[eid]
+        doc = {"decision_id": f"d-{eid}", "event_id": eid, "key": ev["card_id"],
+               "score": 0.1, "decision": "approve", "model": "primary:1", "path": "model",
+               "reasons": [], "features": o.features[eid], "stage_ms": {},
+               "event_ts_ms": ev["ts_ms"], "decided_at_ms": 0}
+        value = orjson.dumps(doc)
+        for _ in range(1 + sum(1 for *_, d in o.duplicates if d == eid)):
+            decisions.append(Rec(p, len(decisions), ev["card_id"].encode(), value))
+        if o.outcome[eid] == "late":
+            late.append(Rec(p, len(late), ev["card_id"].encode(), orjson.dumps(ev),
+                            headers=[("streamwise.watermark_ms",
+                                      str(o.watermark_ms[p]).encode())]))
+    for p, off, reason in o.dlq:
+        raw = expected.locations[(p, off)] or b""
+        dlq.append(Rec(p, len(dlq), None, raw[:64 * 1024], headers=[
+            ("streamwise.reason", reason.encode()), ("streamwise.partition", b"%d" % p),
+            ("streamwise.offset", b"%d" % off)]))
+    return decisions, dlq, late
+
+
+@pytest.fixture(scope="module")
+def run() -> tuple[Expected, tuple[list[Rec], list[Rec], list[Rec]]]:
+    expected = expected_outcomes(_input(), generate(600, seed=3, cards=60).profiles)
+    return expected, _outputs(expected)
+
+
+def _counts(rep) -> dict[str, int]:
+    return {k: getattr(rep, k) for k in ("lost", "duplicate", "raw_duplicate", "unexpected",
+                                         "wrong_value", "unaccounted")}
+
+
+ZERO = dict.fromkeys(("lost", "duplicate", "raw_duplicate", "unexpected", "wrong_value",
+                      "unaccounted"), 0)
+
+
+def test_the_outputs_of_a_correct_worker_count_nothing(run) -> None:
+    expected, (decisions, dlq, late) = run
+    o = expected.oracle
+    assert o.dlq and o.duplicates and o.late  # the input exercises every path
+    assert {r for *_, r in o.dlq} >= {"empty", "not_utf8", "invalid_json", "non_finite",
+                                      "missing_key", "schema", "future_time"}
+    rep = verify("clean", expected, decisions, dlq, late)
+    assert _counts(rep) == ZERO and rep.ok, rep.explain()
+
+
+def _damaged(run, how: str):
+    expected, outputs = run
+    decisions, dlq, late = copy.deepcopy(outputs)
+    o = expected.oracle
+    first_accepted = next(i for i, r in enumerate(decisions)
+                          if o.outcome[orjson.loads(r.value)["event_id"]] == "accepted")
+    if how == "drop a decision":
+        eid = orjson.loads(decisions[first_accepted].value)["event_id"]
+        decisions = [r for r in decisions if orjson.loads(r.value)["event_id"] != eid]
+    elif how == "wrong feature":
+        doc = orjson.loads(decisions[first_accepted].value)
+        doc["features"]["count_1h"] += 1
+        decisions[first_accepted].value = orjson.dumps(doc)
+    elif how == "decision for an unknown event":
+        doc = orjson.loads(decisions[0].value)
+        doc["event_id"] = doc["decision_id"] = "never-sent"
+        decisions.append(Rec(0, 10**6, decisions[0].key, orjson.dumps(doc)))
+    elif how == "second decision":
+        doc = orjson.loads(decisions[first_accepted].value)
+        doc["decision_id"] += "-again"
+        decisions.append(Rec(0, 10**6, decisions[first_accepted].key, orjson.dumps(doc)))
+    elif how == "repeated decision":
+        decisions.append(copy.deepcopy(decisions[first_accepted]))
+    elif how == "drop a dead letter":
+        dlq = dlq[1:]
+    elif how == "dead letter for a valid record":
+        p, off = o.first_seen[orjson.loads(decisions[first_accepted].value)["event_id"]]
+        dlq.append(Rec(p, 10**6, None, b"x", headers=[
+            ("streamwise.reason", b"schema"), ("streamwise.partition", b"%d" % p),
+            ("streamwise.offset", b"%d" % off)]))
+    elif how == "wrong dead-letter reason":
+        dlq[0].headers[0] = ("streamwise.reason", b"oversized")
+    elif how == "future event decided":
+        p, off, _ = next(d for d in o.dlq if d[2] == "future_time")
+        raw = orjson.loads(expected.locations[(p, off)])
+        dlq = [r for r in dlq if dict(r.headers)["streamwise.offset"] != b"%d" % off
+               or dict(r.headers)["streamwise.partition"] != b"%d" % p]
+        decisions.append(Rec(p, 10**6, raw["card_id"].encode(), orjson.dumps(
+            {**orjson.loads(decisions[0].value), "event_id": raw["event_id"],
+             "decision_id": "d-future"})))
+    elif how == "drop a late record":
+        late = late[1:]
+    return verify(how, expected, decisions, dlq, late)
+
+
+@pytest.mark.parametrize("how, counted", [
+    ("drop a decision", {"lost": 1, "unaccounted": None}),
+    ("wrong feature", {"wrong_value": 1}),
+    ("decision for an unknown event", {"unexpected": 1}),
+    ("second decision", {"duplicate": 1, "raw_duplicate": 1}),
+    ("repeated decision", {"raw_duplicate": 1}),
+    ("drop a dead letter", {"lost": 1, "unaccounted": 1}),
+    ("dead letter for a valid record", {"unexpected": 1, "unaccounted": 1}),
+    ("wrong dead-letter reason", {"wrong_value": 1}),
+    ("future event decided", {"lost": 1, "unexpected": 1, "unaccounted": 1}),
+    ("drop a late record", {"lost": 1}),
+])
+def test_each_kind_of_damage_is_counted_where_it_belongs(run, how: str,
+                                                         counted: dict) -> None:
+    rep = _damaged(run, how)
+    got = _counts(rep)
+    for name, zero in ZERO.items():
+        want = counted.get(name, zero)
+        if want is None:  # at least one (one per input record of the dropped event)
+            assert got[name] >= 1, (how, got)
+        else:
+            assert got[name] == want, (how, name, got, rep.explain())
+    assert rep.ok == (set(counted) <= {"duplicate", "raw_duplicate"}), how
+
+
+def test_a_lookup_matches_only_states_the_card_had(run) -> None:
+    expected, _ = run
+    o = expected.oracle
+    card = max(o.tiles, key=lambda c: sum(t.count for t in o.tiles[c].values()))
+    history = CardHistory.of(expected, [card])
+    states = history.states[card]
+    assert len(states) >= 3
+    for last, tiles in (states[0], states[len(states) // 2], states[-1]):
+        body = {"value": {"last_ts_ms": last},
+                "windows": [{"start_ms": s, "value": v} for s, v in tiles.items()]}
+        assert history.matches(card, body)
+    last, tiles = states[-1]
+    start = max(tiles)
+    wrong = {"value": {"last_ts_ms": last}, "windows": [
+        {"start_ms": s, "value": {**v, "count": v["count"] + (s == start)}}
+        for s, v in tiles.items()]}
+    assert not history.matches(card, wrong)
+    missing = {"value": {"last_ts_ms": last}, "windows": [
+        {"start_ms": s, "value": v} for s, v in tiles.items() if s != start]}
+    assert not history.matches(card, missing) or len(tiles) == 1
