@@ -113,7 +113,23 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 def peak_rss_mb(pid: int) -> float | None:
-    """VmHWM (peak resident set) of a live process, in MB; None once it is gone."""
+    """VmHWM (peak resident set) of a live process, in MB, plus that of its children (a
+    supervisor's members); None once it is gone."""
+    own = _vm_hwm_mb(pid)
+    if own is None:
+        return None
+    return own + sum(_vm_hwm_mb(child) or 0.0 for child in _children(pid))
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            return [int(c) for c in fh.read().split()]
+    except OSError:
+        return []
+
+
+def _vm_hwm_mb(pid: int) -> float | None:
     try:
         with open(f"/proc/{pid}/status") as fh:
             for line in fh:

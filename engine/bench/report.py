@@ -56,7 +56,8 @@ def render(report: dict[str, Any]) -> str:
               "streamwise / faust per-event " + _f(r.get("vs_baseline"), ".1f") + "x   "
               "streamwise / faust batched " + _f(r.get("vs_baseline_batched"), ".1f") + "x",
               "streamwise / quix streams " + _f(r.get("vs_quix"), ".1f") + "x   "
-              "replay / live worker (same round) " + _f(r.get("replay_vs_live"), ".2f") + "x"]
+              "replay / live worker (same round) " + _f(r.get("replay_vs_live"), ".2f") + "x",
+              "streamwise --processes 2 / one process " + _f(r.get("processes_vs_one"), ".2f") + "x"]
     sw = report.get("streamwise", {})
     for key, title in (("stage_p99_ms", "open loop"), ("stage_p99_ms_backlog", "backlog")):
         stages = sw.get(key)

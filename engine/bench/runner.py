@@ -298,6 +298,8 @@ async def _run(o: BenchOptions) -> dict[str, Any]:
         base = report.get(key, {}).get("events_per_s")
         ratios[name] = round(sw / base, 3) if sw and base else None
     ratios["replay_vs_live"] = report.get("replay", {}).get("vs_live")
+    many = report.get("processes", {}).get("events_per_s")
+    ratios["processes_vs_one"] = round(many / sw, 3) if many and sw else None
     report["ratios"] = ratios
     online = report.get("streamwise", {}).pop("online", None)
     if online is not None:

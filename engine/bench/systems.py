@@ -99,7 +99,5 @@ SYSTEMS: tuple[System, ...] = (
     System("quix", "quix streams", "q", "committed", _quix, _consumed_at_ms,
            lambda prefix: f"{prefix}bench-quix", needs=("quixstreams",)),
     streamwise_system(),
-    # Once the worker has `--processes`, its row is one more entry here:
-    #   streamwise_system("streamwise_processes", "streamwise --processes 2", "p",
-    #                     ("--processes", "2")),
+    streamwise_system("processes", "streamwise --processes 2", "p", ("--processes", "2")),
 )

@@ -10,8 +10,9 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
-ROWS = ("ceiling", "baseline", "baseline_batched", "quix", "streamwise")
-RATIOS = ("vs_ceiling", "vs_baseline", "vs_baseline_batched", "vs_quix", "replay_vs_live")
+ROWS = ("ceiling", "baseline", "baseline_batched", "quix", "streamwise", "processes")
+RATIOS = ("vs_ceiling", "vs_baseline", "vs_baseline_batched", "vs_quix", "replay_vs_live",
+          "processes_vs_one")
 
 
 def test_bench_tiny_run_reports_every_row(kafka_bootstrap, tmp_path):
