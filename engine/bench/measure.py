@@ -153,6 +153,19 @@ def stage_buckets(metrics_text: str, name: str = "streamwise_stage_seconds",
     return {k: sorted(v) for k, v in stages.items()}
 
 
+def stage_us_per_event(metrics_text: str, events: int,
+                       name: str = "streamwise_stage_seconds") -> dict[str, float]:
+    """Per stage, the histogram's total seconds over `events`, in microseconds per event (each
+    batch's stage time spread over its events)."""
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name == name:
+            for s in family.samples:
+                if s.name == f"{name}_sum":
+                    out[s.labels["stage"]] = round(s.value * 1e6 / max(events, 1), 2)
+    return out
+
+
 def stage_p99_ms(after: dict[str, list[tuple[float, float]]],
                  before: dict[str, list[tuple[float, float]]] | None = None,
                  q: float = 0.99) -> dict[str, float | None]:

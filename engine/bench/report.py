@@ -64,11 +64,19 @@ def render(report: dict[str, Any]) -> str:
         if stages:
             body = "  ".join(f"{k} {_f(v, 'g')}" for k, v in stages.items())
             lines.append(f"streamwise stage p99 ms ({title}, per batch, bucket bound): {body}")
-    parts = sw.get("latency_parts_ms")
-    if parts:
+    us = sw.get("stage_us_per_event_backlog")
+    if us:
+        body = "  ".join(f"{k} {_f(v, 'g')}" for k, v in us.items())
+        lines.append(f"streamwise us/event by stage (backlog): {body}")
+    for share, res in sorted((sw.get("latency_by_share") or {}).items(),
+                             key=lambda kv: float(kv[0])):
+        parts = res.get("latency_parts_ms") or {}
         body = "  ".join(f"{k} {_f(v.get('p50'), 'g')}/{_f(v.get('p99'), 'g')}"
                          for k, v in parts.items())
-        lines.append(f"streamwise latency parts p50/p99 ms (open loop): {body}")
+        lines.append(f"streamwise open loop at {float(share):.0%} "
+                     f"({_f(res.get('open_loop_rate_per_s'), ',.0f')}/s): p50 "
+                     f"{_f(res.get('p50_ms'), 'g')} ms, p99 {_f(res.get('p99_ms'), 'g')} ms;"
+                     f" p50/p99 ms: {body}")
     online = report.get("online")
     if online:
         for name, res in online.items():

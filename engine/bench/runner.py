@@ -51,6 +51,8 @@ class BenchOptions:
     repeat: int = 1
     latency_s: float = 10.0
     latency_share: float = 0.5   # of the system's own measured events/s
+    # the Streamwise worker is also measured at these shares (phases one after the other)
+    extra_latency_shares: tuple[float, ...] = (0.25, 0.75)
     max_open_loop_rate: float = 50_000.0  # what the harness's one producer sustains here
     online: bool = False
     online_s: float = 5.0
@@ -153,35 +155,29 @@ async def _one(o: BenchOptions, sysm: System, ds: workload.DataSet, run_prefix: 
         result["backlog_outputs"] = len(outs)  # < events where a system skips some
         _say(f"{sysm.key} #{r + 1}: {n:,} events in {(last - first) / 1000:.2f}s "
              f"= {eps:,.0f} events/s")
-        out_ends = await measure.end_offsets(o.broker, t.decisions, o.partitions)
         if sysm.worker:
-            before = measure.stage_buckets(await _scrape(port))
-            result["stage_p99_ms_backlog"] = measure.stage_p99_ms(before)
-        # 2. open loop → latency
-        rate = max(1.0, min(eps * o.latency_share, o.max_open_loop_rate))
-        fresh = workload.open_loop_events(
-            ds, max(1, min(int(rate * o.latency_s), _MAX_OPEN_LOOP_EVENTS)), o.seed + 1000 + r)
-        sent, send_s = await workload.open_loop(o.broker, t.events, fresh, rate,
-                                                o.latency_s * 3)
-        target = n + sent
-        await _wait_for(o, sysm, t, group, proc, target, max(60.0, o.latency_s * 6))
-        inputs = await measure.read_input_times(o.broker, t.events, in_ends)
-        lat_outs = await measure.read_outputs(o.broker, t.decisions, out_ends)
-        lat = measure.latencies_ms(inputs, lat_outs)
-        result.update(p50_ms=_r(measure.percentile(lat, 50)),
-                      p99_ms=_r(measure.percentile(lat, 99)),
-                      open_loop_rate_per_s=round(rate, 1),
-                      open_loop_sent_per_s=round(sent / max(send_s, 1e-3), 1),
-                      latency_samples=len(lat))
-        _say(f"{sysm.key} #{r + 1}: {sent:,} events at {rate:,.0f}/s "
-             f"(sent {result['open_loop_sent_per_s']:,.0f}/s): p50 {result['p50_ms']} ms, "
-             f"p99 {result['p99_ms']} ms ({len(lat):,} matched)")
+            text = await _scrape(port)
+            result["stage_p99_ms_backlog"] = measure.stage_p99_ms(measure.stage_buckets(text))
+            result["stage_us_per_event_backlog"] = measure.stage_us_per_event(text, n)
+        # 2. open loop → latency, at latency_share of the system's rate (and, for the
+        # Streamwise worker, at the other shares too, one phase after the other)
+        shares = [o.latency_share, *(x for x in o.extra_latency_shares
+                                     if x != o.latency_share and sysm.key == "streamwise")]
+        start_ms, done = None, n
+        for i, share in enumerate(shares):
+            phase = await _open_loop_phase(o, sysm, ds, t, group, proc, port, eps, share,
+                                           r * 10 + i, start_ms, done)
+            start_ms, done = phase.pop("next_start_ms"), phase.pop("done")
+            if i == 0:
+                result.update(phase)
+            else:
+                result.setdefault("latency_by_share", {})[str(share)] = {
+                    k: phase[k] for k in ("p50_ms", "p99_ms", "open_loop_rate_per_s",
+                                          "latency_parts_ms") if k in phase}
         if sysm.worker:
-            after = measure.stage_buckets(await _scrape(port))
-            result["stage_p99_ms"] = measure.stage_p99_ms(after, before)
-            result["latency_parts_ms"] = measure.latency_parts_ms(inputs, lat_outs,
-                                                                  sysm.consumed_at_ms)
-            _say(f"{sysm.key} #{r + 1}: where the latency goes: {result['latency_parts_ms']}")
+            result.setdefault("latency_by_share", {})[str(o.latency_share)] = {
+                k: result[k] for k in ("p50_ms", "p99_ms", "open_loop_rate_per_s",
+                                       "latency_parts_ms") if k in result}
         if online and sysm.key == "streamwise":
             result["online"] = await _online(o, port, ds)
         result["peak_rss_mb"] = _r(measure.peak_rss_mb(proc.popen.pid))
@@ -192,6 +188,42 @@ async def _one(o: BenchOptions, sysm: System, ds: workload.DataSet, run_prefix: 
         proc.stop()
         await _delete_topics(o.broker, prefix)
     return result
+
+
+async def _open_loop_phase(o: BenchOptions, sysm: System, ds: workload.DataSet,
+                           t: TopicNames, group: str, proc: _Proc, port: int, eps: float,
+                           share: float, seed: int, start_ms: int | None, done: int
+                           ) -> dict[str, Any]:
+    """Fresh events open loop at `share` of `eps` for latency_s; latency of each one matched
+    by event id (output record time − input record time), and for a worker row its stage p99
+    and latency parts over the phase."""
+    in_ends = await measure.end_offsets(o.broker, t.events, o.partitions)
+    out_ends = await measure.end_offsets(o.broker, t.decisions, o.partitions)
+    before = measure.stage_buckets(await _scrape(port)) if sysm.worker else None
+    rate = max(1.0, min(eps * share, o.max_open_loop_rate))
+    fresh = workload.open_loop_events(
+        ds, max(1, min(int(rate * o.latency_s), _MAX_OPEN_LOOP_EVENTS)), o.seed + 1000 + seed,
+        start_ms)
+    sent, send_s = await workload.open_loop(o.broker, t.events, fresh, rate, o.latency_s * 3)
+    await _wait_for(o, sysm, t, group, proc, done + sent, max(60.0, o.latency_s * 6))
+    inputs = await measure.read_input_times(o.broker, t.events, in_ends)
+    lat_outs = await measure.read_outputs(o.broker, t.decisions, out_ends)
+    lat = measure.latencies_ms(inputs, lat_outs)
+    out: dict[str, Any] = dict(
+        p50_ms=_r(measure.percentile(lat, 50)), p99_ms=_r(measure.percentile(lat, 99)),
+        open_loop_rate_per_s=round(rate, 1),
+        open_loop_sent_per_s=round(sent / max(send_s, 1e-3), 1), latency_samples=len(lat),
+        next_start_ms=workload.newest_event_ms(fresh) + 10_000, done=done + sent)
+    _say(f"{sysm.key} #{seed // 10 + 1}: {sent:,} events at {rate:,.0f}/s ({share:.0%}; sent "
+         f"{out['open_loop_sent_per_s']:,.0f}/s): p50 {out['p50_ms']} ms, "
+         f"p99 {out['p99_ms']} ms ({len(lat):,} matched)")
+    if sysm.worker:
+        after = measure.stage_buckets(await _scrape(port))
+        out["stage_p99_ms"] = measure.stage_p99_ms(after, before)
+        out["latency_parts_ms"] = measure.latency_parts_ms(inputs, lat_outs,
+                                                           sysm.consumed_at_ms)
+        _say(f"{sysm.key}: where the latency goes: {out['latency_parts_ms']}")
+    return out
 
 
 async def _replay(o: BenchOptions, prefix: str, stops: dict[int, int], work: Path, r: int,

@@ -51,10 +51,16 @@ def build(n_events: int, partitions: int, seed: int = 7) -> DataSet:
     return DataSet(encode(w.events, partitions), profiles, partitions, last + 10_000)
 
 
-def open_loop_events(ds: DataSet, n_events: int, seed: int) -> Encoded:
-    """Fresh events (new ids) whose event time starts after the backlog's."""
-    w = fraud_workload.generate(n_events, seed, start_ms=ds.next_start_ms)
+def open_loop_events(ds: DataSet, n_events: int, seed: int,
+                     start_ms: int | None = None) -> Encoded:
+    """Fresh events (new ids) whose event time starts after the backlog's (or at
+    `start_ms`: a later phase starts after the one before)."""
+    w = fraud_workload.generate(n_events, seed, start_ms=start_ms or ds.next_start_ms)
     return encode(w.events, ds.partitions)
+
+
+def newest_event_ms(events: Encoded) -> int:
+    return max((orjson.loads(value)["ts_ms"] for _, _, value in events), default=0)
 
 
 def _producer(bootstrap: str) -> AIOKafkaProducer:
