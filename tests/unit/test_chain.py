@@ -567,3 +567,14 @@ def test_rows_of_one_entity_in_a_batch_see_each_others_decisions_in_order(rig):
     ]
     assert out[1].score == out[0].score and out[1].model == "backup:1"
     assert out[3].score == 0.42
+    assert r.chain.stats.rows_scored == Counter({"backup:1": 2})  # rows c0 and d1 only
+
+
+def test_a_row_missing_features_reuses_the_score_of_its_entitys_earlier_row(rig):
+    r = rig()
+    model, missing = r.chain.decide(ScoringRows.of_vectors(
+        ["c", "c"], [_vector(), _vector(count_10m=None)], [1_000, 1_500]))
+    assert model.path == "model"
+    assert (missing.path, missing.score, missing.reasons) == (
+        "fallback:last_score", model.score,
+        ("missing_features:count_10m", "last_score_age_ms=500"))

@@ -72,5 +72,6 @@ def test_scoring_rows_from_feature_dicts() -> None:
     assert rows.last_decision("k1") is None
     late = ScoringRows.of_vectors(["k"], [{"a": 1}], [5], late=[True])
     assert list(late.late) == [True]
+    assert late.matrix.dtype == np.float64  # integers only: still a float matrix
     empty = ScoringRows.of_vectors([], [], [])
     assert empty.names == () and empty.matrix.shape == (0, 0)
