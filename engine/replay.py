@@ -58,7 +58,8 @@ from .replay_runner import (
     _Runner,
     _write_in_order,
 )
-from .replay_sinks import JsonlSink, ParquetSink, Sink, TopicSink
+from .sinks.files import JsonlSink, ParquetSink, Sink
+from .sinks.kafka import TopicSink
 from .topology import Topology
 
 __all__ = ["Decided", "EmptyRange", "ReplayRange", "ReplaySummary", "check_output",

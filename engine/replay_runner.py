@@ -17,7 +17,7 @@ import orjson
 from .clock import ManualClock
 from .pipeline import Decider, Pipeline, Record
 from .progress import Bar
-from .replay_sinks import Sink
+from .sinks.files import Sink
 from .state import RocksStore
 from .topology import Topology
 

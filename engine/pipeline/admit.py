@@ -14,7 +14,7 @@ from typing import Any
 
 from ..ordering import Lateness, too_far_ahead
 from ..schemas import Rejection
-from ..sinks import dead_letter, late_record
+from ..sinks.records import dead_letter, late_record
 from ..state import layout
 from .partition import PartitionState, Row
 from .records import BatchResult, InputRecord

@@ -65,6 +65,7 @@ from ..metrics import (
 )
 from ..pipeline import Decider, PartitionState, Pipeline, PollResult
 from ..routing import Member
+from ..sinks.kafka import queue_outputs
 from ..state import Checkpoints, RocksStore, StagedStore
 from ..topology import TopicNames, Topology
 from .changelog import changelog_records, restore
@@ -285,15 +286,7 @@ class Worker:
                 self.stores[p].stage(r.changes)
                 changelog[p] = await send_records(producer, t.changelog, p,
                                                   changelog_records(r.changes))
-        for p, r in poll.partitions.items():
-            outputs += await send_records(producer, t.decisions, p,
-                                          ((k, v, []) for k, v in r.decisions))
-            if r.dlq:
-                outputs += await send_records(producer, t.dlq, p,
-                                              ((d.key, d.value, d.headers) for d in r.dlq))
-            if r.late:
-                outputs += await send_records(producer, t.late, p,
-                                              ((d.key, d.value, d.headers) for d in r.late))
+        outputs += await queue_outputs(producer, t, poll)
         previous = self._inflight[-1] if self._inflight else None
         task = asyncio.create_task(self._finish(poll, changelog, outputs, previous))
         task.add_done_callback(self._stop_on_failure)

@@ -21,7 +21,7 @@ from engine.features import PROFILE_TS_FIELD
 from engine.pipeline import BatchResult, PartitionPipeline, Record
 from engine.policy import RulesOnly
 from engine.schemas import EventDecoder, Rejection
-from engine.sinks import DLQ_TRUNCATE_BYTES
+from engine.sinks.records import DLQ_TRUNCATE_BYTES
 from engine.state import MemoryStore, layout
 from engine.topology import TimeSettings, Topology
 from topologies.fraud import TOPOLOGY

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from .pipeline.records import SideRecord
+from ..pipeline.records import SideRecord
 
 __all__ = ["DLQ_TRUNCATE_BYTES", "dead_letter", "late_record"]
 

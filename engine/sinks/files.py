@@ -1,4 +1,4 @@
-"""Where a replay writes its decisions: a training set in Parquet, JSONL lines, or a topic.
+"""Where a replay writes its decisions in files: a training set in Parquet, or JSONL lines.
 
 A sink receives, per partition, lists of decisions; each item is indexable as
 ``(key, decision JSON, offset, raw event)`` (`replay.Decided`).
@@ -23,14 +23,12 @@ from typing import Any
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
-from aiokafka import AIOKafkaProducer
 
-from .features import WindowFeature
-from .kafka_io import send_all
-from .labels import Labels
-from .topology import Topology
+from ..features import WindowFeature
+from ..labels import Labels
+from ..topology import Topology
 
-__all__ = ["JsonlSink", "ParquetSink", "Sink", "TopicSink", "parquet_schema"]
+__all__ = ["JsonlSink", "ParquetSink", "Sink", "parquet_schema"]
 
 _TS = pa.timestamp("ms", tz="UTC")
 _INTEGER_AGGS = ("count", "distinct_count")
@@ -164,20 +162,3 @@ class ParquetSink(Sink):
     def close(self) -> None:
         self._write_rows()
         self._writer.close()
-
-
-class TopicSink(Sink):
-    """The decision records, as the live worker writes them, to an explicit topic."""
-
-    def __init__(self, producer: AIOKafkaProducer, topic: str) -> None:
-        self._producer = producer
-        self._topic = topic
-        self._pending: list[tuple[int, Sequence[Any]]] = []
-
-    def write(self, partition: int, decisions: Sequence[Any]) -> None:
-        self._pending.append((partition, decisions))
-
-    async def flush(self) -> None:
-        pending, self._pending = self._pending, []
-        await send_all(self._producer, self._topic,
-                       ((p, (d[0], d[1], [])) for p, decisions in pending for d in decisions))
