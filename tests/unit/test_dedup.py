@@ -11,7 +11,7 @@ from engine.clock import ManualClock
 from engine.dedup import Dedup
 from engine.pipeline import BatchResult, PartitionPipeline, Record
 from engine.policy import RulesOnly
-from engine.state import MemoryStore
+from engine.state import MemoryStore, layout
 from topologies.fraud import TOPOLOGY
 
 HOUR = 3_600_000
@@ -132,13 +132,21 @@ def test_a_duplicate_in_the_same_batch_re_emits_the_first_ones_bytes() -> None:
 def test_a_duplicate_changes_no_aggregate_and_no_watermark() -> None:
     s = _Stream()
     s.send(_payment("a", T0, amount=10.0))
-    tiles = s.store.get(TOPOLOGY.table("velocity").state_prefix + b"c1")
-    watermark = s.store.get(b"m/max_ts")
-    latest = s.store.get(b"l/c1")
+    velocity = TOPOLOGY.table("velocity")
+    prefix = layout.table_prefix(velocity.name, velocity.version, velocity.tile_ms)
+
+    def tiles() -> list[tuple[bytes, bytes]]:  # every stored tile of every card
+        return list(s.store.items_between(prefix, prefix + b"\xff"))
+
+    before = tiles()
+    assert [layout.unpack_tile(v, True).count for _, v in before] == [1]
+    watermark = s.store.get(layout.WATERMARK_KEY)
+    entity = s.store.get(layout.entity_key(b"c1"))
+    assert layout.unpack_entity(entity)[0] == T0
     s.send(_payment("a", T0 + 30_000, amount=999.0), _payment("a", T0 + 90_000, amount=5.0))
-    assert s.store.get(TOPOLOGY.table("velocity").state_prefix + b"c1") == tiles
-    assert s.store.get(b"m/max_ts") == watermark == str(T0).encode()
-    assert s.store.get(b"l/c1") == latest
+    assert tiles() == before
+    assert s.store.get(layout.WATERMARK_KEY) == watermark == str(T0).encode()
+    assert s.store.get(layout.entity_key(b"c1")) == entity
     (b,) = s.send(_payment("b", T0 + 1_000, amount=1.0)).decisions
     f = orjson.loads(b[1])["features"]
     assert (f["count_10m"], f["sum_10m"], f["max_10m"]) == (2, 11.0, 10.0)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-from types import SimpleNamespace
 
+import orjson
 import pytest
 from pydantic import BaseModel, ConfigDict
 
 from engine.errors import ConfigError, TopologyError
 from engine.features import EventFeature, FeatureSet, SinceLastFeature, WindowFeature
+from engine.pipeline import Record
+from engine.testing import feed
 from engine.topology import StageBudget, TimeSettings, TopicNames, Topology
-from engine.windows import EntityTiles, Hopping, Sliding, TileTable, Tumbling
+from engine.windows import Hopping, Sliding, TileTable, Tumbling
 from topologies.fraud import TOPOLOGY
 from topologies.fraud.schema import CardPayment
 
@@ -87,7 +89,7 @@ def test_window_equal_to_retain_is_fine() -> None:
     table = TileTable("velocity", MINUTE, "amount", HOUR)
     fs = features(count("c", Sliding(HOUR)))
     topo = variant(tables=(table,), features=fs)
-    assert topo.features == fs  # an equal private copy (compiled for this topology)
+    assert topo.features == fs
 
 
 def test_duplicate_feature_names() -> None:
@@ -159,23 +161,27 @@ def test_a_second_topology_does_not_change_the_first_ones_features() -> None:
 
     def topo(tile_ms: int) -> Topology:
         table = TileTable("t", tile_ms, "amount", HOUR)
+        # out-of-orderness of an hour: every event below is on time
         return dataclasses.replace(TOPOLOGY, name="alias", schema=Ev, key_field="key",
-                                   tables=(table,), features=fs)
+                                   tables=(table,), features=fs, time=TimeSettings(HOUR, 0))
 
     t0 = 472_222 * HOUR  # hour aligned
-    ent = EntityTiles()  # tiles of the 1-minute table
-    ent.add(t0 - 3 * MINUTE, 1.0, None, MINUTE)
-    ent.add(t0 + 8 * MINUTE, 100.0, None, MINUTE)  # a later tile, outside the sliding window
+    events = [(t0 - 3 * MINUTE, 1.0), (t0 + 8 * MINUTE, 100.0), (t0 + 5 * MINUTE, 0.0)]
+
+    def sum_10m(topology: Topology) -> float:
+        """sum_10m of the last event, t0 + 5 min (3 min behind the newest)."""
+        out = feed(topology, [Record("t", 0, i, None, orjson.dumps(
+            {"event_id": f"e{i}", "key": "k", "amount": a, "ts_ms": ts}), None)
+            for i, (ts, a) in enumerate(events)])
+        return orjson.loads(out.decisions[0][-1])["features"]["sum_10m"]
 
     first = topo(MINUTE)
-    ts = t0 + 5 * MINUTE
-
-    def vector() -> dict:
-        return first.features.compute(SimpleNamespace(), ts, {"t": ent}, {}, None)
-
-    assert vector() == {"sum_10m": 1.0}  # [t0 - 4m, t0 + 6m)
-    topo(10 * MINUTE)  # same FeatureSet, 10-minute tiles
-    assert vector() == {"sum_10m": 1.0}
+    # 1-minute tiles: [t0 - 4m, t0 + 6m) holds 1.0 and the event's 0.0, not the later 100.0
+    assert sum_10m(first) == 1.0
+    second = topo(10 * MINUTE)  # same FeatureSet, 10-minute tiles
+    assert sum_10m(first) == 1.0
+    # 10-minute tiles: [t0, t0 + 10m) holds the event and 100.0, not t0 - 3 min
+    assert sum_10m(second) == 100.0
 
 
 def test_the_fraud_topology_ships_these_settings() -> None:

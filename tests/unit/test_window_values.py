@@ -1,22 +1,26 @@
 """Window bounds and window aggregates against numbers worked out by hand.
 
-Nothing here computes its expectation with `Window.bounds` or `EntityTiles.aggregate`: every
-expected value is a literal, derived in the comments from hand-built event lists.
+Nothing here computes its expectation with `Window.bounds` or the tile kernel: every expected
+value is a literal, derived in the comments from hand-built event lists. Aggregates are read
+from both kernels (compiled and reference) and mapped to features by the pipeline's
+`FeaturePlan`.
 """
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
+import numpy as np
 import orjson
 import pytest
 
 from engine.clock import ManualClock
 from engine.features import FeatureSet, WindowFeature
+from engine.kernel import NO_TS, ReferenceTileState, TileState
+from engine.kernel.specs import window_of
 from engine.pipeline import PartitionPipeline, Record
+from engine.pipeline.fold import FeaturePlan
 from engine.policy import RulesOnly
 from engine.state import MemoryStore
-from engine.windows import EntityTiles, Hopping, Sliding, TileTable, Tumbling
+from engine.windows import Hopping, Sliding, Tumbling, Window
 from topologies.fraud import TOPOLOGY
 
 S = 1_000
@@ -89,16 +93,35 @@ def test_sliding_bounds_over_minute_tiles(duration: int, ts: int,
 # Tile 10 (T0 + 10 min): 7.0 m3 @ 600 s, 100.0 m4 @ 659.999 s
 EVENTS = [(T0 + 5 * S, 10.0, "m1"), (T0 + 50 * S, 30.0, "m2"), (T0 + 65 * S, 5.0, "m1"),
           (T0 + 600 * S, 7.0, "m3"), (T0 + 659_999, 100.0, "m4"), (T0 + 40 * S, 99.0, "m9")]
+KERNELS = [pytest.param(TileState, id="compiled"), pytest.param(ReferenceTileState,
+                                                                 id="reference")]
+AGGS = ("count", "sum", "mean", "min", "max", "last", "distinct_count")
 
 
-@pytest.fixture
-def tiles() -> EntityTiles:
-    ent = EntityTiles()
-    for ts, value, merchant in EVENTS:
-        ent.add(ts, value, merchant, M)
-    return ent
+def fold_events(kernel, events, entity: str = "c1") -> np.ndarray:
+    """Fold `events` (ts, value, distinct) in order; the row each read right after its fold."""
+    for e in kernel.missing([entity]):
+        kernel.load(e, None, ())
+    n = len(events)
+    out = np.empty((n, kernel.width))
+    kernel.fold_read([entity] * n, np.array([t for t, _, _ in events], np.int64),
+                     np.array([v for _, v, _ in events], np.float64),
+                     [d for _, _, d in events] if kernel.has_distinct else None,
+                     np.ones(n, bool), np.full(n, NO_TS, np.int64), out, np.empty(n, np.int64))
+    return out
 
 
+def window_features(Kernel, events, window: Window, at: int, distinct: bool = True) -> dict:
+    """Every aggregate of `window` over `events`, read at `at` (the event not folded in), as a
+    decision would carry them: counts int, mean sum/count, None where there is no value."""
+    fs = FeatureSet("w", 1, tuple(WindowFeature(a, "t", a, window) for a in AGGS))
+    spec = window_of(window, distinct)
+    kernel = Kernel(M, [spec], True)
+    fold_events(kernel, events)
+    return FeaturePlan.of(fs, [("t", [spec])]).stored_vector([kernel.read("c1", at)[0]], None)
+
+
+@pytest.mark.parametrize("Kernel", KERNELS)
 @pytest.mark.parametrize(("lo", "hi", "count", "total", "low", "high", "last", "distinct"), [
     # tile 0 alone; `last` is the value at the newest time (30.0 @ 50 s), not the last added
     (T0, T0 + M, 3, 139.0, 10.0, 99.0, 30.0, 3),
@@ -110,58 +133,64 @@ def tiles() -> EntityTiles:
     (T0 + 1, T0 + M + 1, 1, 5.0, 5.0, 5.0, 5.0, 1),
     (T0 + 11 * M, T0 + 20 * M, 0, 0.0, None, None, None, 0),
 ])
-def test_aggregate_of_hand_built_tiles(tiles: EntityTiles, lo: int, hi: int, count: int,
-                                       total: float, low, high, last, distinct: int) -> None:
-    agg = tiles.aggregate(lo, hi)
-    assert (agg.count, agg.sum, agg.min, agg.max, agg.last, agg.distinct_count) == (
-        count, total, low, high, last, distinct)
-    assert agg.mean == (total / count if count else None)
+def test_aggregate_of_hand_built_tiles(Kernel, lo: int, hi: int, count: int, total: float,
+                                       low, high, last, distinct: int) -> None:
+    # A hopping window of step 1 read at `lo` is exactly [lo, hi).
+    got = window_features(Kernel, EVENTS, Hopping(hi - lo, 1), lo)
+    assert got == {"count": count, "sum": total, "mean": total / count if count else None,
+                   "min": low, "max": high, "last": last, "distinct_count": distinct}
 
 
-def test_aggregate_without_distinct_reports_zero(tiles: EntityTiles) -> None:
-    assert tiles.aggregate(T0, T0 + H, distinct=False).distinct_count == 0
-    assert tiles.aggregate(T0, T0 + H).distinct_count == 5  # m1 m2 m3 m4 m9
+@pytest.mark.parametrize("Kernel", KERNELS)
+def test_aggregate_without_distinct_reports_zero(Kernel) -> None:
+    assert window_features(Kernel, EVENTS, Hopping(H, 1), T0,
+                           distinct=False)["distinct_count"] == 0
+    assert window_features(Kernel, EVENTS, Hopping(H, 1), T0)["distinct_count"] == 5  # m1-4, m9
 
 
-def test_last_ties_go_to_the_event_added_last() -> None:
-    ent = EntityTiles()
-    ent.add(T0 + S, 1.0, None, M)
-    ent.add(T0 + S, 2.0, None, M)
-    ent.add(T0 + M + S, 3.0, None, M)
-    ent.add(T0 + M + S, 4.0, None, M)
-    assert ent.aggregate(T0, T0 + M).last == 2.0
-    assert ent.aggregate(T0, T0 + 2 * M).last == 4.0
-    assert ent.last_ts_ms == T0 + M + S
+@pytest.mark.parametrize("Kernel", KERNELS)
+def test_last_ties_go_to_the_event_added_last(Kernel) -> None:
+    kernel = Kernel(M, [window_of(Hopping(M, 1), False), window_of(Hopping(2 * M, 1), False)],
+                    False)
+    fold_events(kernel, [(T0 + S, 1.0, None), (T0 + S, 2.0, None), (T0 + M + S, 3.0, None),
+                         (T0 + M + S, 4.0, None)])
+    row = kernel.read("c1", T0)[0]
+    assert (row[4], row[6 + 4]) == (2.0, 4.0)  # `last` of [T0, +1 min) and of [T0, +2 min)
+    assert kernel.last_ts("c1") == T0 + M + S
 
 
-def test_window_reads_around_the_writing_tile_match_hand_counts(tiles: EntityTiles) -> None:
-    # The cached path (pivot = the tile being written) must give the same hand numbers.
-    a = tiles.aggregate(T0 + M, T0 + 11 * M, pivot_ms=T0 + 10 * M)
-    assert (a.count, a.sum, a.max, a.last, a.distinct_count) == (3, 112.0, 100.0, 100.0, 3)
-    tiles.add(T0 + 601 * S, 1.0, "m5", M)  # into the pivot tile
-    a = tiles.aggregate(T0 + M, T0 + 11 * M, pivot_ms=T0 + 10 * M)
-    assert (a.count, a.sum, a.max, a.last, a.distinct_count) == (4, 113.0, 100.0, 100.0, 4)
+@pytest.mark.parametrize("Kernel", KERNELS)
+def test_window_reads_around_the_writing_tile_match_hand_counts(Kernel) -> None:
+    # The row read right after an event's fold (its own tile being written) gives the hand
+    # numbers: 10 minutes at T0 + 10 min are tiles 1 .. 10.
+    kernel = Kernel(M, [window_of(Sliding(10 * M), True)], True)
+    fold_events(kernel, EVENTS)
+    a = kernel.read("c1", T0 + 10 * M)[0]
+    assert (a[0], a[1], a[3], a[4], a[5]) == (3, 112.0, 100.0, 100.0, 3)
+    (a,) = fold_events(kernel, [(T0 + 601 * S, 1.0, "m5")])  # into tile 10
+    assert (a[0], a[1], a[3], a[4], a[5]) == (4, 113.0, 100.0, 100.0, 4)
 
 
 # --------------------------------------------------------------------------- features
 
-TABLE = TileTable("t", M, "amount", H)
 
-
-def test_tumbling_and_hopping_features_from_hand_built_events() -> None:
+@pytest.mark.parametrize("Kernel", KERNELS)
+def test_tumbling_and_hopping_features_from_hand_built_events(Kernel) -> None:
     fs = FeatureSet("f", 1, (
         WindowFeature("count_t5", "t", "count", Tumbling(5 * M)),
         WindowFeature("sum_t5", "t", "sum", Tumbling(5 * M)),
         WindowFeature("count_h6", "t", "count", Hopping(6 * M, 2 * M)),
         WindowFeature("sum_h6", "t", "sum", Hopping(6 * M, 2 * M)),
-    )).compile({"t": TABLE})
-    ent = EntityTiles()
-    for ts, amount in ((T0 + 30 * S, 1.0), (T0 + 2 * M, 2.0), (T0 + 270 * S, 4.0),
-                       (T0 + 5 * M, 8.0), (T0 + 8 * M, 16.0)):
-        ent.add(ts, amount, None, M)
+    ))
+    windows = [window_of(Tumbling(5 * M), False), window_of(Hopping(6 * M, 2 * M), False)]
+    kernel = Kernel(M, windows, False)
+    fold_events(kernel, [(ts, amount, None) for ts, amount in (
+        (T0 + 30 * S, 1.0), (T0 + 2 * M, 2.0), (T0 + 270 * S, 4.0), (T0 + 5 * M, 8.0),
+        (T0 + 8 * M, 16.0))])
+    plan = FeaturePlan.of(fs, [("t", windows)])
 
-    def at(ts: int) -> dict:
-        return fs.compute(SimpleNamespace(amount=0.0), ts, {"t": ent}, {"t": None}, None)
+    def at(ts: int) -> dict:  # an event at ts, over the tiles as they stand (not folded in)
+        return plan.stored_vector([kernel.read("c1", ts)[0]], None)
 
     # ts = T0 + 1 min: tumbling [T0, T0 + 5 min) as it stands holds 1 + 2 + 4 (also the
     # tiles after the event's own); hopping [T0, T0 + 6 min) holds 1 + 2 + 4 + 8
