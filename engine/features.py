@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
-from .windows import EntityTiles, TileTable, Window
+from .windows import Window
 
 __all__ = [
     "PROFILE_TS_FIELD",
@@ -79,8 +79,6 @@ class FeatureSet:
     features: tuple[Feature, ...]
     critical: tuple[str, ...] = ()
     profile_max_age_ms: int | None = None
-    _plan: tuple = field(default=(), init=False, repr=False, compare=False)
-    _names: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -92,83 +90,6 @@ class FeatureSet:
 
     def tables_used(self) -> set[str]:
         return {f.table for f in self.features if isinstance(f, WindowFeature | SinceLastFeature)}
-
-    def compile(self, tables: Mapping[str, TileTable]) -> FeatureSet:
-        """Group window features by (table, window) so each window is merged once per event."""
-        groups: dict[tuple[str, Window], list[tuple[str, str]]] = {}
-        others = []
-        for f in self.features:
-            if isinstance(f, WindowFeature):
-                groups.setdefault((f.table, f.window), []).append((f.name, f.agg))
-            else:
-                others.append(f)
-        plan = (tuple((tables[t], w, tuple(aggs), any(a == "distinct_count" for _, a in aggs))
-                      for (t, w), aggs in groups.items()),
-                tuple(others))
-        object.__setattr__(self, "_plan", plan)
-        object.__setattr__(self, "_names", self.names)
-        return self
-
-    def compute(self, event: Any, ts_ms: int, entities: Mapping[str, EntityTiles],
-                previous_ts_ms: Mapping[str, int | None],
-                profile: Mapping[str, Any] | None) -> FeatureVector:
-        """The feature vector for `event` given its entities' tiles as they stand now.
-
-        `previous_ts_ms[table]` is the entity's newest accepted event time *before* this event
-        was folded in. Names are in model order; missing values are None.
-        """
-        values: dict[str, float | int | None] = {}
-        self._window_values(values, ts_ms, entities)
-        for f in self._plan[1]:
-            if isinstance(f, SinceLastFeature):
-                prev = previous_ts_ms.get(f.table)
-                values[f.name] = -1.0 if prev is None else (ts_ms - prev) / 1000
-            elif isinstance(f, ProfileFeature):
-                values[f.name] = None if profile is None else f.compute(event, profile)
-            else:
-                values[f.name] = f.compute(event)
-        return {name: values[name] for name in self._names}
-
-    def stored_values(self, ts_ms: int, entities: Mapping[str, EntityTiles],
-                      previous_ts_ms: Mapping[str, int | None]) -> FeatureVector:
-        """The features that need no event, at time `ts_ms`: window aggregates and time
-        since the last event; profile and event features are None (they read the event)."""
-        values: FeatureVector = dict.fromkeys(self._names)
-        self._window_values(values, ts_ms, entities)
-        for f in self._plan[1]:
-            if isinstance(f, SinceLastFeature):
-                prev = previous_ts_ms.get(f.table)
-                values[f.name] = None if prev is None else (ts_ms - prev) / 1000
-        return values
-
-    def _window_values(self, values: dict[str, float | int | None], ts_ms: int,
-                       entities: Mapping[str, EntityTiles]) -> None:
-        for table, window, aggs, distinct in self._plan[0]:
-            start, end = window.bounds(ts_ms, table.tile_ms)
-            agg = entities[table.name].aggregate(start, end, distinct,
-                                                 ts_ms - ts_ms % table.tile_ms)
-            for name, how in aggs:
-                values[name] = agg.mean if how == "mean" else getattr(agg, how)
-
-    def ages(self, ts_ms: int, entities: Mapping[str, EntityTiles],
-             profile: Mapping[str, Any] | None) -> dict[str, int | None]:
-        """Age in ms of each feature's freshest input, seen from event time `ts_ms`.
-
-        Window and since-last features: time since the entity's newest accepted event (None
-        when it has none); profile features: time since the profile was written (None without
-        a profile or its record time); event features: 0.
-        """
-        ages: dict[str, int | None] = {}
-        written = profile.get(PROFILE_TS_FIELD) if profile is not None else None
-        for f in self.features:
-            if isinstance(f, WindowFeature | SinceLastFeature):
-                last = entities[f.table].last_ts_ms if f.table in entities else None
-                ages[f.name] = None if last is None else ts_ms - last
-            elif isinstance(f, ProfileFeature):
-                ages[f.name] = None if written is None else ts_ms - written
-            else:
-                ages[f.name] = 0
-        return ages
 
     def profile_is_stale(self, profile: Mapping[str, Any] | None, ts_ms: int) -> bool:
         """True when `profile` carries a record time (``_ts_ms``) older than the max age."""

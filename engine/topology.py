@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -113,9 +113,6 @@ class Topology:
     def __post_init__(self) -> None:
         self._validate()
         object.__setattr__(self, "_tables_by_name", {t.name: t for t in self.tables})
-        # A private copy: the compiled plan depends on this topology's tables, and a
-        # FeatureSet may be shared by several topologies.
-        object.__setattr__(self, "features", replace(self.features).compile(self._tables_by_name))
 
     def table(self, name: str) -> TileTable:
         return self._tables_by_name[name]
