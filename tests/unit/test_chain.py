@@ -578,3 +578,24 @@ def test_a_row_missing_features_reuses_the_score_of_its_entitys_earlier_row(rig)
     assert (missing.path, missing.score, missing.reasons) == (
         "fallback:last_score", model.score,
         ("missing_features:count_10m", "last_score_age_ms=500"))
+
+
+def test_a_steadily_fast_model_runs_inline_and_an_overrun_sends_it_back_to_the_thread(rig):
+    """After 100 calls each within a quarter of its timeout, a model is called in the
+    caller's thread (no thread hop); an inline call that overruns its timeout counts as a
+    timeout, and the next calls run in the guarded thread again."""
+    r = rig(settings=ScoringSettings(timeout_ms=2_000))
+    caller = threading.current_thread().name
+    for _ in range(100):
+        assert r.decide([_vector()])[0].path == "model"
+    model = r.scripted["primary"]
+    assert caller not in model.threads  # guarded so far: every call in the pool
+    assert r.decide([_vector()])[0].path == "model"
+    assert model.threads[-1] == caller  # the 101st ran inline
+    model.mode = "block"  # an inline call that hangs past its timeout
+    threading.Timer(2.5, model.release.set).start()
+    (v,) = r.decide([_vector()])
+    assert v.path != "model" and "timeout" in v.reasons
+    model.mode, model.release = "ok", threading.Event()
+    assert r.decide([_vector()])[0].path == "model"
+    assert model.threads[-1] != caller  # back in the guarded thread
