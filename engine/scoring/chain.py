@@ -62,8 +62,8 @@ class _Guard:
     """A model's breaker, and whether its calls may run inline.
 
     A call runs in a worker thread that the caller stops waiting for at its timeout, unless
-    the model has answered within a quarter of its timeout in each of its last `_INLINE_AFTER`
-    calls: then it runs inline in the caller's thread (no thread hop, whose GIL hand-offs cost
+    the model itself (not counting the hand-off) has answered within a quarter of its
+    timeout in each of its last `_INLINE_AFTER` calls: then it runs inline in the caller's thread (no thread hop, whose GIL hand-offs cost
     a busy worker ~10 us per decision at 10 ms polls). An inline call that overruns anyway is
     counted as a timeout, and the model goes back to the guarded thread for `_GUARDED_S`.
     """
@@ -76,15 +76,22 @@ class _Guard:
     def inline(self, now: float) -> bool:
         return self.fast >= _INLINE_AFTER and now >= self.guarded_until
 
-    def timed(self, t0: float, timeout_s: float, timed_out: bool) -> bool:
-        """Record a call's duration; False when it overran its timeout."""
-        elapsed = time.perf_counter() - t0
-        if timed_out or elapsed > timeout_s:
+    def took(self, took_s: float, timeout_s: float, timed_out: bool) -> bool:
+        """Record how long the model itself took (not the hand-off); False when the call
+        overran its timeout."""
+        if timed_out or took_s > timeout_s:
             self.fast = 0
             self.guarded_until = time.perf_counter() + _GUARDED_S
             return False
-        self.fast = self.fast + 1 if elapsed <= timeout_s / 4 else 0
+        self.fast = self.fast + 1 if took_s <= timeout_s / 4 else 0
         return True
+
+
+def _timed(score_many: Callable, matrix: np.ndarray, opts: object) -> tuple[np.ndarray, float]:
+    """Scores and the seconds the model itself took (measured where it runs)."""
+    t0 = time.perf_counter()
+    scores = score_many(matrix, opts)
+    return scores, time.perf_counter() - t0
 
 
 _INLINE_AFTER = 100
@@ -283,16 +290,15 @@ class FallbackChain:
             opts = model.run_options()
             self.stats.call_timeouts_s.append((name, timeout_s))
             t0 = time.perf_counter()  # the clock's whole ms are too coarse for a model call
-            inline = guard.inline(t0)
             try:
-                if inline:  # steadily fast: no thread hop (GIL hand-offs cost ~ms a poll)
-                    scores = model.score_many(matrix, opts)
+                if guard.inline(t0):  # steadily fast: no thread hop (GIL hand-offs)
+                    scores, took_s = _timed(model.score_many, matrix, opts)
                 else:
-                    scores = self._pool.submit(model.score_many, matrix, opts).result(
-                        timeout=timeout_s)
+                    scores, took_s = self._pool.submit(
+                        _timed, model.score_many, matrix, opts).result(timeout=timeout_s)
             except cf.TimeoutError:
                 opts.terminate = True  # type: ignore[attr-defined]
-                guard.timed(t0, timeout_s, timed_out=True)
+                guard.took(timeout_s, timeout_s, timed_out=True)
                 guard.breaker.record(False)
                 return None, "timeout"  # the budget is spent: no retry
             except Exception:
@@ -301,7 +307,7 @@ class FallbackChain:
                 if guard.breaker.state is not BreakerState.CLOSED:
                     break
                 continue
-            if not guard.timed(t0, timeout_s, timed_out=False):
+            if not guard.took(took_s, timeout_s, timed_out=False):
                 # an inline call that overran: a timeout all the same (the result is late)
                 guard.breaker.record(False)
                 return None, "timeout"

@@ -9,7 +9,9 @@ Per poll:
 1. the state changes (one changelog batch per partition) and the poll's decisions, dead-letter
    and late records are queued to Kafka together, in one round;
 2. once the changelog is acknowledged, each partition's changes go to RocksDB in one write
-   batch, with the changelog offset they were written at, in a thread (off the event loop);
+   batch, with the changelog offset they were written at, off the event loop: by the
+   pipeline's thread before its next poll (no thread hop of their own), or in a thread when
+   the input goes idle;
 3. once the outputs are acknowledged too, the poll's input offsets become committable; they
    are committed at most every `commit_interval_ms` (100), and whenever the input is idle, a
    partition is revoked or the worker stops.
@@ -131,6 +133,7 @@ class Worker:
         self._producer: AIOKafkaProducer | None = None
         self._tasks: list[asyncio.Task] = []
         self._inflight: deque[asyncio.Task] = deque()  # polls whose writes are under way
+        self._to_apply: deque[Mapping[int, int]] = deque()  # acknowledged, for RocksDB
         self._uncommitted: dict[int, int] = {}  # partition -> offset written, not committed
         self._last_commit = time.monotonic()
         k = cfg.kafka
@@ -214,8 +217,11 @@ class Worker:
                     await self._process(batches)
             while self._inflight and self._inflight[0].done():
                 await self._inflight.popleft()  # raises what its writes raised
-            if not batches and self._uncommitted and not self._inflight:
-                await self._commit()  # idle: what is written gets committed now
+            if not batches and not self._inflight:  # idle: write and commit what is done
+                if self._to_apply:
+                    await asyncio.to_thread(self._apply_ready)
+                if self._uncommitted:
+                    await self._commit()
         await self._drain()  # the last polls' writes; raises what they raised
 
     def stop(self) -> None:
@@ -293,7 +299,9 @@ class Worker:
         self._inflight.append(task)
 
     def _run_pipeline(self, batches: Mapping[TopicPartition, list]) -> PollResult:
-        """One poll, all its partitions (those revoked while it was in flight are skipped)."""
+        """One poll, all its partitions (those revoked while it was in flight are skipped),
+        after writing to RocksDB what earlier polls have had acknowledged."""
+        self._apply_ready()
         return self.pipeline.process({tp.partition: msgs for tp, msgs in batches.items()},
                                      self.profiles)
 
@@ -331,8 +339,9 @@ class Worker:
             offsets[p] = metas[-1].offset + sent[-1][1] - 1
         if previous is not None:
             await previous
-        if offsets:  # local state, atomically with the changelog offset it corresponds to
-            await asyncio.to_thread(self._apply, offsets)
+        if offsets:  # local state, atomically with the changelog offset it corresponds to:
+            self._to_apply.append(offsets)  # written by the pipeline's thread before its next
+            # poll (no thread hop of its own), or when the input goes idle
         await asyncio.gather(*(fut for fut, _ in outputs))
         self._uncommitted.update((p, r.commit_offset) for p, r in poll.partitions.items()
                                  if r.commit_offset is not None)
@@ -357,9 +366,12 @@ class Worker:
             # their decisions. Nothing is lost.
             log.warning("offset commit skipped (%s); records will be re-delivered", exc)
 
-    def _apply(self, offsets: Mapping[int, int]) -> None:
-        for p, offset in offsets.items():
-            self.stores[p].apply_oldest(offset)
+    def _apply_ready(self) -> None:
+        """Write the staged change sets whose changelog is acknowledged, oldest first, each
+        with its changelog offset (one RocksDB write batch per partition and poll)."""
+        while self._to_apply:
+            for p, offset in self._to_apply.popleft().items():
+                self.stores[p].apply_oldest(offset)
 
     def _stop_on_failure(self, task: asyncio.Task) -> None:
         """A poll whose writes failed stops the loop at once (even with no more input), and
@@ -384,6 +396,8 @@ class Worker:
         while self._inflight:
             task = self._inflight.popleft()
             await task
+        if self._to_apply:
+            await asyncio.to_thread(self._apply_ready)
         await self._commit()
 
     # -- metrics ---------------------------------------------------------------------------
