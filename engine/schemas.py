@@ -101,9 +101,23 @@ class EventDecoder:
 _MISSING: Any = object()
 
 
-def _fast_checks(model: type[BaseModel]) -> tuple[tuple[str, Callable[[Any], Any]], ...] | None:
-    """Per field, a function returning the accepted value or `_MISSING` (let pydantic decide);
-    None when some field or the model is beyond what the fast path knows."""
+class FieldSpec(NamedTuple):
+    """What the fast path checks of one field: its JSON type (``str``, ``int``, ``float``)
+    and its bounds (None: no such bound)."""
+
+    name: str
+    kind: str
+    min_length: int | None = None
+    max_length: int | None = None
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+
+
+def fast_specs(model: type[BaseModel]) -> tuple[FieldSpec, ...] | None:
+    """The fields' specs in model order; None when some field or the model is beyond what the
+    fast path knows (validators, aliases, defaults, other types or constraints)."""
     decorators = model.__pydantic_decorators__
     if any((decorators.validators, decorators.field_validators, decorators.root_validators,
             decorators.model_validators)):
@@ -111,57 +125,63 @@ def _fast_checks(model: type[BaseModel]) -> tuple[tuple[str, Callable[[Any], Any
     if model.model_config.get("extra") == "forbid" or model.model_config.get(
             "allow_inf_nan", True):
         return None
-    checks = []
+    specs = []
+    kinds = {str: "str", int: "int", float: "float"}
     for name, info in model.model_fields.items():
         if not info.is_required() or info.alias not in (None, name):
             return None
+        kind = kinds.get(info.annotation)
+        if kind is None:
+            return None
         bounds: dict[str, Any] = {}
         for meta in info.metadata:
-            kind = {at.MinLen: "min_length", at.MaxLen: "max_length", at.Gt: "gt", at.Ge: "ge",
+            attr = {at.MinLen: "min_length", at.MaxLen: "max_length", at.Gt: "gt", at.Ge: "ge",
                     at.Lt: "lt", at.Le: "le"}.get(type(meta))
-            if kind is None:
+            if attr is None:
                 return None
-            bounds[kind] = getattr(meta, kind)
-        check = _check_for(info.annotation, bounds)
-        if check is None:
+            bounds[attr] = getattr(meta, attr)
+        lengths = "min_length" in bounds or "max_length" in bounds
+        numbers = any(k in bounds for k in ("gt", "ge", "lt", "le"))
+        if (kind == "str" and numbers) or (kind != "str" and lengths):
             return None
-        checks.append((name, check))
-    return tuple(checks)
+        specs.append(FieldSpec(name, kind, **bounds))
+    return tuple(specs)
 
 
-def _check_for(annotation: Any, b: dict[str, Any]) -> Callable[[Any], Any] | None:
-    lo_len, hi_len = b.get("min_length", 0), b.get("max_length")
-    gt, ge, lt, le = b.get("gt"), b.get("ge"), b.get("lt"), b.get("le")
+def _fast_checks(model: type[BaseModel]) -> tuple[tuple[str, Callable[[Any], Any]], ...] | None:
+    """Per field, a function returning the accepted value or `_MISSING` (let pydantic decide);
+    None when the model has no fast path. The plain-Python reference of the compiled path."""
+    specs = fast_specs(model)
+    return None if specs is None else tuple((f.name, _check_for(f)) for f in specs)
+
+
+def _check_for(f: FieldSpec) -> Callable[[Any], Any]:
+    lo_len, hi_len = f.min_length or 0, f.max_length
+    gt, ge, lt, le = f.gt, f.ge, f.lt, f.le
 
     def in_bounds(x: float) -> bool:
         return ((gt is None or x > gt) and (ge is None or x >= ge)
                 and (lt is None or x < lt) and (le is None or x <= le))
 
-    if annotation is str:
-        if gt is not None or ge is not None or lt is not None or le is not None:
-            return None
-
+    if f.kind == "str":
         def check_str(v: Any) -> Any:
             if type(v) is str and len(v) >= lo_len and (hi_len is None or len(v) <= hi_len):
                 return v
             return _MISSING
         return check_str
-    if "min_length" in b or "max_length" in b:
-        return None
-    if annotation is int:
+    if f.kind == "int":
         def check_int(v: Any) -> Any:
             return v if type(v) is int and in_bounds(v) else _MISSING
         return check_int
-    if annotation is float:
-        def check_float(v: Any) -> Any:
-            t = type(v)
-            if t is int:  # exact only where a float holds the integer exactly
-                v = float(v) if -_EXACT < v < _EXACT else _MISSING
-            elif t is not float or not math.isfinite(v):
-                return _MISSING
-            return v if v is not _MISSING and in_bounds(v) else _MISSING
-        return check_float
-    return None
+
+    def check_float(v: Any) -> Any:
+        t = type(v)
+        if t is int:  # exact only where a float holds the integer exactly
+            v = float(v) if -_EXACT < v < _EXACT else _MISSING
+        elif t is not float or not math.isfinite(v):
+            return _MISSING
+        return v if v is not _MISSING and in_bounds(v) else _MISSING
+    return check_float
 
 
 _EXACT = 1 << 53
