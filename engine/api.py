@@ -38,9 +38,9 @@ from aiohttp import web, web_protocol, web_server
 from aiohttp.http_exceptions import BadHttpMethod, InvalidURLError, LineTooLong
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .kafka_io import partition_for
 from .online import NotOwned, OnlineScorer, Overloaded
 from .ordering import too_far_ahead
+from .partitioning import router
 from .pipeline import Preview, abstain_decision, features_now, last_decision, table_view
 from .schemas import EventDecoder, Rejection
 
@@ -112,6 +112,7 @@ def build_app(worker: Worker, online: OnlineScorer | None = None,
     """The worker's HTTP API. `online` scores `POST /v1/score` (404 without it). A request
     body must arrive within `body_timeout_s`, a request head within `idle_timeout_s`."""
     topo = worker.topology
+    route = router(worker.partitions, topo.partitioner)  # as the topology's producers route
     metrics = worker.metrics
     in_flight = 0
     expected = f"Bearer {token}".encode() if token else None
@@ -171,7 +172,7 @@ def build_app(worker: Worker, online: OnlineScorer | None = None,
         if not _KEY_RE.fullmatch(key):
             raise ApiError(400, "invalid key: 1-128 characters of A-Z a-z 0-9 . _ : @ -")
         kb = key.encode()
-        return key, kb, partition_for(kb, worker.partitions)
+        return key, kb, route(kb)
 
     async def forward(request: web.Request, partition: int, body: bytes | None = None
                       ) -> web.Response:
@@ -307,7 +308,7 @@ def build_app(worker: Worker, online: OnlineScorer | None = None,
         results: dict[int, dict] = {}
         elsewhere: dict[int, list[int]] = {}  # partition -> positions of its keys
         for i, key in enumerate(keys):
-            p = partition_for(key.encode(), worker.partitions)
+            p = route(key.encode())
             if p in worker.pipelines:
                 doc = features_of(key, p, names)
                 results[i] = {**doc, "status": 200} if doc is not None else {
@@ -359,8 +360,7 @@ def build_app(worker: Worker, online: OnlineScorer | None = None,
                 for i in positions:
                     results[i] = {"key": keys[i], "status": 503,
                                   "error": "the key's owner did not answer",
-                                  "partition": partition_for(keys[i].encode(),
-                                                             worker.partitions)}
+                                  "partition": route(keys[i].encode())}
                 return
             for i, doc in zip(positions, got, strict=True):
                 results[i] = doc
@@ -401,7 +401,7 @@ def build_app(worker: Worker, online: OnlineScorer | None = None,
             return _json({"error": ahead, "reason": "future_time", "status": 422,
                           "request_id": request[_REQUEST_ID]}, 422)
         kb = getattr(event, topo.key_field).encode()
-        p = partition_for(kb, worker.partitions)
+        p = route(kb)
         if not worker.owns(p):
             return await forward(request, p, body)
         try:

@@ -18,11 +18,11 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
-from aiokafka.partitioner import murmur2
 
 from .config import KafkaConfig, KafkaSecurity
 from .errors import ConfigError
 from .kafka_security import diagnose, security_options
+from .partitioning import partition_for
 
 __all__ = [
     "KafkaTarget",
@@ -90,11 +90,6 @@ class TopicSpec:
     name: str
     partitions: int
     config: dict[str, str]
-
-
-def partition_for(key: bytes, partitions: int) -> int:
-    """Kafka's default partitioner (murmur2, as the Java client and aiokafka compute it)."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 async def connect_check(target: KafkaTarget, timeout_s: float = 10.0) -> None:

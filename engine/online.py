@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .kafka_io import partition_for
+from .partitioning import router
 from .pipeline import Decider, Preview, preview
 from .scoring.batching import MicroBatcher
 
@@ -43,6 +43,7 @@ class OnlineScorer:
                  max_batch: int = 64, max_wait_ms: float = 1.0) -> None:
         self._worker = worker
         self._decider = decider
+        self._route = router(worker.partitions, worker.topology.partitioner)
         self.max_pending = max_pending
         self._pending = 0
         self._batcher: MicroBatcher[_Item, Preview | None] = MicroBatcher(
@@ -59,7 +60,7 @@ class OnlineScorer:
             raise Overloaded(f"{self._pending} online requests in flight")
         self._pending += 1
         try:
-            item = _Item(partition_for(key, self._worker.partitions), event)
+            item = _Item(self._route(key), event)
             result = await asyncio.wait_for(self._batcher.submit(item, budget_ms),
                                             budget_ms / 1000)
         finally:

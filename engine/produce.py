@@ -22,8 +22,9 @@ from aiokafka import AIOKafkaProducer
 from .config import EngineConfig
 from .errors import ConfigError
 from .event_files import keyed_events
-from .kafka_io import OutRecord, connect_check, ensure_topics, new_producer, partition_for, send_all
+from .kafka_io import OutRecord, connect_check, ensure_topics, new_producer, send_all
 from .logs import release_held_logs
+from .partitioning import Partitioner, partition_for
 from .progress import Bar
 from .topology import Topology
 from .worker import topic_specs
@@ -82,13 +83,13 @@ async def produce(cfg: EngineConfig, topology: Topology, req: ProduceRequest) ->
             total = len(w.events)
         if profiles:
             with Bar("profiles", len(profiles), "profiles") as bar:
-                await _send(producer, topics.profiles, partitions,
+                await _send(producer, topics.profiles, partitions, topology.partitioner,
                             ((c.encode(), orjson.dumps(p)) for c, p in profiles.items()),
                             bar=bar)
             print(f"produced {len(profiles):,} profiles to {topics.profiles}", file=sys.stderr)
         with Bar("produce", total) as bar:
-            n, elapsed = await _send(producer, topics.events, partitions, events,
-                                     rate=req.rate, bar=bar)
+            n, elapsed = await _send(producer, topics.events, partitions, topology.partitioner,
+                                     events, rate=req.rate, bar=bar)
         print(f"produced {n:,} events to {topics.events} in {elapsed:.1f}s "
               f"({n / max(elapsed, 1e-9):,.0f} events/s)", file=sys.stderr)
     finally:
@@ -97,7 +98,7 @@ async def produce(cfg: EngineConfig, topology: Topology, req: ProduceRequest) ->
 
 
 async def _send(producer: AIOKafkaProducer, topic: str, partitions: int,
-                records: Iterator[tuple[bytes | None, bytes]], rate: float = 0.0,
+                partitioner: Partitioner, records: Iterator[tuple[bytes | None, bytes]], rate: float = 0.0,
                 bar: Bar | None = None) -> tuple[int, float]:
     """Send keyed records in chunks, at most `rate` per second (0: unlimited)."""
     start = time.monotonic()
@@ -109,7 +110,7 @@ async def _send(producer: AIOKafkaProducer, topic: str, partitions: int,
         batch: list[tuple[int, OutRecord]] = []
         for key, value in records:
             if key is not None:
-                p = partition_for(key, partitions)
+                p = partition_for(key, partitions, partitioner)
             else:
                 p, rr = rr % partitions, rr + 1
             batch.append((p, (key, value, [])))

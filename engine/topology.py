@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from .errors import TopologyError
 from .features import FeatureSet, SinceLastFeature, WindowFeature
+from .partitioning import PARTITIONERS, Partitioner
 from .policy import Rules
 from .rollout.settings import RolloutSettings
 from .scoring.chain import ScoringSettings
@@ -65,6 +66,7 @@ class TopicNames:
     control: str
     changelog: str
     members: str
+    repartition: str
     group: str
 
     @classmethod
@@ -73,6 +75,7 @@ class TopicNames:
         return cls(events=f"{base}.events", decisions=f"{base}.decisions", dlq=f"{base}.dlq",
                    late=f"{base}.late", profiles=f"{base}.profiles", control=f"{base}.control",
                    changelog=f"{base}.changelog", members=f"{base}.members",
+                   repartition=f"{base}.repartition",
                    group=f"{prefix}streamwise-{name}")
 
 
@@ -86,6 +89,10 @@ class Topology:
     timestamp (online: of the time the request arrived) is refused with reason
     ``future_time``, so no single event can drag a partition's watermark into the future
     (None: no check).
+    `partitioner`: how the topology's producers spread keys over partitions (``murmur2``: the
+    Java client's and aiokafka's default; ``crc32``: librdkafka's). Online routing follows
+    it, and a record not on the partition it gives the record's entity key is forwarded
+    there through the repartition topic before it touches any state.
     """
 
     name: str
@@ -106,6 +113,7 @@ class Topology:
     score_late: bool = True
     max_record_bytes: int = 1 << 20
     max_future_ms: int | None = 600_000
+    partitioner: Partitioner = "murmur2"
     default_partitions: int = 8
     description: str = ""
     _tables_by_name: dict = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -136,6 +144,9 @@ class Topology:
             fail("dedup_ttl_ms must be > 0")
         if self.max_future_ms is not None and self.max_future_ms < 0:
             fail("max_future_ms must be >= 0 (or None: no check)")
+        if self.partitioner not in PARTITIONERS:
+            fail(f"partitioner must be one of {', '.join(PARTITIONERS)}, not "
+                 f"{self.partitioner!r}")
         t = self.time
         if t.max_out_of_orderness_ms < 0 or t.allowed_lateness_ms < 0:
             fail("out-of-orderness and allowed lateness must be >= 0")

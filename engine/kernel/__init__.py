@@ -10,7 +10,7 @@ from .reference import AGGREGATES, HOPPING, NO_TS, SLIDING, TUMBLING, WindowSpec
 from .reference import TileState as ReferenceTileState
 
 try:
-    from ._rows import SeenFilter, encode_decisions
+    from ._rows import SeenFilter, encode_decisions, murmur2_partition
     from ._tiles import TileState
 except ImportError as e:  # pragma: no cover - depends on the build, not on the code
     raise ImportError(
@@ -18,6 +18,7 @@ except ImportError as e:  # pragma: no cover - depends on the build, not on the 
         f"{e.name or 'engine.kernel'} failed to import: {e}") from e
 
 __all__ = ["AGGREGATES", "HOPPING", "KERNEL", "NO_TS", "SLIDING", "TUMBLING",
-           "ReferenceTileState", "TileState", "SeenFilter", "WindowSpec", "encode_decisions"]
+           "ReferenceTileState", "TileState", "SeenFilter", "WindowSpec", "encode_decisions",
+           "murmur2_partition"]
 
 KERNEL = "compiled"  # which TileState this package exports (for the README and the bench)

@@ -13,6 +13,9 @@ against (tests/unit/test_encode.py).
 
 The dedup filter (`SeenFilter`): which event ids may have been seen, so that the ids never
 seen (nearly all of them) need no store read.
+
+`murmur2_partition`: Kafka's default partitioner (the Java client's murmur2), which the
+pipeline asks of every record to find the ones on another partition than their entity's.
 """
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
@@ -111,6 +114,37 @@ cdef void _blake2b_128_hex(const uint8_t* data, Py_ssize_t n, char* out) noexcep
         byte = <uint8_t>((h[i // 8] >> (8 * (i % 8))) & 0xFF)
         out[2 * i] = hexd[byte >> 4]
         out[2 * i + 1] = hexd[byte & 15]
+
+
+# -- Kafka's default partitioner --------------------------------------------------------------
+
+def murmur2_partition(const unsigned char[::1] key, int partitions) -> int:
+    """The partition the Java client's default partitioner gives `key` among `partitions`:
+    ``(murmur2(key) & 0x7fffffff) % partitions`` (Kafka's `Utils.murmur2`, seed 0x9747b28c)."""
+    cdef Py_ssize_t n = key.shape[0], i, tail = n & ~3
+    cdef unsigned int m = 0x5bd1e995, h = 0x9747b28c ^ <unsigned int>n, k
+    if partitions <= 0:
+        raise ValueError(f"partitions must be > 0, not {partitions}")
+    for i in range(0, tail, 4):
+        k = key[i] | (<unsigned int>key[i + 1] << 8) | (<unsigned int>key[i + 2] << 16) | \
+            (<unsigned int>key[i + 3] << 24)
+        k *= m
+        k ^= k >> 24
+        k *= m
+        h *= m
+        h ^= k
+    i = n & 3
+    if i == 3:
+        h ^= <unsigned int>key[tail + 2] << 16
+    if i >= 2:
+        h ^= <unsigned int>key[tail + 1] << 8
+    if i >= 1:
+        h ^= key[tail]
+        h *= m
+    h ^= h >> 13
+    h *= m
+    h ^= h >> 15
+    return (h & 0x7fffffff) % partitions
 
 
 def decision_id(str event_id, str model_version, str feature_set) -> str:

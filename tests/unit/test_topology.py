@@ -55,8 +55,14 @@ def test_topic_names() -> None:
     assert t == TopicNames(events="x.fraud.events", decisions="x.fraud.decisions",
                            dlq="x.fraud.dlq", late="x.fraud.late", profiles="x.fraud.profiles",
                            control="x.fraud.control", changelog="x.fraud.changelog",
-                           members="x.fraud.members", group="x.streamwise-fraud")
+                           members="x.fraud.members", repartition="x.fraud.repartition",
+                           group="x.streamwise-fraud")
     assert TOPOLOGY.topics().events == "fraud.events"
+
+
+def test_unknown_partitioner_is_refused() -> None:
+    with pytest.raises(TopologyError, match="partitioner must be one of murmur2, crc32"):
+        dataclasses.replace(TOPOLOGY, partitioner="fnv")
 
 
 @pytest.mark.parametrize("what", ["key_field", "event_id_field", "time_field"])
