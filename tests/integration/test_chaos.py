@@ -383,7 +383,9 @@ async def test_512_clients_half_of_them_slow(kafka_bootstrap: str, unique_prefix
         rep.problem("wrong_value", "a lookup answered a state the card never had", answer)
     _record(rep)
     _assert_ok(rep)
-    assert set(load.slow_answers) <= {"408"}, load.slow_answers  # refused, never held
+    # refused, never held: 408 once the body timeout fires (429/503 if the slots were full)
+    assert load.slow_answers.get("408") and set(load.slow_answers) <= {"408", "429", "503"}, \
+        load.slow_answers
     assert all(n > 0 for n in load.served.values()), "a normal client was never served"
     assert max(peak.values()) < 1 << 30, peak  # the Kubernetes memory limit: 1 GiB
 
