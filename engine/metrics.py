@@ -38,7 +38,7 @@ STAGE_BUCKETS_S = (0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.002, 0.00
 
 
 class EngineMetrics(NamedTuple):
-    events: Counter          # outcome: accepted | late | duplicate | dlq
+    events: Counter          # outcome: accepted | late | duplicate | dlq | forwarded
     dlq: Counter             # reason
     decisions: Counter       # path, decision
     stage_seconds: Histogram  # stage

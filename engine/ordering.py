@@ -104,3 +104,7 @@ class ReorderBuffer(Generic[T]):
     @property
     def min_offset(self) -> int | None:
         return min((entry[2] for entry in self._heap), default=None)
+
+    def min_offset_in(self, lo: int, hi: int) -> int | None:
+        """The smallest offset held within ``[lo, hi)`` (None: none held there)."""
+        return min((e[2] for e in self._heap if lo <= e[2] < hi), default=None)

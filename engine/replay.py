@@ -21,7 +21,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,16 +45,17 @@ from .kafka_io import (
 )
 from .labels import Labels, parse_time
 from .logs import release_held_logs
+from .partitioning import router
 from .pipeline import Decider, Record
 from .profiles import apply_profile_records
 from .progress import Bar
+from .replay_routing import RoutingSpool
 from .replay_runner import (
     BATCH,
     Decided,
     ReplaySummary,
     _chunks,
     _merges,
-    _rechunk,
     _Runner,
     _write_in_order,
 )
@@ -250,15 +251,22 @@ async def replay_kafka(kafka: KafkaTarget, topology: Topology, decider: Decider,
     try:
         sink = _open_sink(output, prov, producer)
         total = sum(max(0, stops[p] - firsts[p]) for p in stops)
+        t0 = time.monotonic()
+        spool = RoutingSpool(workdir / "spool", topology, topics.events,
+                             router(partitions, topology.partitioner))
+        with Bar("read", total) as progress:
+            for p in range(partitions):
+                if stops[p] > firsts[p]:
+                    async for chunk in _read_range(kafka, topics.events, p, firsts[p], stops[p]):
+                        spool.add(p, chunk, emit_from=starts[p])
+                        progress.advance(len(chunk))
+                    spool.finish()
+        summary.routed = spool.routed
         with Bar("replay", total) as progress:
             runner = _Runner(topology, decider, profiles, workdir, summary, progress,
                              topics.events)
-            t0 = time.monotonic()
-            for p in range(partitions):
-                if stops[p] > firsts[p]:
-                    source_records = _read_range(kafka, topics.events, p, firsts[p], stops[p])
-                    streams[p] = runner.decisions(p, _rechunk(source_records, BATCH),
-                                                  emit_from=starts[p])
+            for p in spool.partitions():
+                streams[p] = runner.decisions(p, _aiter(spool.batches(p, BATCH)))
             await _write_in_order(streams, sink, _merges(topology))
     finally:
         for stream in streams.values():
@@ -288,11 +296,16 @@ async def _read_range(kafka: KafkaTarget, topic: str, partition: int, start: int
             return
 
 
+async def _aiter(items: Iterator[Any]) -> AsyncIterator[Any]:
+    for item in items:
+        yield item
+
+
 def _file_records(path: Path, topology: Topology, partitions: int) -> dict[int, list[Record]]:
     """Events of a JSONL or Parquet file, partitioned as the producer would partition them."""
     out: dict[int, list[Record]] = {}
     for key, value in keyed_events(path, topology.key_field):
-        p = partition_for(key, partitions) if key else 0
+        p = partition_for(key, partitions, topology.partitioner) if key else 0
         recs = out.setdefault(p, [])
         recs.append(Record(str(path), p, len(recs), key, value, None))  # no record time
     return out
@@ -318,7 +331,7 @@ async def replay_file(path: Path, topology: Topology, decider: Decider, profiles
     try:
         with Bar("replay", n) as progress:
             runner = _Runner(topology, decider, profiles, workdir, summary, progress, str(path))
-            streams = {p: runner.decisions(p, _chunks(by_partition[p]), emit_from=0)
+            streams = {p: runner.decisions(p, _chunks(by_partition[p]))
                        for p in sorted(by_partition)}
             await _write_in_order(streams, sink, _merges(topology))
     finally:

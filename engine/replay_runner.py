@@ -16,6 +16,7 @@ import orjson
 
 from .clock import ManualClock
 from .pipeline import Decider, Pipeline, Record
+from .pipeline.records import origin
 from .progress import Bar
 from .sinks.files import Sink
 from .state import RocksStore
@@ -28,12 +29,14 @@ BATCH = 1000  # records per replayed batch: fixed, whatever the fetch sizes were
 
 class Decided(NamedTuple):
     """One decision of a replay and the input record it decided: (key, decision JSON, the
-    record's offset, its raw value). Sinks index it (`[0]`, `[1]`)."""
+    record's offset, its raw value, its partition: the entity's, or the one it was produced
+    to when the replay routed it). Sinks index it (`[0]`, `[1]`)."""
 
     key: bytes
     value: bytes
     offset: int
     event: bytes | None
+    partition: int = -1
 
 
 @dataclass
@@ -44,6 +47,7 @@ class ReplaySummary:
     late: int = 0
     dlq: int = 0
     warmup_events: int = 0
+    routed: int = 0  # records decided on their entity's partition, not the one produced to
     elapsed_s: float = 0.0
     partitions: list[int] = field(default_factory=list)
 
@@ -51,9 +55,11 @@ class ReplaySummary:
         rate = self.events / self.elapsed_s if self.elapsed_s else 0.0
         warm = (f", {self.warmup_events:,} earlier events replayed first to warm up windows"
                 if self.warmup_events else "")
+        routed = (f", {self.routed:,} routed to their entity's partition" if self.routed
+                  else "")
         return (f"replayed {self.events:,} events → {self.decisions:,} decisions, "
                 f"{self.duplicates:,} duplicates, {self.late:,} late, {self.dlq:,} DLQ in "
-                f"{self.elapsed_s:.1f}s ({rate:,.0f} events/s){warm}")
+                f"{self.elapsed_s:.1f}s ({rate:,.0f} events/s){warm}{routed}")
 
 
 
@@ -70,39 +76,38 @@ class _Runner:
         self.summary = summary
         self.progress = progress
 
-    async def decisions(self, partition: int, batches: AsyncIterator[list[Record]],
-                        emit_from: int) -> AsyncGenerator[list[Decided], None]:
+    async def decisions(self, partition: int, batches: AsyncIterator[tuple[bool, list[Record]]]
+                        ) -> AsyncGenerator[list[Decided], None]:
         """The partition's decisions with the input record each decided, one list per batch;
-        warm-up batches yield nothing."""
+        warm-up batches (flagged True: they rebuild windows) yield nothing."""
         store = RocksStore(self.workdir / f"p{partition:04d}")
         clock = ManualClock(0)
         # A pipeline per partition: an event_time merge interleaves partitions, and each
         # partition's end-of-range flush must drain only its own reorder buffer.
         pipe = Pipeline(self.topology, self.decider, clock, topic=self.topic)
         pipe.open(partition, store)
-        origins = _Origins(self.topology)
-        last_offset = -1
+        origins = _Origins(self.topology, self.topic)
+        emitted = False
         try:
-            async for batch in batches:
-                last_offset = batch[-1].offset
-                for part in _split(batch, emit_from):
-                    # decided_at = newest event time seen: deterministic, unlike the wall clock
-                    clock.advance(origins.add(part) - clock.now_ms())
-                    result = pipe.process({partition: part}, self.profiles).partitions[partition]
-                    store.apply(result.changes)
-                    origins.drop(result)
-                    decided = origins.match(result.decisions)
-                    self.progress.advance(len(part))
-                    if part[0].offset < emit_from:
-                        self.summary.warmup_events += len(part)
-                        continue
-                    self.summary.events += len(part)
-                    self.summary.decisions += len(result.decisions)
-                    self.summary.duplicates += result.duplicates
-                    self.summary.late += len(result.late)
-                    self.summary.dlq += len(result.dlq)
-                    if decided:
-                        yield decided
+            async for warm, part in batches:
+                # decided_at = newest event time seen: deterministic, unlike the wall clock
+                clock.advance(origins.add(part) - clock.now_ms())
+                result = pipe.process({partition: part}, self.profiles).partitions[partition]
+                store.apply(result.changes)
+                origins.drop(result)
+                decided = origins.match(result.decisions)
+                self.progress.advance(len(part))
+                if warm:
+                    self.summary.warmup_events += len(part)
+                    continue
+                emitted = True
+                self.summary.events += len(part)
+                self.summary.decisions += len(result.decisions)
+                self.summary.duplicates += result.duplicates
+                self.summary.late += len(result.late)
+                self.summary.dlq += len(result.dlq)
+                if decided:
+                    yield decided
             # End of the range: events an event_time reorder buffer still holds are decided
             # too (a replay never leaves an event without a decision).
             tail = pipe.flush(self.profiles).partitions.get(partition)
@@ -110,7 +115,7 @@ class _Runner:
                 return
             store.apply(tail.changes)
             decided = origins.match(tail.decisions)
-            if last_offset >= emit_from and decided:
+            if emitted and decided:
                 self.summary.decisions += len(decided)
                 yield decided
         finally:
@@ -122,12 +127,13 @@ class _Origins:
     oldest first (a duplicate's decision re-emits its original's, and belongs to the
     duplicate's own record; an event_time buffer releases records later)."""
 
-    def __init__(self, topology: Topology) -> None:
+    def __init__(self, topology: Topology, topic: str) -> None:
+        self._topic = topic
         self._ts_field = topology.time_field
         self._id_field = topology.event_id_field
         self._score_late = topology.score_late
-        self._waiting: dict[str, deque[tuple[int, bytes | None]]] = {}
-        self._ids: dict[int, str] = {}  # offset -> event id, of the records waiting
+        self._waiting: dict[str, deque[tuple[tuple[int, int], bytes | None]]] = {}
+        self._ids: dict[tuple[int, int], str] = {}  # (partition, offset) -> id, of those waiting
 
     def add(self, records: list[Record]) -> int:
         """Note the records of a batch; returns their newest event time (0 without one)."""
@@ -140,8 +146,9 @@ class _Origins:
                     newest = ts
                 eid = doc.get(self._id_field)
                 if eid is not None and eid != "":
-                    self._waiting.setdefault(str(eid), deque()).append((r.offset, r.value))
-                    self._ids[r.offset] = str(eid)
+                    where = origin(r, self._topic)[1:]
+                    self._waiting.setdefault(str(eid), deque()).append((where, r.value))
+                    self._ids[where] = str(eid)
         return newest
 
     def drop(self, result: Any) -> None:
@@ -149,11 +156,13 @@ class _Origins:
         does not score)."""
         side = list(result.dlq) + ([] if self._score_late else list(result.late))
         for rec in side:
-            offset = int(dict(rec.headers).get("streamwise.offset", b"-1"))
-            eid = self._ids.pop(offset, None)
+            headers = dict(rec.headers)
+            where = (int(headers.get("streamwise.partition", b"-1")),
+                     int(headers.get("streamwise.offset", b"-1")))
+            eid = self._ids.pop(where, None)
             queue = self._waiting.get(eid) if eid is not None else None
             if queue:
-                kept = deque(x for x in queue if x[0] != offset)
+                kept = deque(x for x in queue if x[0] != where)
                 if kept:
                     self._waiting[eid] = kept
                 else:
@@ -164,11 +173,11 @@ class _Origins:
         for key, value in decisions:
             eid = str(orjson.loads(value)["event_id"])
             queue = self._waiting.get(eid)
-            offset, event = queue.popleft() if queue else (-1, None)
+            where, event = queue.popleft() if queue else ((-1, -1), None)
             if queue is not None and not queue:
                 del self._waiting[eid]
-            self._ids.pop(offset, None)
-            out.append(Decided(key, value, offset, event))
+            self._ids.pop(where, None)
+            out.append(Decided(key, value, where[1], event, where[0]))
         return out
 
 
@@ -223,26 +232,6 @@ def _event_ts(decision: bytes) -> int:
     return orjson.loads(decision)["event_ts_ms"]
 
 
-def _split(batch: list[Record], boundary: int) -> list[list[Record]]:
-    """Cut a batch at the first offset to emit, so warm-up and output never share a batch."""
-    if batch[0].offset >= boundary or batch[-1].offset < boundary:
-        return [batch]
-    i = next(i for i, r in enumerate(batch) if r.offset >= boundary)
-    return [batch[:i], batch[i:]]
-
-
-async def _rechunk(source: AsyncIterator[list], size: int) -> AsyncIterator[list[Record]]:
-    buf: list[Record] = []
-    async for chunk in source:
-        buf.extend(Record(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp)
-                   for m in chunk)
-        while len(buf) >= size:
-            yield buf[:size]
-            buf = buf[size:]
-    if buf:
-        yield buf
-
-
-async def _chunks(records: list[Record]) -> AsyncIterator[list[Record]]:
+async def _chunks(records: list[Record]) -> AsyncIterator[tuple[bool, list[Record]]]:
     for i in range(0, len(records), BATCH):
-        yield records[i:i + BATCH]
+        yield False, records[i:i + BATCH]

@@ -1,7 +1,8 @@
 """Test helpers that ship with the engine: feed a topology records, get everything it produced.
 
 No Kafka, no threads: `feed` cuts the input into polls the way a consumer's ``getmany`` would
-(in input order, at most `poll_records` records each), runs every poll through the same
+(in input order, at most `poll_records` records each), optionally routes each record to its
+entity's partition (as live workers and replay do), runs every poll through the same
 pipeline the live worker and replay run, applies each poll's state changes to an in-memory
 store per partition, and returns the decisions, dead-letter and late records per partition and
 the final tables as plain values.
@@ -14,7 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .clock import Clock, ManualClock
-from .pipeline import Decider, InputRecord, Pipeline, PollResult, SideRecord
+from .partitioning import router
+from .pipeline import Decider, InputRecord, Pipeline, PollResult, Record, SideRecord
+from .pipeline.records import forwarded_position
+from .pipeline.routing import EntityRouter
 from .policy import RulesOnly
 from .state import MemoryStore, layout
 from .topology import Topology
@@ -48,8 +52,14 @@ def feed(topology: Topology, records: Iterable[InputRecord], *,
          profiles: Mapping[str, Mapping[str, Any]] | None = None,
          decider: Decider | None = None, clock: Clock | None = None,
          poll_records: int = 1000, kernel: type | None = None,
-         topic: str = "") -> FeedResult:
+         topic: str = "", partitions: int | None = None) -> FeedResult:
     """Run `records` (each with its partition and offset) through `topology`.
+
+    With `partitions` (the input's partition count), a record whose entity belongs to another
+    partition under the topology's partitioner is decided there, at its place in the input:
+    what a live worker does through the repartition topic, without the hop's delay, and what
+    a replay does when record times follow the input order. Without it, every record is
+    decided where it landed.
 
     `decider` defaults to the topology's rules alone; `clock` (wall time: `decided_at_ms`, DLQ
     `received_at_ms`) to a `ManualClock` at 0; `kernel` to the engine's tile kernel. Tiles that
@@ -71,9 +81,17 @@ def feed(topology: Topology, records: Iterable[InputRecord], *,
             out.late.setdefault(p, []).extend(r.late)
             out.duplicates += r.duplicates
 
+    routing = None if partitions is None else \
+        EntityRouter(topology, router(partitions, topology.partitioner))
+
     def run(poll: list[InputRecord]) -> None:
         by_partition: dict[int, list[InputRecord]] = {}
         for rec in poll:
+            owner = routing.partition_of(rec.value) if routing is not None else None
+            if owner is not None and owner != rec.partition:
+                rec = Record(getattr(rec, "topic", ""), owner,
+                             forwarded_position(rec.partition, rec.offset), rec.key, rec.value,
+                             rec.timestamp)
             by_partition.setdefault(rec.partition, []).append(rec)
         for p in by_partition:
             if p not in stores:

@@ -1,4 +1,4 @@
-"""Admission, per partition and in offset order: decode, dedup, lateness, reorder.
+"""Admission, per partition and in offset order: decode, routing, dedup, lateness, reorder.
 
 What comes out is the rows to decide in processing order (arrival, or release order for
 ``event_time``), the output order of the partition's decisions (a row, or a duplicate's
@@ -17,7 +17,7 @@ from ..schemas import Rejection
 from ..sinks.records import dead_letter, late_record
 from ..state import layout
 from .partition import PartitionState, Row
-from .records import BatchResult, InputRecord
+from .records import FORWARDED, BatchResult, InputRecord, origin
 
 __all__ = ["Admitted", "admit", "original_of"]
 
@@ -32,9 +32,14 @@ class Admitted:
 
 
 def admit(state: PartitionState, records: Sequence[InputRecord], events: Sequence[Any],
-          topic: str, now_ms: Callable[[], int], out: BatchResult) -> Admitted:
+          topic: str, now_ms: Callable[[], int], out: BatchResult,
+          route: Callable[[bytes], int] | None = None) -> Admitted:
     """Admit one partition's records (in offset order), decoded as `events` (an event or a
-    `Rejection` each), into `out` and the returned rows."""
+    `Rejection` each), into `out` and the returned rows. With `route` (entity key bytes ->
+    its partition), a record of this partition's own input whose entity belongs to another
+    partition goes to `out.forward` untouched: no dedup, no state, no decision here (a
+    forwarded record is never forwarded again). Records that cannot be decoded are
+    dead-lettered where they are."""
     topo = state.topology
     key_f, id_f, ts_f = topo.key_field, topo.event_id_field, topo.time_field
     wm = state.watermark
@@ -45,17 +50,23 @@ def admit(state: PartitionState, records: Sequence[InputRecord], events: Sequenc
     # One filter probe for the batch: the ids it has surely never seen skip the store read.
     maybe_seen = iter(state.seen.maybe([getattr(ev, id_f) for ev in events
                                         if type(ev) is not Rejection]))
+    here = state.partition
     for rec, ev in zip(records, events, strict=True):
         if type(ev) is Rejection:
-            out.dlq.append(dead_letter(topic, rec.partition, rec.offset, rec.key, rec.value,
+            out.dlq.append(dead_letter(*origin(rec, topic), rec.key, rec.value,
                                        ev.reason, ev.detail, now_ms()))
             out.dlq_reasons.append(ev.reason)
             continue
-        eid = getattr(ev, id_f)
         maybe = next(maybe_seen)
+        if route is not None and rec.offset < FORWARDED:
+            kb = getattr(ev, key_f).encode()
+            if route(kb) != here:
+                out.forward.append((kb, rec))
+                continue
+        eid = getattr(ev, id_f)
         ahead = too_far_ahead(getattr(ev, ts_f), rec.timestamp, max_future)
         if ahead is not None:  # before dedup: no future event is ever a table's input
-            out.dlq.append(dead_letter(topic, rec.partition, rec.offset, rec.key, rec.value,
+            out.dlq.append(dead_letter(*origin(rec, topic), rec.key, rec.value,
                                        "future_time", ahead, now_ms()))
             out.dlq_reasons.append("future_time")
             continue
@@ -72,16 +83,16 @@ def admit(state: PartitionState, records: Sequence[InputRecord], events: Sequenc
             if seen.late and (seen.partition, seen.offset) == (rec.partition, rec.offset):
                 # The very record processed before a crash: emit all it produced then, its
                 # late record included, not only the stored decision.
-                out.late.append(late_record(topic, rec.partition, rec.offset, rec.key,
-                                            rec.value, wm.watermark_ms, getattr(ev, ts_f)))
+                out.late.append(late_record(*origin(rec, topic), rec.key, rec.value,
+                                            wm.watermark_ms, getattr(ev, ts_f)))
             adm.emits.append((getattr(ev, key_f).encode(), seen.decision))
             continue
         ts = getattr(ev, ts_f)
         row = Row(rec, ev, getattr(ev, key_f), eid, ts, wm.verdict(ts) is Lateness.LATE)
         in_batch[eid] = row
         if row.late:
-            out.late.append(late_record(topic, rec.partition, rec.offset, rec.key,
-                                        rec.value, wm.watermark_ms, ts))
+            out.late.append(late_record(*origin(rec, topic), rec.key, rec.value,
+                                        wm.watermark_ms, ts))
             if not topo.score_late:
                 row.decision = b""  # marked seen, never decided
                 adm.unscored.append(row)

@@ -12,7 +12,7 @@ them with one RocksDB write batch and one changelog flush per partition.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -27,7 +27,7 @@ from .admit import Admitted, admit
 from .decide import Decider, encode_rows, scoring_rows, unscored_changes
 from .fold import FeatureColumns, fold
 from .partition import PartitionState, Row, Store
-from .records import BatchResult, InputRecord, PollResult
+from .records import FORWARDED, BatchResult, InputRecord, PollResult
 from .sweep import sweep
 
 __all__ = ["Pipeline"]
@@ -39,11 +39,13 @@ class Pipeline:
     """The pipeline of one worker (or replay): its topology, decider and partitions."""
 
     def __init__(self, topology: Topology, decider: Decider, clock: Clock,
-                 kernel: type[TileState] | None = None, topic: str = "") -> None:
+                 kernel: type[TileState] | None = None, topic: str = "",
+                 route: Callable[[bytes], int] | None = None) -> None:
         self.topology = topology
         self.decider = decider
         self.clock = clock
         self.topic = topic  # named in dead-letter and late records
+        self.route = route  # entity key -> its partition: others' records are forwarded
         self._kernel = kernel
         self.decoder = EventDecoder(topology.schema, (topology.key_field, topology.event_id_field),
                                     topology.max_record_bytes)
@@ -64,8 +66,9 @@ class Pipeline:
 
     def process(self, batches: Mapping[int, Sequence[InputRecord]],
                 profiles: Mapping[str, Mapping[str, Any]]) -> PollResult:
-        """Run one poll: each partition's records in offset order. Partitions not open here
-        (revoked while the poll was in flight) are skipped."""
+        """Run one poll: each partition's records in order, those forwarded to it (positions
+        above `FORWARDED`, in position order) before its own (in offset order). Partitions not
+        open here (revoked while the poll was in flight) are skipped."""
         clock = time.perf_counter
         t0 = clock()
         result = PollResult()
@@ -79,18 +82,35 @@ class Pipeline:
         now_ms = self.clock.now_ms
         for p, events in decoded.items():
             out = result.partitions[p] = BatchResult()
-            admitted[p] = admit(self.partitions[p], batches[p], events, self.topic, now_ms, out)
+            admitted[p] = admit(self.partitions[p], batches[p], events, self.topic, now_ms, out,
+                                self.route)
         t2 = clock()
         self._decide(admitted, profiles, result, {"validate": _ms(t1 - t0),
                                                   "dedup": _ms(t2 - t1)}, t0)
         for p, records in batches.items():
             if p in result.partitions:
-                state = self.partitions[p]
-                last = records[-1].offset + 1
-                held = state.reorder.min_offset if state.reorder is not None else None
-                result.partitions[p].commit_offset = min(last, held) if held is not None \
-                    else last
+                self._commit_offsets(self.partitions[p], records, result.partitions[p])
         return result
+
+    @staticmethod
+    def _commit_offsets(state: PartitionState, records: Sequence[InputRecord],
+                        out: BatchResult) -> None:
+        """Where the partition's own input, and its forwarded input, may be committed: after
+        the batch's last record of each, or at the oldest one the reorder buffer holds."""
+        reorder = state.reorder
+        last = records[-1].offset
+        if last < FORWARDED:
+            held = reorder.min_offset_in(0, FORWARDED) if reorder is not None else None
+            out.commit_offset = last + 1 if held is None else min(last + 1, held)
+        if records[0].offset >= FORWARDED:
+            i = 0
+            while i < len(records) and records[i].offset >= FORWARDED:
+                i += 1
+            end = records[i - 1].offset + 1
+            lane = (end - 1) // FORWARDED * FORWARDED  # the source's range of positions
+            held = reorder.min_offset_in(lane, lane + FORWARDED) if reorder is not None \
+                else None
+            out.forwarded_commit = (end if held is None else min(end, held)) - lane
 
     def flush(self, profiles: Mapping[str, Mapping[str, Any]]) -> PollResult:
         """End of the input (a replay's last batch): decide every event the reorder buffers

@@ -7,11 +7,28 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Protocol
 
-__all__ = ["BatchResult", "InputRecord", "PollResult", "Record", "SideRecord"]
+__all__ = ["FORWARDED", "BatchResult", "InputRecord", "PollResult", "Record", "SideRecord",
+           "forwarded_position", "origin"]
+
+FORWARDED = 1 << 44
+"""A record that reaches its entity's partition from elsewhere (the live repartition topic,
+a replay's routing) enters that partition's batch at a *position* above this, one range per
+source partition: ``offset + FORWARDED * (1 + source partition)``; a partition's own records'
+positions are their offsets. Positions order a partition's input and name a record in its
+dedup entries, and never collide between sources (offsets stay below 2^44 = 1.7e13)."""
+
+
+def forwarded_position(partition: int, offset: int) -> int:
+    """The position of record `offset` of `partition`, forwarded to another partition."""
+    return offset + FORWARDED * (1 + partition)
 
 
 class InputRecord(Protocol):
-    """A consumed record: aiokafka's ConsumerRecord, or `Record`."""
+    """A consumed record: aiokafka's ConsumerRecord, or `Record`. A forwarded record is a
+    `Record` whose offset is its position (`FORWARDED`) and whose topic is where it was read."""
+
+    @property
+    def topic(self) -> str: ...
 
     @property
     def partition(self) -> int: ...
@@ -66,7 +83,10 @@ class BatchResult:
     dlq: list[SideRecord] = field(default_factory=list)
     late: list[SideRecord] = field(default_factory=list)
     changes: dict[bytes, bytes | None] = field(default_factory=dict)
-    commit_offset: int | None = None
+    commit_offset: int | None = None  # of the partition's own records
+    forwarded_commit: int | None = None  # of its forwarded records, in their own topic
+    forward: list[tuple[bytes, InputRecord]] = field(default_factory=list)  # (entity key,
+    # record) of the records that belong to another partition, to forward there unchanged
     accepted: int = 0
     duplicates: int = 0
     dlq_reasons: list[str] = field(default_factory=list)
@@ -81,3 +101,12 @@ class PollResult:
     partitions: dict[int, BatchResult] = field(default_factory=dict)
     stage_ms: dict[str, float] = field(default_factory=dict)
     outcomes: Counter = field(default_factory=Counter)
+
+
+def origin(record: InputRecord, topic: str) -> tuple[str, int, int]:
+    """(topic, partition, offset) where `record` was read: its own partition's topic is
+    `topic`; a forwarded record names the topic it came through and its source partition."""
+    pos = record.offset
+    if pos < FORWARDED:
+        return topic, record.partition, pos
+    return record.topic, pos // FORWARDED - 1, pos % FORWARDED

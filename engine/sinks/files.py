@@ -135,7 +135,8 @@ class ParquetSink(Sink):
             d = _row(item[1], partition)
             feats = d.pop("features")
             row = {"decision_id": d["decision_id"], "event_id": d["event_id"], "key": d["key"],
-                   "partition": partition, "offset": item[2] if len(item) > 2 else None,
+                   "partition": item[4] if len(item) > 4 and item[4] >= 0 else partition,
+                   "offset": item[2] if len(item) > 2 else None,
                    "event_timestamp": d["event_ts_ms"], "decided_at": d["decided_at_ms"],
                    "score": d["score"], "decision": d["decision"], "model": d["model"],
                    "path": d["path"], "reasons": d["reasons"]}

@@ -1,13 +1,17 @@
 """The stream worker: consumes, runs the batch pipeline, writes state, produces, commits.
 
 The hot path sits below any framework `Stream`: aiokafka `getmany` hands a whole poll, all its
-partitions, to `Pipeline.process` as one batch. A poll is bounded by count and by time: its
+partitions, to `Pipeline.process` as one batch. The worker reads two co-partitioned topics
+(the range assignor gives one worker partition p of both): the input, and the repartition
+topic, where a record whose entity belongs to another partition than the one it was produced
+to (another partitioner, a null key, a key that is not the entity) is forwarded before it
+touches any state; its own partition's offset is committed once the copy is acknowledged. A poll is bounded by count and by time: its
 record limit adapts so the pipeline's work per poll stays near `cycle_ms` (fetches wait at most
 `fetch_max_wait_ms` for data), so no event waits long behind others.
 
 Per poll:
-1. the state changes (one changelog batch per partition) and the poll's decisions, dead-letter
-   and late records are queued to Kafka together, in one round;
+1. the state changes (one changelog batch per partition) and the poll's decisions, dead-letter,
+   late and forwarded records are queued to Kafka together, in one round;
 2. once the changelog is acknowledged, each partition's changes go to RocksDB in one write
    batch, with the changelog offset they were written at, off the event loop: by the
    pipeline's thread before its next poll (no thread hop of their own), or in a thread when
@@ -43,6 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from prometheus_client import CollectorRegistry
 
@@ -54,7 +59,6 @@ from ..kafka_io import (
     ensure_topics,
     new_consumer,
     new_producer,
-    partition_for,
     send_records,
     wait_for_coordinator,
 )
@@ -65,7 +69,9 @@ from ..metrics import (
     count_decisions,
     register_runtime_collectors,
 )
-from ..pipeline import Decider, PartitionState, Pipeline, PollResult
+from ..partitioning import router
+from ..pipeline import Decider, PartitionState, Pipeline, PollResult, Record
+from ..pipeline.records import forwarded_position
 from ..routing import Member
 from ..sinks.kafka import queue_outputs
 from ..state import Checkpoints, RocksStore, StagedStore
@@ -93,7 +99,7 @@ def topic_specs(t: TopicNames, partitions: int) -> list[TopicSpec]:
     return [TopicSpec(t.events, n, big), TopicSpec(t.decisions, n, {}), TopicSpec(t.dlq, n, {}),
             TopicSpec(t.late, n, {}), TopicSpec(t.profiles, n, compact),
             TopicSpec(t.control, 1, compact), TopicSpec(t.changelog, n, compact),
-            TopicSpec(t.members, 1, compact)]
+            TopicSpec(t.members, 1, compact), TopicSpec(t.repartition, n, big)]
 
 
 class Worker:
@@ -122,7 +128,9 @@ class Worker:
         self.state_dir = Path(cfg.state.data_dir) / topology.name
         self.shared = SharedState(cfg.kafka, self.topics, self.partitions)
         self.stores: dict[int, StagedStore] = {}
-        self.pipeline = Pipeline(topology, decider, self.clock, topic=self.topics.events)
+        self.route = router(self.partitions, topology.partitioner)  # entity key -> partition
+        self.pipeline = Pipeline(topology, decider, self.clock, topic=self.topics.events,
+                                 route=self.route)
         self.assigned_once = False
         self._lock = asyncio.Lock()
         # Online scoring reads stores from a worker thread: a store is closed only under this
@@ -134,7 +142,7 @@ class Worker:
         self._tasks: list[asyncio.Task] = []
         self._inflight: deque[asyncio.Task] = deque()  # polls whose writes are under way
         self._to_apply: deque[Mapping[int, int]] = deque()  # acknowledged, for RocksDB
-        self._uncommitted: dict[int, int] = {}  # partition -> offset written, not committed
+        self._uncommitted: dict[TopicPartition, int] = {}  # offsets written, not committed
         self._last_commit = time.monotonic()
         k = cfg.kafka
         self._max_records = min(k.max_batch_records, 500)  # adapts to the cycle time
@@ -192,8 +200,11 @@ class Worker:
             k, group_id=self.topics.group,
             enable_auto_commit=False, auto_offset_reset="earliest",
             fetch_max_wait_ms=k.fetch_max_wait_ms, max_partition_fetch_bytes=4 << 20,
-            session_timeout_ms=SESSION_TIMEOUT_MS, heartbeat_interval_ms=2_000)
-        self._consumer.subscribe([self.topics.events], listener=_Listener(self))
+            session_timeout_ms=SESSION_TIMEOUT_MS, heartbeat_interval_ms=2_000,
+            # partition p of the input and of the repartition topic go to one worker
+            partition_assignment_strategy=(RangePartitionAssignor,))
+        self._consumer.subscribe([self.topics.events, self.topics.repartition],
+                                 listener=_Listener(self))
         await self._consumer.start()
         self._tasks.append(asyncio.create_task(self.shared.tail(self._stopping),
                                                name="profiles+members"))
@@ -292,7 +303,7 @@ class Worker:
                 self.stores[p].stage(r.changes)
                 changelog[p] = await send_records(producer, t.changelog, p,
                                                   changelog_records(r.changes))
-        outputs += await queue_outputs(producer, t, poll)
+        outputs += await queue_outputs(producer, t, poll, self.route)
         previous = self._inflight[-1] if self._inflight else None
         task = asyncio.create_task(self._finish(poll, changelog, outputs, previous))
         task.add_done_callback(self._stop_on_failure)
@@ -300,10 +311,21 @@ class Worker:
 
     def _run_pipeline(self, batches: Mapping[TopicPartition, list]) -> PollResult:
         """One poll, all its partitions (those revoked while it was in flight are skipped),
-        after writing to RocksDB what earlier polls have had acknowledged."""
+        after writing to RocksDB what earlier polls have had acknowledged. A partition's
+        forwarded records (from the repartition topic) go first, at their positions."""
         self._apply_ready()
-        return self.pipeline.process({tp.partition: msgs for tp, msgs in batches.items()},
-                                     self.profiles)
+        events = self.topics.events
+        inputs: dict[int, list] = {}
+        for tp, msgs in batches.items():
+            if tp.topic == events:
+                p = tp.partition
+                inputs[p] = inputs[p] + msgs if p in inputs else msgs
+            else:
+                inputs[tp.partition] = [
+                    Record(m.topic, m.partition, forwarded_position(m.partition, m.offset),
+                           m.key, m.value, m.timestamp) for m in msgs
+                ] + inputs.get(tp.partition, [])
+        return self.pipeline.process(inputs, self.profiles)
 
     def _adapt(self, records: int, seconds: float) -> None:
         """Keep a poll's pipeline work near the cycle time: the record limit follows the
@@ -343,8 +365,12 @@ class Worker:
             self._to_apply.append(offsets)  # written by the pipeline's thread before its next
             # poll (no thread hop of its own), or when the input goes idle
         await asyncio.gather(*(fut for fut, _ in outputs))
-        self._uncommitted.update((p, r.commit_offset) for p, r in poll.partitions.items()
-                                 if r.commit_offset is not None)
+        t = self.topics
+        for p, r in poll.partitions.items():
+            if r.commit_offset is not None:
+                self._uncommitted[TopicPartition(t.events, p)] = r.commit_offset
+            if r.forwarded_commit is not None:
+                self._uncommitted[TopicPartition(t.repartition, p)] = r.forwarded_commit
         self._observe(poll)
         if time.monotonic() - self._last_commit >= self.cfg.kafka.commit_interval_ms / 1000:
             await self._commit()
@@ -355,12 +381,12 @@ class Worker:
         self._last_commit = time.monotonic()
         if not offsets or self._consumer is None:
             return
-        t = self.topics
-        commit = {TopicPartition(t.events, p): off for p, off in offsets.items()
-                  if p in self.pipelines}
+        commit = {tp: off for tp, off in offsets.items() if tp.partition in self.pipelines}
         try:
             await self._consumer.commit(commit)
-            self._committed.update((tp.partition, off) for tp, off in commit.items())
+            events = self.topics.events
+            self._committed.update((tp.partition, off) for tp, off in commit.items()
+                                   if tp.topic == events)
         except (CommitFailedError, IllegalStateError, KafkaError) as exc:
             # Rebalance in progress: the new owner re-reads these records and dedup re-emits
             # their decisions. Nothing is lost.
@@ -413,11 +439,14 @@ class Worker:
             m.events.labels(name, "duplicate").inc(r.duplicates)
             m.events.labels(name, "late").inc(len(r.late))
             m.events.labels(name, "dlq").inc(len(r.dlq))
+            if r.forward:
+                m.events.labels(name, "forwarded").inc(len(r.forward))
             for reason in r.dlq_reasons:
                 m.dlq.labels(name, reason).inc()
             outcomes.update(count_decisions(r.reemitted))
             for topic, n in ((t.decisions, len(r.decisions)), (t.dlq, len(r.dlq)),
-                             (t.late, len(r.late)), (t.changelog, len(r.changes))):
+                             (t.late, len(r.late)), (t.changelog, len(r.changes)),
+                             (t.repartition, len(r.forward))):
                 if n:
                     m.records_out.labels(name, topic).inc(n)
             wm = self.pipelines[p].watermark.watermark_ms if p in self.pipelines else None
@@ -503,11 +532,18 @@ class Worker:
     # -- partitions ------------------------------------------------------------------------
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        events = self.topics.events
+        own = {tp.partition for tp in assigned if tp.topic == events}
+        forwarded = {tp.partition for tp in assigned if tp.topic != events}
+        if own != forwarded:  # a member of the group with another assignor
+            log.warning("input partitions %s and repartition partitions %s were assigned "
+                        "apart: forwarded records may be decided late", sorted(own),
+                        sorted(forwarded))
         async with self._lock:
             try:
-                for tp in sorted(assigned):
-                    if tp.partition not in self.pipelines:
-                        await self._open_partition(tp.partition)
+                for p in sorted(own):
+                    if p not in self.pipelines:
+                        await self._open_partition(p)
             except StateError as exc:  # aiokafka would log and swallow it: the worker stalls
                 self.fail(str(exc))
                 return
@@ -519,9 +555,11 @@ class Worker:
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         async with self._lock:  # waits for the batch in flight to be fully written
             await self._drain()
-            for tp in revoked:
-                self._close_partition(tp.partition)
-            log.info("revoked partitions %s", sorted(tp.partition for tp in revoked))
+            events = self.topics.events
+            gone = sorted(tp.partition for tp in revoked if tp.topic == events)
+            for p in gone:
+                self._close_partition(p)
+            log.info("revoked partitions %s", gone)
             await self._announce()
 
     async def _announce(self, leaving: bool = False) -> None:
@@ -594,7 +632,7 @@ class Worker:
         like any other event, through dedup, the changelog and the commit."""
         assert self._producer is not None
         await self._producer.send_and_wait(self.topics.events, value, key=key,
-                                           partition=partition_for(key, self.partitions))
+                                           partition=self.route(key))
 
     def breaker_state(self, model: str) -> str | None:
         state = self.decider.health().breakers.get(model)

@@ -97,7 +97,8 @@ def build_input() -> tuple[list[Record], dict[str, dict]]:
     for i, (key, value) in enumerate(zip(keys, values, strict=True)):
         card = _card(value)
         if i in foreign and card is not None:
-            key = b"m-" + card.encode()  # keyed by something else: lands where that key hashes
+            key = b"m-" + card.encode()  # keyed by something else: lands where that key hashes,
+            # and is decided on its card's partition all the same (routed there)
         route = key if key is not None and i in foreign else (card or "").encode() or key
         p = partition_for(route, PARTITIONS) if route else 0
         ts = _ts(value)
@@ -225,7 +226,8 @@ def run(variant: Variant, records: list[Record] | None = None,
     chain = decider(variant.without)
     try:
         return feed(TOPOLOGY, records, profiles=profiles, decider=chain,
-                    clock=ManualClock(NOW_MS), poll_records=POLL_RECORDS)
+                    clock=ManualClock(NOW_MS), poll_records=POLL_RECORDS,
+                    partitions=PARTITIONS)
     finally:
         chain.close()
 

@@ -36,7 +36,8 @@ def test_the_golden_output_does_not_depend_on_how_the_stream_is_cut_into_polls(v
     chain = golden.decider(variant.without)
     try:
         result = golden.feed(golden.TOPOLOGY, records, profiles=profiles, decider=chain,
-                             clock=golden.ManualClock(golden.NOW_MS), poll_records=137)
+                             clock=golden.ManualClock(golden.NOW_MS), poll_records=137,
+                             partitions=golden.PARTITIONS)
     finally:
         chain.close()
     assert golden.canonical(result) == golden.read_golden(variant)
@@ -57,11 +58,25 @@ def test_the_golden_input_covers_what_it_claims(golden_input):
     for reason in (b'"late_event"', b'"stale_profile"', b'"no_profile"'):
         assert reason in text, reason
     assert sum(b'"kind":"late"' in line for line in lines) > 100
-    cards = {orjson.loads(line)["key"] for line in lines if b'"kind":"table"' in line}
+    tables = [orjson.loads(line) for line in lines if b'"kind":"table"' in line]
+    cards = {row["key"] for row in tables}
     assert len(cards) == 300
     records, _ = golden_input
     assert len(records) > 19_000
     assert len({r.partition for r in records}) == golden.PARTITIONS
+    # records produced to another partition than their card's (foreign keys), each decided on
+    # its card's partition: no card's table is split over two partitions
+    elsewhere = 0
+    for r in records:
+        card = golden._card(r.value)
+        if card is not None and r.partition != golden.partition_for(card.encode(),
+                                                                    golden.PARTITIONS):
+            elsewhere += 1
+    assert elsewhere > 50
+    tb = {(row["table"], row["key"]) for row in tables}
+    assert len(tb) == len(tables)
+    for row in tables:
+        assert row["partition"] == golden.partition_for(row["key"].encode(), golden.PARTITIONS)
 
 
 def test_the_python_reference_kernel_reproduces_the_golden_output_too(golden_input):
@@ -73,7 +88,7 @@ def test_the_python_reference_kernel_reproduces_the_golden_output_too(golden_inp
     try:
         result = golden.feed(golden.TOPOLOGY, records, profiles=profiles, decider=chain,
                              clock=golden.ManualClock(golden.NOW_MS),
-                             kernel=ReferenceTileState)
+                             kernel=ReferenceTileState, partitions=golden.PARTITIONS)
     finally:
         chain.close()
     assert golden.canonical(result) == golden.read_golden(full)

@@ -1,8 +1,10 @@
 """The golden stream through a live worker on a real broker: same decisions, DLQ, late, tables.
 
-The committed golden input (tests/golden) is produced record by record to the partitions,
-keys and record times it names, its profiles to the profiles topic (record time = the
-profile's age), and one `streamwise worker fraud` decides it. Everything it emits must equal
+The committed golden input (tests/golden) is produced record by record with the keys and record
+times it names, each to its card's partition (the golden run decides a record produced to
+another partition on its card's, as if forwarded at once; a live worker's forwarding depends
+on timing, and the oracle tests in test_fraud_stream.py hold it), its profiles to the profiles
+topic (record time = the profile's age), and one `streamwise worker fraud` decides it. Everything it emits must equal
 the golden file, but for what a live worker may legitimately do differently from the
 deterministic run: wall-clock fields (`decided_at_ms`, `stage_ms`, DLQ `received_at_ms`), and
 the model path of rows whose model call timed out under machine load (the timeout is the
@@ -12,11 +14,14 @@ mechanism working; those rows must still carry the golden features and ids).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from engine.partitioning import router
+from engine.pipeline.routing import EntityRouter
 from tests.golden import fraud_golden as golden
 from tests.integration.worker_harness import (
     FraudTopics,
@@ -31,6 +36,22 @@ pytestmark = pytest.mark.integration
 
 # Fields a model timeout may change; everything else of a decision must match.
 _MODEL_FIELDS = ("decision_id", "score", "decision", "model", "path", "reasons")
+
+
+def _routed(records) -> tuple[list, dict[tuple[int, int], tuple[int, int]], int]:
+    """The records at their cards' partitions (records that are no event stay), where each
+    record sits now -> where the golden input has it, and how many moved."""
+    route = EntityRouter(golden.TOPOLOGY, router(golden.PARTITIONS))
+    offsets = [0] * golden.PARTITIONS
+    out, where, moved = [], {}, 0
+    for r in records:
+        p = route.partition_of(r.value)
+        p = r.partition if p is None else p
+        moved += p != r.partition
+        where[(p, offsets[p])] = (r.partition, r.offset)
+        out.append(dataclasses.replace(r, partition=p, offset=offsets[p]))
+        offsets[p] += 1
+    return out, where, moved
 
 
 async def _produce(broker: str, topics: FraudTopics, records, profiles) -> None:
@@ -79,7 +100,9 @@ async def test_a_live_worker_emits_the_golden_output(kafka_bootstrap, unique_pre
     try:
         worker.start()
         await worker.wait_ready()
-        await _produce(kafka_bootstrap, topics, records, {})
+        routed, where, moved = _routed(records)
+        assert moved > 50  # the golden input has them
+        await _produce(kafka_bootstrap, topics, routed, {})
         ids = {orjson.loads(line)["event_id"] for line in want if b'"kind":"decision"' in line}
         await wait_drained(kafka_bootstrap, topics, ids, worker, timeout_s=300)
         cards = sorted({orjson.loads(line)["key"] for line in want
@@ -111,6 +134,9 @@ async def test_a_live_worker_emits_the_golden_output(kafka_bootstrap, unique_pre
         for r in await consume_all(kafka_bootstrap, topic):
             headers = {k: v.decode() for k, v in r.headers}
             headers["streamwise.topic"] = headers["streamwise.topic"].removeprefix(unique_prefix)
+            at = (int(headers["streamwise.partition"]), int(headers["streamwise.offset"]))
+            headers["streamwise.partition"], headers["streamwise.offset"] = map(
+                str, where[at])  # named as the golden input has it
             emitted.append(golden.side_line(kind, r.partition, r.key, r.value, headers))
         expected = [x for x in want if b'"kind":"' + kind.encode() + b'"' in x]
         assert emitted == expected, (kind, set(emitted) ^ set(expected))

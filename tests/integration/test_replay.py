@@ -35,6 +35,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -383,6 +384,62 @@ async def test_replay_decides_every_event_as_the_live_worker_did(live: LiveRun):
           f"live worker drained the same backlog in {live.drain_from_ready_s:.1f}s after "
           f"/readyz ({N_EVENTS / live.drain_from_ready_s:,.0f} events/s), "
           f"{live.drain_from_start_s:.1f}s after its start")
+
+
+async def _produce_at(broker: str, topic: str,
+                      records: Sequence[tuple[bytes | None, bytes, int | None]], t0_ms: int
+                      ) -> None:
+    """(key, value, partition or None: the default partitioner) in order; record i gets the
+    Kafka timestamp t0_ms + i."""
+    producer = AIOKafkaProducer(bootstrap_servers=broker, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, value=v, key=k, partition=p, timestamp_ms=t0_ms + i)
+                   for i, (k, v, p) in enumerate(records)]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def test_a_replay_decides_events_not_keyed_by_card_on_the_cards_partition(
+        kafka_bootstrap: str, unique_prefix: str, tmp_path: Path):
+    """#13 item 2 in replay: the same events produced keyed by card (the topology's murmur2)
+    and produced with null keys or placed by librdkafka's CRC32 give the same decisions: a
+    replay routes each record to its card's partition and merges what it routed there with
+    that partition's own records by Kafka timestamp, as they would have arrived live."""
+    w = generate(8_000, seed=53)
+    t0 = 1_767_225_600_000
+    keyed, mixed = f"{unique_prefix}k.", f"{unique_prefix}m."
+    for prefix in (keyed, mixed):
+        await _topics_with_profiles(kafka_bootstrap, prefix, w)
+    await _produce_at(kafka_bootstrap, FraudTopics(keyed).events,
+                      [(k, v, None) for k, v in _keyed(w.events)], t0)
+    await _produce_at(kafka_bootstrap, FraudTopics(mixed).events, [
+        (None, v, None) if i % 3 == 0 else (k, v, zlib.crc32(k) % PARTITIONS if i % 3 == 1
+                                            else None)
+        for i, (k, v) in enumerate(_keyed(w.events))], t0)
+
+    runs = {}
+    for name, prefix in (("keyed", keyed), ("mixed", mixed)):
+        runs[name] = await _replay(tmp_path / f"{name}.parquet", "--broker", kafka_bootstrap,
+                                   "--topic-prefix", prefix, "--partitions", str(PARTITIONS),
+                                   "--from-beginning")
+    assert "routed to their entity's partition" not in runs["keyed"].line, runs["keyed"].line
+    routed = re.search(r", ([\d,]+) routed to their entity's partition$", runs["mixed"].line)
+    assert routed and int(routed.group(1).replace(",", "")) > len(w.events) // 3, \
+        runs["mixed"].line
+    want = _first_by_event(_parquet_rows(runs["keyed"].output))
+    got = _first_by_event(_parquet_rows(runs["mixed"].output))
+    ids = {e["event_id"] for e in w.events}
+    assert set(want) == set(got) == ids
+    _assert_same_decisions(want, got, ids, "null-keyed and CRC32-placed vs keyed by card",
+                           fields=("decision_id", "event_id", "key", "decision", "path",
+                                   "model", "reasons", "event_ts_ms", "decided_at_ms"))
+    rows = _parquet_rows(runs["mixed"].output)
+    landed = {(r.partition, r.offset): orjson.loads(r.value)["event_id"]
+              for r in await consume_all(kafka_bootstrap, FraudTopics(mixed).events)}
+    assert all(landed[(d["partition"], d["offset"])] == d["event_id"] for d in rows), \
+        "a row's partition and offset must name the input record it decided"
 
 
 # -- 2. determinism ----------------------------------------------------------------------------

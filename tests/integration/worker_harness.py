@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,6 +73,10 @@ class FraudTopics:
     @property
     def changelog(self) -> str:
         return f"{self.prefix}fraud.changelog"
+
+    @property
+    def repartition(self) -> str:
+        return f"{self.prefix}fraud.repartition"
 
     @property
     def group(self) -> str:
@@ -211,8 +215,11 @@ async def create_topics(broker: str, specs: Iterable[tuple[str, int, dict[str, s
 
 
 async def produce(broker: str, topic: str, records: Iterable[tuple[bytes | None, bytes | None]],
-                  rate_eps: float = 0.0, chunk: int = 500) -> int:
-    """Produce keyed records in order (aiokafka's default partitioner) and wait for the acks.
+                  rate_eps: float = 0.0, chunk: int = 500,
+                  partition_of: Callable[[bytes | None, bytes | None], int | None] | None = None,
+                  ) -> int:
+    """Produce keyed records in order (aiokafka's default partitioner, unless `partition_of`
+    names a record's partition from its key and value: None leaves it to the default) and wait for the acks.
 
     `rate_eps` > 0 paces the stream (records per second). Returns the number produced.
     """
@@ -224,7 +231,9 @@ async def produce(broker: str, topic: str, records: Iterable[tuple[bytes | None,
     try:
         futures = []
         for key, value in records:
-            futures.append(await producer.send(topic, value=value, key=key))
+            partition = partition_of(key, value) if partition_of is not None else None
+            futures.append(await producer.send(topic, value=value, key=key,
+                                               partition=partition))
             sent += 1
             if sent % chunk == 0:
                 await asyncio.gather(*futures)

@@ -131,6 +131,7 @@ def test_reorder_buffer_model(capacity: int, script: list) -> None:
                 assert held[0][0] > arg
         assert len(buf) == len(held)
         assert buf.min_offset == min((o for _, o in held), default=None)
+        assert buf.min_offset_in(3, 9) == min((o for _, o in held if 3 <= o < 9), default=None)
     assert buf.drain() == sorted(held)
 
 
