@@ -17,6 +17,7 @@ from tests.integration.worker_harness import (
     fetch_json,
     produce,
     wait_drained,
+    wait_group_members,
 )
 
 pytestmark = pytest.mark.integration
@@ -67,6 +68,8 @@ async def test_two_members_share_one_port_and_a_killed_one_comes_back(kafka_boot
         worker.start()
         await worker.wait_ready()
         members = await _members(worker.proc.pid, 2)
+        # /readyz answers once either member is up; both must hold partitions before producing
+        await wait_group_members(kafka_bootstrap, topics.group, 2)
         await produce(kafka_bootstrap, topics.events, _records(first))
         await wait_drained(kafka_bootstrap, topics, {e["event_id"] for e in first}, worker)
         assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["m0", "m1"]

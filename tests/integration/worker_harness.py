@@ -37,6 +37,7 @@ __all__ = [
     "free_port",
     "produce",
     "wait_drained",
+    "wait_group_members",
 ]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -290,6 +291,29 @@ async def committed_offsets(broker: str, group: str, topic: str) -> dict[int, in
         await admin.close()
     return {tp.partition: om.offset for tp, om in offsets.items()
             if tp.topic == topic and om.offset >= 0}
+
+
+async def wait_group_members(broker: str, group: str, n: int, timeout_s: float = 120.0) -> None:
+    """Until consumer group `group` is Stable with `n` members (each with its assignment): a
+    member that is still importing or joining when a test produces would see none of it."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker, request_timeout_ms=15_000)
+    await admin.start()
+    seen: tuple = ()
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            (response,) = await admin.describe_consumer_groups([group])
+            # DescribeGroupsResponse: (error_code, group_id, state, protocol_type, protocol,
+            # members, ...)
+            seen = response.groups[0]
+            if seen[2] == "Stable" and len(seen[5]) == n:
+                return
+            await asyncio.sleep(0.25)
+    finally:
+        await admin.close()
+    state = (seen[2], len(seen[5])) if seen else None
+    raise AssertionError(f"group {group} not Stable with {n} members after {timeout_s:.0f}s "
+                         f"(last: state, members = {state})")
 
 
 async def consume_all(broker: str, topic: str, timeout_s: float = 60.0) -> list:
