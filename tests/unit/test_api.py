@@ -15,7 +15,9 @@ from prometheus_client import CollectorRegistry
 
 import topologies
 from engine.api import MAX_REQUEST_LINE_BYTES, MAX_URL_CHARS, build_app
+from engine.api.views import ServedWorker
 from engine.clock import ManualClock
+from engine.config import EngineConfig
 from engine.metrics import EngineMetrics
 from engine.online import OnlineScorer
 from engine.pipeline import PartitionState
@@ -23,6 +25,7 @@ from engine.policy import RulesOnly
 from engine.routing import OwnerMap
 from engine.schemas import decision_id
 from engine.state import MemoryStore
+from engine.worker import Worker
 
 ROOT = Path(__file__).resolve().parents[2]
 TOPO = topologies.get("fraud")
@@ -51,6 +54,9 @@ class BrokenWorker:
     failure = None  # the worker has not given up (its state is writable)
     state_lock = threading.Lock()
     clock = ManualClock(1_800_000_000_000)
+    control = None  # no model rollouts (no models either): cfg and topics are never read
+    cfg = EngineConfig()
+    topics = TOPO.topics()
 
     def __init__(self, store_broken: bool = True) -> None:
         self.registry = CollectorRegistry()
@@ -63,6 +69,18 @@ class BrokenWorker:
 
     def owns(self, partition: int) -> bool:
         return True
+
+    async def submit_event(self, key: bytes, value: bytes) -> None:
+        raise AssertionError("no test appends to the input topic")
+
+    def breaker_state(self, model: str) -> str | None:
+        return None
+
+
+def test_the_fake_and_the_real_worker_have_what_the_api_reads() -> None:
+    assert isinstance(BrokenWorker(), ServedWorker)
+    decider = RulesOnly(TOPO.rules, TOPO.features.versioned_name)
+    assert isinstance(Worker(EngineConfig(), TOPO, decider), ServedWorker)
 
 
 async def _client(token: str | None = None) -> TestClient:

@@ -20,7 +20,9 @@ from prometheus_client import CollectorRegistry
 
 import topologies
 from engine.api import ApiRunner, build_app
+from engine.api.views import ServedWorker
 from engine.clock import ManualClock
+from engine.config import EngineConfig
 from engine.metrics import EngineMetrics
 from engine.pipeline import PartitionState
 from engine.routing import OwnerMap
@@ -43,6 +45,9 @@ class Worker:
     ready = (True, "ready")
     state_lock = threading.Lock()
     clock = ManualClock(1_800_000_000_000)
+    control = None  # no model rollouts (no models either): cfg and topics are never read
+    cfg = EngineConfig()
+    topics = TOPO.topics()
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -53,6 +58,16 @@ class Worker:
 
     def owns(self, partition: int) -> bool:
         return True
+
+    async def submit_event(self, key: bytes, value: bytes) -> None:
+        raise AssertionError("no test appends to the input topic")
+
+    def breaker_state(self, model: str) -> str | None:
+        return None
+
+
+def test_the_fake_has_what_the_api_reads() -> None:
+    assert isinstance(Worker(), ServedWorker)
 
 
 class Server:

@@ -13,7 +13,9 @@ from prometheus_client import CollectorRegistry
 
 import topologies
 from engine.api import build_app
+from engine.api.views import ServedWorker
 from engine.clock import ManualClock
+from engine.config import EngineConfig
 from engine.features import PROFILE_TS_FIELD
 from engine.kafka_io import partition_for
 from engine.metrics import EngineMetrics
@@ -37,6 +39,10 @@ class Node:
     ready = (True, "ready")
     state_lock = threading.Lock()
     clock = ManualClock(T0)
+    failure = None  # never gives up
+    control = None  # no model rollouts (no models either): cfg and topics are never read
+    cfg = EngineConfig()
+    topics = TOPO.topics()
 
     def __init__(self, name: str, owned: set[int], events: list[dict], owners: OwnerMap,
                  profiles: dict) -> None:
@@ -67,6 +73,12 @@ class Node:
 
     def owns(self, partition: int) -> bool:
         return partition in self.pipelines
+
+    async def submit_event(self, key: bytes, value: bytes) -> None:
+        raise AssertionError("no test appends to the input topic")
+
+    def breaker_state(self, model: str) -> str | None:
+        return None
 
 
 def _events() -> list[dict]:
@@ -105,6 +117,11 @@ AUTH = {"Authorization": "Bearer tok", **JSON}
 async def _post(client: TestClient, body: object) -> tuple[int, dict]:
     resp = await client.post("/v1/features", data=orjson.dumps(body), headers=AUTH)
     return resp.status, await resp.json()
+
+
+async def test_the_fake_has_what_the_api_reads(pair) -> None:
+    a, b, ca, cb, events = pair
+    assert isinstance(a, ServedWorker) and isinstance(b, ServedWorker)
 
 
 async def test_many_keys_are_answered_by_their_owners_in_request_order(pair) -> None:
