@@ -7,6 +7,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ..sinks.records import SideRecord  # defined beside its encoders: no import cycle
+
 __all__ = ["FORWARDED", "BatchResult", "InputRecord", "PollResult", "Record", "SideRecord",
            "forwarded_position", "origin"]
 
@@ -62,15 +64,6 @@ class Record:
     @property
     def timestamp(self) -> int | None:
         return self.timestamp_ms
-
-
-@dataclass(slots=True)
-class SideRecord:
-    """A record for the dead-letter or late topic: raw bytes plus string headers."""
-
-    key: bytes | None
-    value: bytes
-    headers: list[tuple[str, bytes]]
 
 
 @dataclass

@@ -3,11 +3,20 @@
 
 from __future__ import annotations
 
-from ..pipeline.records import SideRecord
+from dataclasses import dataclass
 
-__all__ = ["DLQ_TRUNCATE_BYTES", "dead_letter", "late_record"]
+__all__ = ["DLQ_TRUNCATE_BYTES", "SideRecord", "dead_letter", "late_record"]
 
 DLQ_TRUNCATE_BYTES = 64 * 1024  # the raw value kept in a dead-letter record
+
+
+@dataclass(slots=True)
+class SideRecord:
+    """A record for the dead-letter or late topic: raw bytes plus string headers."""
+
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
 
 
 def dead_letter(topic: str, partition: int, offset: int, key: bytes | None,
