@@ -5,7 +5,13 @@ input topic from offset 0 as the broker holds it (a record re-sent during an out
 twice) and the profiles topic, recomputes every record's fate with `fraud_oracle` (plus the
 event-time guard: an event more than 10 minutes ahead of its record's Kafka timestamp is a
 dead letter, reason ``future_time``), then reads the decisions, DLQ and late topics and the
-tables over HTTP and counts, in the terms Kafka Streams' and Jepsen's checkers use:
+tables over HTTP and counts, in the terms Kafka Streams' and Jepsen's checkers use.
+
+Events whose Kafka key is not their card (null keys) are decided on their card's murmur2
+partition after a hop through the repartition topic, so their place among that partition's
+own records depends on timing: the recomputation runs in the order the decisions topic shows
+(`fraud_oracle.run_in_decided_order`), and a decision on another partition than its card's
+is wrong. The counts:
 
 * **lost**: a valid event without a decision, a bad record without its DLQ record, a late
   event without its late record;
@@ -15,8 +21,10 @@ tables over HTTP and counts, in the terms Kafka Streams' and Jepsen's checkers u
 * **unexpected**: an output for no input: a decision for an unknown event id, a DLQ record for
   a valid record, a late record for an event that was not late;
 * **wrong_value**: an output with the wrong content: features that differ from the
-  recomputation, a wrong key, event time or decision field, a wrong DLQ reason or payload, a
-  late record against the wrong watermark, a table that differs from the recomputed state;
+  recomputation, a wrong key, event time or decision field, a decision on another partition
+  than its card's or whose ``late_event`` reason disagrees with the recomputed lateness, a
+  wrong DLQ reason or payload, a late record against the wrong watermark, a table that
+  differs from the recomputed state;
 * **unaccounted**: input records not accounted for exactly once as decided, dead-lettered or
   dropped as a duplicate of a decided event.
 """
@@ -38,12 +46,13 @@ from tests.integration.fraud_oracle import (
     TILE_MS,
     OracleResult,
     Tile,
+    card_partition,
     parse,
-    run_oracle,
+    run_in_decided_order,
 )
 
 __all__ = ["MAX_FUTURE_MS", "CardHistory", "Expected", "Report", "expected_outcomes",
-           "verify"]
+           "valid_event_ids", "verify"]
 
 MAX_FUTURE_MS = 600_000  # fraud: an event may be at most 10 minutes ahead of its record
 DECISIONS = {"approve", "review", "decline"}
@@ -55,32 +64,67 @@ EXAMPLES = 5
 
 @dataclass
 class Expected:
-    """The recomputation: the oracle's result plus the records refused as future_time."""
+    """The recomputation: the oracle's result over the order the worker decided in, plus the
+    records refused as future_time; the problems of that order (each a wrong output, see
+    `fraud_oracle.run_in_decided_order`) and the events some decision called late."""
 
     oracle: OracleResult
     inputs: int
     locations: dict[tuple[int, int], bytes | None]
+    order: dict[str, int] = field(default_factory=dict)  # event id -> place in processing
+    problems: dict[str, list[str]] = field(default_factory=dict)
+    decided_late: set[str] = field(default_factory=set)
+    null_keyed: int = 0  # valid event records in the input topic without a key
+    moved: int = 0  # valid event records that landed on another partition than their card's
 
     @property
     def valid(self) -> set[str]:
         return set(self.oracle.outcome)
 
 
-def expected_outcomes(records: Iterable, profiles: Mapping[str, Mapping]) -> Expected:
-    """`records`: the input topic as consumed (objects with partition, offset, value,
-    timestamp), in any order."""
+def _is_future(r, ev: dict | str) -> bool:
+    """A valid event more than MAX_FUTURE_MS ahead of its record's Kafka timestamp (a record
+    without a timestamp is never refused)."""
+    return isinstance(ev, dict) and r.timestamp is not None and r.timestamp >= 0 \
+        and ev["ts_ms"] - r.timestamp > MAX_FUTURE_MS
+
+
+def valid_event_ids(records: Iterable) -> set[str]:
+    """The event ids the worker must decide, from the input topic as consumed (objects with
+    value and timestamp): valid events that are not refused as future_time."""
+    out = set()
+    for r in records:
+        ev = parse(r.value)
+        if isinstance(ev, dict) and not _is_future(r, ev):
+            out.add(ev["event_id"])
+    return out
+
+
+def expected_outcomes(records: Iterable, profiles: Mapping[str, Mapping], decisions: Iterable,
+                      partitions: int) -> Expected:
+    """`records`: the input topic as consumed (objects with partition, offset, key, value,
+    timestamp), in any order; `decisions`: the decision topic as consumed (partition, offset,
+    value); `partitions`: the input topic's partition count (the cards' murmur2 partitions).
+    Events whose key is not their card are expected on their card's partition, in the order
+    the decisions show (an event without a decision is lost, and placed by its neighbours)."""
     kept, future, locations = [], [], {}
+    null_keyed = moved = 0
     for r in records:
         locations[(r.partition, r.offset)] = r.value
         ev = parse(r.value)
-        if isinstance(ev, dict) and r.timestamp is not None and r.timestamp >= 0 \
-                and ev["ts_ms"] - r.timestamp > MAX_FUTURE_MS:
+        if _is_future(r, ev):
             future.append((r.partition, r.offset, "future_time"))  # never reaches state
-        else:
-            kept.append((r.partition, r.offset, r.value))
-    oracle = run_oracle(kept, profiles)
-    oracle.dlq.extend(future)
-    return Expected(oracle, len(locations), locations)
+            continue
+        kept.append((r.partition, r.offset, r.value))
+        if isinstance(ev, dict):
+            null_keyed += r.key is None
+            moved += card_partition(ev["card_id"], partitions) != r.partition
+    placed = run_in_decided_order(kept, [(r.partition, r.offset, r.value) for r in decisions],
+                                  profiles, partitions)
+    placed.oracle.dlq.extend(future)
+    order = {eid: i for i, eid in enumerate(placed.order)}
+    return Expected(placed.oracle, len(locations), locations, order, placed.problems,
+                    placed.decided_late, null_keyed, moved)
 
 
 def profiles_of(records: Iterable) -> dict[str, dict]:
@@ -106,6 +150,8 @@ class Report:
     input_duplicates: int = 0
     late_expected: int = 0
     decision_records: int = 0
+    null_keyed: int = 0
+    moved: int = 0
     lost: int = 0
     duplicate: int = 0
     raw_duplicate: int = 0
@@ -127,7 +173,8 @@ class Report:
         return self.lost == self.unexpected == self.wrong_value == self.unaccounted == 0
 
     def row(self) -> dict[str, object]:
-        return {"scenario": self.scenario, "inputs": self.inputs, "lost": self.lost,
+        return {"scenario": self.scenario, "inputs": self.inputs,
+                "null_keyed": self.null_keyed, "moved": self.moved, "lost": self.lost,
                 "duplicate": self.duplicate, "raw_duplicate": self.raw_duplicate,
                 "unexpected": self.unexpected, "wrong_value": self.wrong_value,
                 "unaccounted": self.unaccounted, "tables_checked": self.tables_checked,
@@ -166,7 +213,8 @@ def verify(scenario: str, expected: Expected, decisions: list, dlq: list, late: 
     o = expected.oracle
     rep = Report(scenario, inputs=expected.inputs, valid=len(o.outcome),
                  dlq_expected=len(o.dlq), input_duplicates=len(o.duplicates),
-                 late_expected=len(o.late), decision_records=len(decisions))
+                 late_expected=len(o.late), decision_records=len(decisions),
+                 null_keyed=expected.null_keyed, moved=expected.moved)
     if len(o.first_seen) + len(o.duplicates) + len(o.dlq) != expected.inputs:
         raise AssertionError("verifier bug: input records not partitioned into decided, "
                              "duplicate and dead-lettered")
@@ -229,6 +277,10 @@ def verify(scenario: str, expected: Expected, decisions: list, dlq: list, late: 
                         f"{eid} ({o.outcome[eid]}, card {ev['card_id']}): "
                         + "; ".join(problems[:4]))
 
+    for kind, examples in sorted(expected.problems.items()):  # of the order decided in
+        for example in examples:
+            rep.problem("wrong_value", kind, example)
+
     # late records ---------------------------------------------------------------------------
     late_counts: Counter[str] = Counter()
     for r in late:
@@ -248,6 +300,12 @@ def verify(scenario: str, expected: Expected, decisions: list, dlq: list, late: 
     for eid in sorted(o.late - late_counts.keys()):
         rep.problem("lost", "late event missing from the late topic", eid)
     for eid in sorted(late_counts.keys() - o.late, key=str):
+        if eid in expected.decided_late and eid in o.outcome:
+            # A generation a crash cut short decided it late, a later one (in another order
+            # of forwarded records) on time: the abandoned decision is counted as a
+            # duplicate above, its late record is one more output beyond one per input.
+            rep.raw_duplicate += late_counts[eid]
+            continue
         rep.problem("unexpected", "late record for an event that was not late",
                     f"{eid} ({o.outcome.get(eid, 'not a valid event')})")
 
@@ -380,7 +438,7 @@ class CardHistory:
     def of(cls, expected: Expected, cards: Iterable[str]) -> CardHistory:
         o = expected.oracle
         wanted = set(cards)
-        accepted = sorted((o.first_seen[eid], eid) for eid, out in o.outcome.items()
+        accepted = sorted((expected.order[eid], eid) for eid, out in o.outcome.items()
                           if out == "accepted" and o.events[eid]["card_id"] in wanted)
         tiles: dict[str, dict[int, Tile]] = defaultdict(dict)
         last: dict[str, int] = {}

@@ -20,6 +20,11 @@ become and what the state must hold. Semantics (times are integer epoch ms):
 * **Tiles** of 60,000 ms start at ``ts − ts % 60000``. For an event in tile t: the 10-minute
   features merge tiles t−9..t, the 1-hour ones tiles t−59..t (the event itself included when
   accepted); tiles after t are never included.
+* **Repartitioning.** A valid event produced to another partition than its card's (a null
+  key, another partitioner; `card_partition` says which is its card's) is decided on its
+  card's partition, where it arrives through the repartition topic, so its place among that
+  partition's own records depends on timing: `run_in_decided_order` reads that place back
+  from the decisions and recomputes everything in that order.
 * ``secs_since_last = (ts − newest earlier accepted ts of the card) / 1000`` or −1.0 when none;
   ``amount_over_avg`` and ``is_foreign`` are None without a profile;
   ``hour_of_day = (ts // 3_600_000) % 24``.
@@ -29,15 +34,21 @@ from __future__ import annotations
 
 import json
 import math
+from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 __all__ = [
     "FEATURE_NAMES",
+    "LATE_REASON",
     "MAX_RECORD_BYTES",
+    "DecidedOrder",
     "OracleResult",
     "Tile",
+    "card_partition",
+    "murmur2",
     "parse",
+    "run_in_decided_order",
     "run_oracle",
 ]
 
@@ -253,3 +264,200 @@ def _window(tiles: dict[int, Tile], t: int, n_tiles: int,
         hi = tile.max if hi is None else max(hi, tile.max)
         merchants |= tile.merchants
     return count, total, hi, merchants
+
+
+# -- events decided on their card's partition (repartitioning) -------------------------------
+
+LATE_REASON = "late_event"  # among a decision's reasons when its event was decided late
+_UNSTABLE = ("stage_ms", "decided_at_ms")  # differ between re-emissions of one decision
+_AFTER = 1 << 40  # synthetic offsets, above every real one: placed events follow dead letters
+_END = 1 << 62  # the place of an undecided event with nothing decided after it
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (the Java client's ``Utils.murmur2``, seed 0x9747b28c) of `data`, as
+    an unsigned 32-bit integer."""
+    m, mask = 0x5BD1E995, 0xFFFFFFFF
+    h = (0x9747B28C ^ len(data)) & mask
+    whole = len(data) & ~3
+    for i in range(0, whole, 4):
+        k = (int.from_bytes(data[i:i + 4], "little") * m) & mask
+        k = ((k ^ (k >> 24)) * m) & mask
+        h = ((h * m) & mask) ^ k
+    tail = data[whole:]
+    if len(tail) == 3:
+        h ^= tail[2] << 16
+    if len(tail) >= 2:
+        h ^= tail[1] << 8
+    if tail:
+        h = ((h ^ tail[0]) * m) & mask
+    h = ((h ^ (h >> 13)) * m) & mask
+    return h ^ (h >> 15)
+
+
+def card_partition(card: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner (the fraud topology's) gives the key `card`:
+    murmur2 of its UTF-8 bytes with the sign bit cleared, modulo `partitions` (>= 1)."""
+    return (murmur2(card.encode()) & 0x7FFFFFFF) % partitions
+
+
+@dataclass
+class DecidedOrder:
+    """`run_in_decided_order`'s answer: the oracle over the order the worker decided in (its
+    `first_seen` and `duplicates` are where the copies landed in the input topic), that order
+    (valid event ids, each card partition's in processing order), the problems of that order
+    (category -> examples; each one is a wrong output), and the events some decision, of any
+    generation, called late (``late_event`` among its reasons)."""
+
+    oracle: OracleResult
+    order: list[str]
+    problems: dict[str, list[str]]
+    decided_late: set[str]
+
+
+@dataclass
+class _Landed:
+    """The input topic as it landed: valid events (first copy) and the rest."""
+
+    raw: dict[str, bytes] = field(default_factory=dict)      # event id -> first copy's bytes
+    at: dict[str, tuple[int, int]] = field(default_factory=dict)  # -> first copy's place
+    card: dict[str, str] = field(default_factory=dict)
+    copies: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # every copy's
+    dead: list[tuple[int, int, bytes | None]] = field(default_factory=list)
+
+
+def _landed(records: Iterable[tuple[int, int, bytes | None]]) -> _Landed:
+    out = _Landed()
+    for p, off, raw in sorted(records, key=lambda r: (r[0], r[1])):
+        ev = parse(raw)
+        if isinstance(ev, str):
+            out.dead.append((p, off, raw))
+            continue
+        eid = ev["event_id"]
+        out.copies.setdefault(eid, []).append((p, off))
+        if eid not in out.raw:
+            out.raw[eid], out.at[eid], out.card[eid] = raw or b"", (p, off), ev["card_id"]
+    return out
+
+
+def _says_late(decision: dict) -> bool:
+    """Whether a decision's reasons (a list; anything else says nothing) hold LATE_REASON."""
+    reasons = decision.get("reasons")
+    return isinstance(reasons, list) and LATE_REASON in reasons
+
+
+def _decision_places(decisions: Iterable[tuple[int, int, bytes | None]], partitions: int,
+                     problems: defaultdict[str, list[str]]
+                     ) -> tuple[dict[str, tuple[int, int]], dict[str, dict], set[str]]:
+    """Where each event was decided: ``(partition, offset)`` of the first appearance of its
+    last distinct decision (a crash may make a later generation decide it again from other
+    state: that decision is the one the state went on from; a re-emission of the same
+    decision, timings aside, keeps the first place). Also each event's last decision and the
+    events some decision called late. Records that are not decisions are skipped (the
+    verifiers count them)."""
+    first_at: dict[tuple[str, str], tuple[int, int]] = {}
+    last: dict[str, tuple[str, dict]] = {}
+    decided_late: set[str] = set()
+    for p, off, raw in sorted(decisions, key=lambda r: (r[0], r[1])):
+        try:
+            d = json.loads(raw or b"")
+        except ValueError:
+            continue
+        eid = d.get("event_id") if isinstance(d, dict) else None
+        if not isinstance(eid, str):
+            continue
+        content = json.dumps({k: v for k, v in d.items() if k not in _UNSTABLE},
+                             sort_keys=True)
+        first_at.setdefault((eid, content), (p, off))
+        last[eid] = (content, d)
+        if _says_late(d):
+            decided_late.add(eid)
+        card = d.get("key")
+        if isinstance(card, str) and card_partition(card, partitions) != p:
+            problems["decided on another partition than its card's"].append(
+                f"{eid}: card {card} (partition {card_partition(card, partitions)}) on p{p}")
+    places = {eid: first_at[(eid, content)] for eid, (content, _) in last.items()}
+    return places, {eid: d for eid, (_, d) in last.items()}, decided_late
+
+
+def _order_keys(landed: _Landed, places: Mapping[str, tuple[int, int]], partitions: int
+                ) -> dict[str, tuple[int, int, int, int]]:
+    """A sort key per valid event, its place in its card partition's processing order. An
+    event without a decision (lost: the verifiers count it) goes just before the first
+    decided event of its card's partition that landed after it on the same partition (so a
+    correct worker's neighbours keep their features), or after everything."""
+    keys: dict[str, tuple[int, int, int, int]] = {}
+    decided: dict[tuple[int, int], list[tuple[int, tuple[int, int, int, int]]]] = {}
+    for eid, (p, off) in places.items():
+        if eid in landed.raw:
+            keys[eid] = (p, off, 0, 0)
+            cp = card_partition(landed.card[eid], partitions)
+            decided.setdefault((cp, landed.at[eid][0]), []).append((landed.at[eid][1],
+                                                                    keys[eid]))
+    for eid in landed.raw.keys() - keys.keys():
+        cp = card_partition(landed.card[eid], partitions)
+        src, loff = landed.at[eid]
+        after = [k for o, k in decided.get((cp, src), ()) if o > loff]
+        keys[eid] = (*min(after)[:2], -1, loff) if after else (cp, _END, src, loff)
+    return keys
+
+
+def _source_order_problems(landed: _Landed, order: list[str], partitions: int,
+                           problems: defaultdict[str, list[str]]) -> None:
+    """Each source partition's events must be decided in the order they landed there (per
+    card partition). Events with several copies are skipped: which copy came first?"""
+    last: dict[tuple[int, int], int] = {}
+    for eid in order:
+        if len(landed.copies[eid]) > 1:
+            continue
+        cp = card_partition(landed.card[eid], partitions)
+        src, off = landed.at[eid]
+        if off < last.get((cp, src), -1):
+            problems["a source partition's order not kept"].append(
+                f"{eid} from p{src}@{off} decided on p{cp} after p{src}@{last[(cp, src)]}")
+        last[(cp, src)] = max(off, last.get((cp, src), -1))
+
+
+def run_in_decided_order(landed: Iterable[tuple[int, int, bytes | None]],
+                         decisions: Iterable[tuple[int, int, bytes | None]],
+                         profiles: Mapping[str, Mapping], partitions: int, *,
+                         check_source_order: bool = False) -> DecidedOrder:
+    """The oracle over each card partition's input in the order the worker decided it.
+
+    A record produced to another partition than its card's reaches the card's partition
+    through the repartition topic, so its place among that partition's own records depends on
+    timing; any place is right as long as each source partition's records keep their order.
+    The order is read back from the decisions (each partition's, in offset order, see
+    `_decision_places`); the oracle then recomputes every feature, lateness and table from
+    that order, every valid event on its card's partition (`card_partition`), re-sent copies
+    as duplicates, and the records the worker dead-letters where they landed keep their place.
+
+    `landed`: the input topic as consumed, ``(partition, offset, raw value)``, without the
+    records the caller dead-letters itself (future_time, which needs record timestamps).
+    `decisions`: the decision topic the same way. Problems found (each a wrong output): a
+    decision on another partition than its card's, a decision whose ``late_event`` reason
+    disagrees with the recomputed lateness, and with `check_source_order` a source
+    partition's order not kept (only meaningful without crashes).
+    """
+    problems: defaultdict[str, list[str]] = defaultdict(list)
+    inputs = _landed(landed)
+    places, last, decided_late = _decision_places(decisions, partitions, problems)
+    keys = _order_keys(inputs, places, partitions)
+    order = sorted(keys, key=keys.__getitem__)
+    records: list[tuple[int, int, bytes | None]] = list(inputs.dead)
+    for i, eid in enumerate(order):
+        cp = card_partition(inputs.card[eid], partitions)
+        records.append((cp, _AFTER + i, inputs.raw[eid]))
+        records += [(cp, 2 * _AFTER + i, inputs.raw[eid])] * (len(inputs.copies[eid]) - 1)
+    oracle = run_oracle(records, profiles)
+    oracle.first_seen = dict(inputs.at)  # the synthetic places above mean nothing outside
+    oracle.duplicates = [(p, off, eid) for eid, at in inputs.copies.items() for p, off in at[1:]]
+    for eid, d in last.items():
+        if eid in oracle.outcome and _says_late(d) != (oracle.outcome[eid] == "late"):
+            problems["decision's lateness differs from the recomputation"].append(
+                f"{eid}: reasons {d.get('reasons')!r}, recomputed {oracle.outcome[eid]}")
+    if check_source_order:
+        _source_order_problems(inputs, [e for e in order if e in places], partitions,
+                               problems)
+    return DecidedOrder(oracle, order, dict(problems), decided_late)
+

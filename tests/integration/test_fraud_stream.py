@@ -16,10 +16,17 @@ from pathlib import Path
 
 import orjson
 import pytest
-from aiokafka.partitioner import murmur2
 
 try:  # tests/ as a package, or rootdir-relative imports
-    from .fraud_oracle import FEATURE_NAMES, TILE_MS, OracleResult, parse, run_oracle
+    from .fraud_oracle import (
+        FEATURE_NAMES,
+        TILE_MS,
+        OracleResult,
+        card_partition,
+        parse,
+        run_in_decided_order,
+        run_oracle,
+    )
     from .worker_harness import (
         INPUT_MAX_MESSAGE_BYTES,
         FraudTopics,
@@ -33,7 +40,15 @@ try:  # tests/ as a package, or rootdir-relative imports
         wait_drained,
     )
 except ImportError:
-    from fraud_oracle import FEATURE_NAMES, TILE_MS, OracleResult, parse, run_oracle
+    from fraud_oracle import (
+        FEATURE_NAMES,
+        TILE_MS,
+        OracleResult,
+        card_partition,
+        parse,
+        run_in_decided_order,
+        run_oracle,
+    )
     from worker_harness import (
         INPUT_MAX_MESSAGE_BYTES,
         FraudTopics,
@@ -436,11 +451,6 @@ async def test_crashes_and_lost_state_change_nothing(kafka_bootstrap: str, uniqu
 # -- producers that do not key by card (#13 item 2) -------------------------------------------
 
 
-def _card_partition(card: str) -> int:
-    """The fraud topology's partitioner (murmur2, the Java client's), computed here."""
-    return (murmur2(card.encode()) & 0x7FFFFFFF) % PARTITIONS
-
-
 def _misrouting_partitioner(key: bytes | None, value: bytes | None) -> int | None:
     """Where the test's mixed producers put a record: null keys anywhere (aiokafka's default
     picks a random partition), half of the keyed records where librdkafka's CRC32 partitioner
@@ -456,66 +466,16 @@ def _mixed_keys(stream: list[tuple[bytes | None, bytes]]) -> list[tuple[bytes | 
             for i, (key, value) in enumerate(stream)]
 
 
-def _order_oracle(stream: list[tuple[bytes | None, bytes]], landed: list, decisions: list,
-                  profiles: dict, check_order: bool) -> tuple[OracleResult, dict[str, list[str]]]:
-    """The oracle over each partition's input in the order the worker decided it.
-
-    A record produced to another partition than its card's reaches the card's partition
-    through the repartition topic, so its place among that partition's own records depends on
-    timing; any place is right as long as each source partition's records keep their order.
-    The order is read back from the decisions (each partition's, in offset order): an event
-    sits where its decision first appeared, or, when a crash made the worker decide it again
-    from other state (a different decision), where that last decision first appeared. The
-    oracle then recomputes every feature, lateness and table from that order, and the records
-    the worker dead-letters where they landed keep their place in the input. Also returned:
-    decisions on a partition that is not the card's, and sources whose order was not kept.
-    """
-    problems: dict[str, list[str]] = defaultdict(list)
-    raw_of = {}
-    copies: Counter[str] = Counter()
-    for _, value in stream:
-        ev = parse(value)
-        if isinstance(ev, dict):
-            raw_of.setdefault(ev["event_id"], value)
-            copies[ev["event_id"]] += 1
-    first_at: dict[tuple[str, bytes], tuple[int, int]] = {}  # (event, content) -> first place
-    last_content: dict[str, bytes] = {}
-    partition_of: dict[str, int] = {}
-    for r in sorted(decisions, key=lambda r: (r.partition, r.offset)):
-        d = orjson.loads(r.value)
-        eid = d["event_id"]
-        content = orjson.dumps({k: v for k, v in d.items()
-                                if k not in ("stage_ms", "decided_at_ms")})
-        first_at.setdefault((eid, content), (r.partition, r.offset))
-        last_content[eid] = content
-        partition_of[eid] = r.partition
-        card = d.get("key")
-        if isinstance(card, str) and _card_partition(card) != r.partition:
-            problems["decided on another partition than its card's"].append(
-                f"{eid}: card {card} (partition {_card_partition(card)}) on p{r.partition}")
-    places = sorted((first_at[(eid, c)], eid) for eid, c in last_content.items())
-    records = []
-    base = 1 << 40  # after every real offset: the dead-lettered records keep their own places
-    for i, ((p, _), eid) in enumerate(places):
-        records.append((p, base + i, raw_of[eid]))
-        records += [(p, 2 * base + i, raw_of[eid])] * (copies[eid] - 1)  # re-sent: duplicates
-    landed_at = {}
-    for r in landed:
-        ev = parse(r.value)
-        if isinstance(ev, str):
-            records.append((r.partition, r.offset, r.value))
-        else:
-            landed_at.setdefault(ev["event_id"], (r.partition, r.offset))
-    last: dict[tuple[int, int], int] = {}  # (decided on, landed on) -> last landing offset
-    for (p, _), eid in places:
-        if not check_order or copies[eid] > 1:  # a re-sent event: which copy came first?
-            continue
-        src, off = landed_at[eid]
-        if off < last.get((p, src), -1):
-            problems["a source partition's order not kept"].append(
-                f"{eid} from p{src}@{off} decided on p{p} after p{src}@{last[(p, src)]}")
-        last[(p, src)] = max(off, last.get((p, src), -1))
-    return run_oracle(records, profiles), problems
+def _order_oracle(landed: list, decisions: list, profiles: dict, check_order: bool,
+                  ) -> tuple[OracleResult, dict[str, list[str]]]:
+    """The oracle over each card partition's input in the order the worker decided it
+    (`fraud_oracle.run_in_decided_order`, which the chaos verifier uses too), and the problems
+    of that order: decisions on a partition that is not the card's, a lateness the decision
+    states against the recomputed one, and (`check_order`) sources whose order was not kept."""
+    placed = run_in_decided_order([(r.partition, r.offset, r.value) for r in landed],
+                                  [(r.partition, r.offset, r.value) for r in decisions],
+                                  profiles, PARTITIONS, check_source_order=check_order)
+    return placed.oracle, placed.problems
 
 
 async def _misrouted_run(broker: str, prefix: str, workers, seed: int, kills: int) -> None:
@@ -542,12 +502,12 @@ async def _misrouted_run(broker: str, prefix: str, workers, seed: int, kills: in
     decisions = await wait_drained(broker, topics, expected, worker, timeout_s=240)
     landed = await consume_all(broker, topics.events)
     forwarded = await consume_all(broker, topics.repartition)
-    oracle, order = _order_oracle(stream, landed, decisions, w.profiles, check_order=not kills)
+    oracle, order = _order_oracle(landed, decisions, w.profiles, check_order=not kills)
     late = await consume_all(broker, topics.late)
     dlq = await consume_all(broker, topics.dlq)
     raw = {(r.partition, r.offset): r.value for r in landed}
     moved = sum(1 for r in landed if isinstance(parse(r.value), dict)
-                and _card_partition(parse(r.value)["card_id"]) != r.partition)
+                and card_partition(parse(r.value)["card_id"], PARTITIONS) != r.partition)
     print(_summary(oracle), f"; {moved} events produced to another partition than their "
           f"card's, {len(forwarded)} forwarded records, {len(decisions)} decision records, "
           f"{kills} kills")
