@@ -1,7 +1,7 @@
 """The chaos suite's moving parts: a cluster of worker processes, a paced producer that survives
-a broker outage, poison records of every kind, HTTP clients fast and slow, and the clock of
-recovery. Black box like `worker_harness`: nothing from `engine` is imported; workers are
-driven through their CLI, topics and HTTP API, and stopped by PID.
+a broker outage, poison records of every kind, events without a key, HTTP clients fast and
+slow, and the clock of recovery. Black box like `worker_harness`: nothing from `engine` is
+imported; workers are driven through their CLI, topics and HTTP API, and stopped by PID.
 
 Every loop is bounded in count and time; randomness is seeded.
 """
@@ -118,9 +118,18 @@ def far_future_events(n: int, seed: int, cards: Sequence[str]) -> list[Record]:
     return out
 
 
-def mix(events: list[dict], extra: list[Record], seed: int) -> list[Record]:
-    """The events keyed by card, in order, with `extra` records at seeded positions."""
-    stream: list[Record] = [(ev["card_id"].encode(), orjson.dumps(ev)) for ev in events]
+NULL_KEY_SHARE = 0.05  # of the valid events: at least ~1% of the stream, as #13 asks
+
+
+def mix(events: list[dict], extra: list[Record], seed: int,
+        null_keys: float = NULL_KEY_SHARE) -> list[Record]:
+    """The events in order, keyed by card except a seeded `null_keys` share (0..1) produced
+    without a key (aiokafka's default partitioner then picks a random partition, so the
+    worker forwards most of them to their card's partition; a workload duplicate draws its
+    own, so an event and its copy may land apart), with `extra` records at seeded positions."""
+    keys = random.Random(f"null-keys-{seed}")
+    stream: list[Record] = [(None if keys.random() < null_keys else ev["card_id"].encode(),
+                             orjson.dumps(ev)) for ev in events]
     rng = random.Random(seed)
     for rec in extra:
         stream.insert(rng.randint(0, len(stream)), rec)

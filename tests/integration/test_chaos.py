@@ -7,10 +7,11 @@ and few faults; the nightly tier (`STREAMWISE_CHAOS_TIER=nightly`, run by `scrip
 which prints the table) runs longer streams and more faults. Each scenario appends its row to
 `$STREAMWISE_CHAOS_RESULTS` (JSON lines) when set.
 
-Every scenario's stream holds 1% poison records of every kind and events dated in the year
-2100 (refused as future_time, #13 item 1). Events whose Kafka key is not their card (null
-keys) are left out until #13 item 2 (repartitioning) lands: the landed worker decides them on
-whatever partition they land on, which splits the card's state.
+Every scenario's stream holds 1% poison records of every kind, events dated in the year 2100
+(refused as future_time, #13 item 1) and null-keyed events (1 valid event in 20, on a random
+partition): the worker forwards each to its card's partition (#13 item 2), where its place
+among that partition's own records depends on timing, so the verifier recomputes every
+partition in the order its decisions show and requires each decision on its card's partition.
 
 Acceptance per scenario: 0 lost, 0 unexpected, 0 wrong_value, every input record accounted
 for exactly once (duplicates after dedup by decision_id and recovery seconds are measured and
@@ -45,17 +46,21 @@ from tests.integration.chaos_harness import (
 )
 from tests.integration.chaos_verifier import (
     CardHistory,
+    Expected,
     Report,
     check_tables,
     expected_outcomes,
     profiles_of,
+    valid_event_ids,
     verify,
 )
 from tests.integration.worker_harness import (
     INPUT_MAX_MESSAGE_BYTES,
     FraudTopics,
+    committed_offsets,
     consume_all,
     create_topics,
+    end_offsets,
     produce,
     wait_drained,
 )
@@ -92,7 +97,8 @@ SIZES = {
 
 
 def _stream(size: Size, seed: int) -> tuple[list, dict]:
-    """The reference workload with 1% poison records and 0.2% far-future events mixed in."""
+    """The reference workload with 1% poison records and 0.2% far-future events mixed in, 1
+    valid event in 20 without a key (`mix`)."""
     w = generate(size.events, seed=seed)
     cards = sorted({ev["card_id"] for ev in w.events})
     extra = poison_records(max(7, size.events // 100), seed, cards) + \
@@ -108,21 +114,58 @@ async def _setup(broker: str, prefix: str, tmp: Path, size: Size, seed: int,
     return cluster, topics, Feeder(broker, topics.events, stream, size.rate or 1e9)
 
 
-async def _finish(name: str, broker: str, cluster: Cluster, topics: FraudTopics,
-                  recoveries: list[asyncio.Task] | None = None, sample: int | None = 1_000,
-                  extra: dict | None = None, record: bool = True) -> Report:
-    """Drain, read every topic, verify, check the tables over HTTP (a seeded sample of the
-    cards in the PR tier, all nightly), record the row (unless the caller adds to it)."""
+async def _repartition_committed(broker: str, topics: FraudTopics, timeout_s: float) -> None:
+    """Until the group has committed the end of the repartition topic (bounded by
+    `timeout_s`): a forwarded record's input offset is committed once it is forwarded, its
+    outputs are all written only once its repartition offset is."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ends = await end_offsets(broker, topics.repartition)
+        done = await committed_offsets(broker, topics.group, topics.repartition)
+        behind = {p: (done.get(p), e) for p, e in ends.items() if e > 0 and done.get(p) != e}
+        if not behind:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"repartition topic not committed to its end: {behind}")
+        await asyncio.sleep(0.5)
+
+
+async def _drained(broker: str, topics: FraudTopics) -> tuple[Expected, list]:
+    """Wait until every valid input event is decided and the group has committed the end of
+    the input and of the repartition topic; then the recomputation (in the order the
+    decisions show) and the decision records."""
+    timeout_s = 900 if NIGHTLY else 400
     consumed = await consume_all(broker, topics.events)
+    await wait_drained(broker, topics, valid_event_ids(consumed), None, timeout_s=timeout_s)
+    await _repartition_committed(broker, topics, timeout_s)
+    decisions = await consume_all(broker, topics.decisions)  # re-emissions included
     profiles = profiles_of(await consume_all(broker, topics.profiles))
-    expected = expected_outcomes(consumed, profiles)
-    decisions = await wait_drained(broker, topics, expected.valid, None,
-                                   timeout_s=900 if NIGHTLY else 400)
-    for w in cluster.alive:
-        w.check_alive("at the end of the scenario")
+    return expected_outcomes(consumed, profiles, decisions, PARTITIONS), decisions
+
+
+async def _verified(name: str, broker: str, topics: FraudTopics) -> tuple[Report, Expected]:
+    """Drain, read every output topic and verify (no tables)."""
+    expected, decisions = await _drained(broker, topics)
     rep = verify(name, expected, decisions, await consume_all(broker, topics.dlq),
                  await consume_all(broker, topics.late))
+    return rep, expected
+
+
+async def _finish(name: str, broker: str, cluster: Cluster, topics: FraudTopics,
+                  recoveries: list[asyncio.Task] | None = None, sample: int | None = 1_000,
+                  extra: dict | None = None, record: bool = True,
+                  lookups: tuple[HttpLoad, list[str]] | None = None) -> Report:
+    """Drain, read every topic, verify, check the tables over HTTP (a seeded sample of the
+    cards in the PR tier, all nightly) and the `lookups` clients' answers (each a state the
+    card had), record the row (unless the caller adds to it)."""
+    rep, expected = await _verified(name, broker, topics)
+    for w in cluster.alive:
+        w.check_alive("at the end of the scenario")
     await check_tables(rep, expected, cluster.urls, sample=None if NIGHTLY else sample)
+    if lookups is not None:
+        load, cards = lookups
+        for answer in load.check(CardHistory.of(expected, cards)):
+            rep.problem("wrong_value", "a lookup answered a state the card never had", answer)
     if recoveries:
         rep.recovery_s = max(await asyncio.gather(*recoveries))
     rep.extra.update(extra or {})
@@ -158,9 +201,7 @@ async def _known_cards(broker: str, topics: FraudTopics, feeder: Feeder) -> list
     first = feeder.records[:len(feeder.records) // 4]
     feeder.records = feeder.records[len(first):]
     await produce(broker, topics.events, first)
-    await wait_drained(broker, topics, set(), None)
-    so_far = expected_outcomes(await consume_all(broker, topics.events),
-                               profiles_of(await consume_all(broker, topics.profiles)))
+    so_far, _ = await _drained(broker, topics)
     return sorted(so_far.oracle.tiles)
 
 
@@ -327,16 +368,10 @@ async def test_scaling_while_clients_read(kafka_bootstrap: str, unique_prefix: s
     finally:
         stop.set()
         await asyncio.gather(*readers)
-    consumed = await consume_all(kafka_bootstrap, topics.events)
-    profiles = profiles_of(await consume_all(kafka_bootstrap, topics.profiles))
-    wrong = load.check(CardHistory.of(expected_outcomes(consumed, profiles), cards))
     rep = await _finish("scale 1-2-3-2-1 + 8 readers", kafka_bootstrap, cluster, topics,
                         recoveries, extra={"lookups": sum(load.served.values()),
                                            "answers": dict(sorted(load.statuses.items()))},
-                        record=False)
-    for answer in wrong:
-        rep.problem("wrong_value", "a lookup answered a state the card never had", answer)
-    _record(rep)
+                        lookups=(load, cards))
     _assert_ok(rep)
     assert all(n > 0 for n in load.served.values()), load.served
 
@@ -370,18 +405,12 @@ async def test_512_clients_half_of_them_slow(kafka_bootstrap: str, unique_prefix
     finally:
         stop.set()
         await asyncio.gather(*tasks)
-    consumed = await consume_all(kafka_bootstrap, topics.events)
-    profiles = profiles_of(await consume_all(kafka_bootstrap, topics.profiles))
-    wrong = load.check(CardHistory.of(expected_outcomes(consumed, profiles), cards))
     refusals = sorted(load.refusal_ms)
     rep = await _finish("512 clients, 256 slow", kafka_bootstrap, cluster, topics, extra={
         "lookups": sum(load.served.values()), "answers": dict(sorted(load.statuses.items())),
         "slow": dict(sorted(load.slow_answers.items())),
         "refusal_p99_ms": round(refusals[int(len(refusals) * 0.99)], 1) if refusals else None,
-        "peak_rss_mb": {n: v >> 20 for n, v in peak.items()}}, record=False)
-    for answer in wrong:
-        rep.problem("wrong_value", "a lookup answered a state the card never had", answer)
-    _record(rep)
+        "peak_rss_mb": {n: v >> 20 for n, v in peak.items()}}, lookups=(load, cards))
     _assert_ok(rep)
     # refused, never held: 408 once the body timeout fires (429/503 if the slots were full)
     assert load.slow_answers.get("408") and set(load.slow_answers) <= {"408", "429", "503"}, \
@@ -450,7 +479,9 @@ async def _copy_input(broker: str, source: list, prefix: str) -> FraudTopics:
 def _comparable(records: list, prefix: str) -> list[tuple]:
     """Output records per partition in order, without what legitimately differs between runs
     (per-batch stage timings, the wall-clock decision time, the DLQ's receive time, the
-    run's topic prefix in the source-topic header)."""
+    run's topic prefix in the source-topic header), and what depends on when forwarded
+    events arrived: the watermark a late record was late against (the verifier checks it
+    per run) and a forwarded record's offset in the repartition topic."""
     out = []
     for r in records:
         try:
@@ -463,24 +494,93 @@ def _comparable(records: list, prefix: str) -> list[tuple]:
             body = orjson.dumps(d, option=orjson.OPT_SORT_KEYS)
         else:
             body = r.value or b""
+        drop = {"streamwise.received_at_ms", "streamwise.watermark_ms"}
+        if dict(r.headers).get("streamwise.topic", b"").endswith(b".repartition"):
+            drop |= {"streamwise.partition", "streamwise.offset"}  # its place there: timing
         headers = tuple((k, v.removeprefix(prefix.encode()) if k == "streamwise.topic" else v)
-                        for k, v in r.headers if k != "streamwise.received_at_ms")
+                        for k, v in r.headers if k not in drop)
         out.append((r.partition, r.key, body, headers))
     return out
 
 
+def _by_event(rows: list[tuple]) -> dict[str, list[tuple]]:
+    """Comparable decision or late rows grouped by event id, each group sorted."""
+    out: dict[str, list[tuple]] = {}
+    for row in rows:
+        out.setdefault(orjson.loads(row[2])["event_id"], []).append(row)
+    return {eid: sorted(group, key=repr) for eid, group in out.items()}  # keys may be None
+
+
+def _same_history(runs: list[Expected]) -> set[str]:
+    """The events decided from the same history in every run: each card's events up to and
+    including the event in the same processing order with the same outcomes (then the
+    worker's features, float rounding included, and lateness cannot differ). A forwarded
+    event's place depends on timing; from where a card's orders part, its events may differ."""
+    orders = []
+    for e in runs:
+        o = e.oracle
+        cards: dict[str, list[tuple[str, str]]] = {}
+        for eid in sorted(o.outcome, key=e.order.__getitem__):
+            cards.setdefault(o.events[eid]["card_id"], []).append((eid, o.outcome[eid]))
+        orders.append(cards)
+    same = set()
+    for card, first in orders[0].items():
+        for i, (eid, _) in enumerate(first):
+            if any(other.get(card, [])[:i + 1] != first[:i + 1] for other in orders[1:]):
+                break
+            same.add(eid)
+    return same
+
+
+def _timeout_only(rows: list[list[tuple]]) -> bool:
+    """Whether the runs' decision rows of one event differ only where a model call timed out
+    (a documented reason for another path, hence another decision): as many rows, each with
+    the same partition, key and features, and a differing row has a timeout or an open
+    breaker among some run's reasons."""
+    if len({len(r) for r in rows}) != 1:
+        return False
+    for same_row in zip(*rows, strict=True):
+        docs = [orjson.loads(row[2]) for row in same_row]
+        if len({row[:2] for row in same_row}) != 1 or \
+                any(d["features"] != docs[0]["features"] for d in docs):
+            return False
+        if len(set(same_row)) > 1 and not any(
+                set(d["reasons"]) & {"timeout", "breaker_open"} for d in docs):
+            return False
+    return True
+
+
+def _differing_decisions(runs: list[list[tuple]], same: set[str]) -> tuple[list[str], int]:
+    """Examples of events decided from the same history whose decision rows differ between
+    the runs, and how many such events differ only because a model call timed out."""
+    groups = [_by_event(rows) for rows in runs]
+    differing, timed_out = [], 0
+    for eid in sorted(same):
+        rows = [g.get(eid, []) for g in groups]
+        if all(r == rows[0] for r in rows):
+            continue
+        if _timeout_only(rows):
+            timed_out += 1
+        else:
+            differing.append(f"decision of {eid}: {[r[0][2][:160] for r in rows if r]}")
+    return differing, timed_out
+
+
 async def test_poison_and_three_identical_runs(kafka_bootstrap: str, unique_prefix: str,
                                                tmp_path: Path, cluster_guard) -> None:
-    """1% poison records of every kind and far-future events, decided by three fresh
-    deployments from copies of the same input: the same decisions, DLQ and late records, byte
-    for byte (timings aside), and the first run verified."""
+    """1% poison records of every kind, far-future and null-keyed events, decided by three
+    fresh deployments from copies of the same input, each run verified. A forwarded event's
+    place among its card partition's records depends on timing, so the runs are compared event
+    by event: the DLQ records byte for byte, and the decisions and late records of every
+    event decided from the same history in all three runs (`_same_history`) byte for byte too
+    (timings aside)."""
     size = SIZES["replays"]
     stream, profiles = _stream(size, 137)
     topics = await prepare_topics(kafka_bootstrap, unique_prefix + "r0.", PARTITIONS, profiles)
     await produce(kafka_bootstrap, topics.events, stream)
     source = (await consume_all(kafka_bootstrap, topics.events),
               await consume_all(kafka_bootstrap, topics.profiles))
-    runs = []
+    runs, expectations, others = [], [], []
     for run in range(3):
         t = topics if run == 0 else await _copy_input(kafka_bootstrap, source,
                                                       f"{unique_prefix}r{run}.")
@@ -492,30 +592,26 @@ async def test_poison_and_three_identical_runs(kafka_bootstrap: str, unique_pref
         if run == 0:
             rep = await _finish("poison + far-future, 3 runs", kafka_bootstrap, cluster, t,
                                 record=False)
-        else:  # drained: the group committed the end of the input
-            await wait_drained(kafka_bootstrap, t, set(), None)
+        else:
+            others.append((await _verified(f"run {run}", kafka_bootstrap, t))[0])
+        expectations.append((await _drained(kafka_bootstrap, t))[0])
         runs.append([_comparable(await consume_all(kafka_bootstrap, getattr(t, name)), t.prefix)
                      for name in ("decisions", "dlq", "late")])
         cluster.close()
-    differing = [name for i, name in enumerate(("dlq", "late"), 1)
-                 if not runs[0][i] == runs[1][i] == runs[2][i]]
-    decisions = [run[0] for run in runs]
-    assert len(decisions[0]) == len(decisions[1]) == len(decisions[2])
-    timed_out = 0
-    for rows in zip(*decisions, strict=True):
-        if rows[0] == rows[1] == rows[2]:
-            continue
-        # A model call past its timeout (30 ms; a loaded machine) is a documented reason for
-        # another path, hence another decision: such rows may differ, nothing else may.
-        docs = [orjson.loads(row[2]) for row in rows]
-        if any(set(d["reasons"]) & {"timeout", "breaker_open"} for d in docs) and \
-                docs[0]["features"] == docs[1]["features"] == docs[2]["features"] and \
-                rows[0][:2] == rows[1][:2] == rows[2][:2]:
-            timed_out += 1
-        else:
-            differing.append(f"decision p{rows[0][0]}: {[row[2][:160] for row in rows]}")
+    same = _same_history(expectations)
+    differing = [] if runs[0][1] == runs[1][1] == runs[2][1] else ["dlq"]
+    late = [_by_event(run[2]) for run in runs]
+    differing += [f"late record of {eid}" for eid in sorted(same)
+                  if not late[0].get(eid) == late[1].get(eid) == late[2].get(eid)]
+    decisions, timed_out = _differing_decisions([run[0] for run in runs], same)
+    differing += decisions
     rep.extra["three_runs_identical"] = not differing
+    rep.extra["events_compared"] = len(same)
+    rep.extra["events_order_dependent"] = len(expectations[0].valid) - len(same)
     rep.extra["rows_a_timeout_changed"] = timed_out
+    for other in others:
+        rep.extra[other.scenario] = "ok" if other.ok else other.row()
     _record(rep)
     _assert_ok(rep)
+    assert all(other.ok for other in others), "\n".join(o.explain() for o in others)
     assert not differing, f"{differing[:3]} differ between three runs of the same input"
