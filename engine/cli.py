@@ -257,8 +257,10 @@ def _number(lo: float, hi: float | None = None):
 
 
 def _topology_arg(p: argparse.ArgumentParser) -> None:
-    import topologies
-    p.add_argument("topology", help=f"the topology to run: {', '.join(topologies.available())}")
+    from .topology_loader import available_topologies
+    names = ", ".join(available_topologies()) or "none registered"
+    p.add_argument("topology", help=f"the topology: a registered name ({names}), "
+                   f"package.module:ATTR, or package.module (its TOPOLOGY)")
 
 
 def _parser() -> _Parser:
@@ -511,8 +513,8 @@ def _run(args: argparse.Namespace, cfg: EngineConfig, given: set[str]) -> int:
     if args.command == "bench":
         from .bench import run_command
         return run_command(args)
-    import topologies
-    topology = topologies.get(args.topology)
+    from .topology_loader import load_topology
+    topology = load_topology(args.topology)
     if args.command in (W, R):
         _tune_gc()
     if args.command == W:

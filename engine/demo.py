@@ -27,12 +27,14 @@ from .kafka_io import (
     send_all,
 )
 from .progress import render_table
+from .topology_loader import load_topology
 from .worker import topic_specs
 
 __all__ = ["run_demo"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PARTITIONS = 8
+DEMO_TOPOLOGY = "fraud"  # the reference topology, found like any other (its entry point)
 
 
 def _say(msg: str) -> None:
@@ -91,8 +93,9 @@ def run_demo(cfg: EngineConfig, events: int, keep: bool, broker_given: bool,
     data_dir = Path(tempfile.mkdtemp(prefix="streamwise-demo-"))
     worker = None
     try:
-        from topologies.fraud.workload import generate
-        w = generate(events, seed=7)
+        topology = load_topology(DEMO_TOPOLOGY)
+        assert topology.workload is not None  # the reference topology has one
+        w = topology.workload(events, seed=7)
         asyncio.run(_produce_profiles(kafka, prefix, w.profiles))
         _say(f"2. Loaded {len(w.profiles):,} card profiles into {prefix}fraud.profiles")
         cmd = [sys.executable, "-m", "engine", "worker", "fraud", "--broker", broker,
@@ -150,8 +153,7 @@ def _wait_ready(base: str, worker: subprocess.Popen, log_path: Path,
 
 
 async def _produce_profiles(kafka: KafkaConfig, prefix: str, profiles: dict) -> None:
-    import topologies
-    topics = topologies.get("fraud").topics(prefix)
+    topics = load_topology(DEMO_TOPOLOGY).topics(prefix)
     await ensure_topics(kafka, topic_specs(topics, PARTITIONS))
     producer = new_producer(kafka, max_batch_size=1 << 20)
     await producer.start()

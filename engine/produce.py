@@ -9,7 +9,6 @@ creates an input topic; they refuse to start without one.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import sys
 import time
 from collections.abc import Iterator
@@ -52,6 +51,8 @@ async def produce(cfg: EngineConfig, topology: Topology, req: ProduceRequest) ->
     k = cfg.kafka
     if req.file is not None and not req.file.is_file():
         raise ConfigError(f"no such input file: {req.file}")
+    if req.file is None and topology.workload is None:
+        raise ConfigError(f"topology {topology.name} has no reference workload: give --file")
     await connect_check(k)
     topics = topology.topics(k.topic_prefix)
     partitions = k.partitions or topology.default_partitions
@@ -70,12 +71,8 @@ async def produce(cfg: EngineConfig, topology: Topology, req: ProduceRequest) ->
             profiles: dict = {}
             total = None
         else:
-            try:
-                workload = importlib.import_module(f"topologies.{topology.name}.workload")
-            except ModuleNotFoundError:
-                raise ConfigError(f"topology {topology.name} ships no workload; use --file") \
-                    from None
-            w = workload.generate(req.events, req.seed, duplicates=req.duplicates,
+            assert topology.workload is not None  # checked above
+            w = topology.workload(req.events, req.seed, duplicates=req.duplicates,
                                   disorder=req.disorder, late=req.late)
             key_f = topology.key_field
             events = ((e[key_f].encode(), orjson.dumps(e)) for e in w.events)

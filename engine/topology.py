@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 from pydantic import BaseModel
 
@@ -17,9 +17,17 @@ from .rollout.settings import RolloutSettings
 from .scoring.chain import ScoringSettings
 from .windows import Hopping, Sliding, TileTable, Tumbling
 
-__all__ = ["STAGES", "Profiles", "StageBudget", "TimeSettings", "Topology", "TopicNames"]
+__all__ = ["STAGES", "Profiles", "ReferenceWorkload", "StageBudget", "TimeSettings", "Topology",
+           "TopicNames"]
 
 Ordering = Literal["arrival", "event_time"]
+
+
+class ReferenceWorkload(Protocol):
+    """What a topology's workload generator returns."""
+
+    events: list[dict]  # event documents in production order (a duplicate is repeated)
+    profiles: dict[str, dict]  # entity key -> profile document (empty without profiles)
 
 
 @dataclass(frozen=True)
@@ -93,6 +101,11 @@ class Topology:
     Java client's and aiokafka's default; ``crc32``: librdkafka's). Online routing follows
     it, and a record not on the partition it gives the record's entity key is forwarded
     there through the repartition topic before it touches any state.
+    `workload`: the topology's reference workload, for `streamwise produce`, the demo and the
+    bench: ``workload(n_events, seed)`` returns a `ReferenceWorkload`, the same for the same
+    arguments; it may also be given the keyword shares ``duplicates``, ``disorder`` and
+    ``late`` (each in [0, 1]) and ``start_ms`` (event time of the first event, epoch ms).
+    None: ``produce`` needs ``--file``.
     """
 
     name: str
@@ -116,6 +129,7 @@ class Topology:
     partitioner: Partitioner = "murmur2"
     default_partitions: int = 8
     description: str = ""
+    workload: Callable[..., ReferenceWorkload] | None = None
     _tables_by_name: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -1,23 +1,20 @@
-"""Topologies shipped with Streamwise, found by name."""
+"""Topologies shipped with Streamwise. Each is registered under the ``streamwise.topologies``
+entry points (pyproject.toml), which is how the engine finds it; `get` is a shorthand for
+tests and scripts."""
 
 from __future__ import annotations
 
-import importlib
-
-from engine.errors import ConfigError
 from engine.topology import Topology
+from engine.topology_loader import available_topologies, load_topology
 
 __all__ = ["available", "get"]
 
-_KNOWN = ("fraud",)
-
 
 def available() -> tuple[str, ...]:
-    return _KNOWN
+    """The registered topology names (the shipped ones and any an installed package adds)."""
+    return available_topologies()
 
 
-def get(name: str) -> Topology:
-    """The topology called `name` (its module's ``TOPOLOGY``)."""
-    if name not in _KNOWN:
-        raise ConfigError(f"unknown topology {name!r}; available: {', '.join(_KNOWN)}")
-    return importlib.import_module(f"topologies.{name}").TOPOLOGY
+def get(spec: str) -> Topology:
+    """The topology `spec` names: see `engine.topology_loader.load_topology`."""
+    return load_topology(spec)

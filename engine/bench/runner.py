@@ -255,10 +255,8 @@ async def _delete_topics(bootstrap: str, prefix: str) -> None:
 
 
 async def _online(o: BenchOptions, port: int, ds: workload.DataSet) -> dict[str, Any]:
-    import topologies
-
     base = f"http://127.0.0.1:{port}"
-    table = topologies.get("fraud").tables[0].name
+    table = workload.topology().tables[0].name
     keys = list(dict.fromkeys(k.decode() for _, k, _ in ds.events))[:2000]
     lookups = [("GET", f"/v1/tables/{table}/{k}", None) for k in keys]
     out: dict[str, Any] = {"lookup": await online_load.closed_loop(

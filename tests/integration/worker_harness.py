@@ -92,14 +92,18 @@ def free_port() -> int:
 
 
 class WorkerProcess:
-    """`python -m engine worker fraud ...` as a child process that the test owns by PID.
+    """`python -m engine worker fraud ...` (or another `topology`, run from `cwd`) as a child
+    process that the test owns by PID.
 
     Output goes to `log_path` (appended across restarts). `start()` picks a fresh port each
     time; `kill()` is SIGKILL, `stop()` is SIGTERM with a bounded wait and SIGKILL after it.
     """
 
     def __init__(self, broker: str, prefix: str, data_dir: Path, log_path: Path,
-                 partitions: int = 4, extra_args: Sequence[str] = ()) -> None:
+                 partitions: int = 4, extra_args: Sequence[str] = (),
+                 topology: str = "fraud", cwd: Path = REPO) -> None:
+        self.topology = topology  # what `streamwise worker` is given: a name or mod:ATTR
+        self.cwd = cwd
         self.broker = broker
         self.prefix = prefix
         self.data_dir = data_dir
@@ -125,7 +129,7 @@ class WorkerProcess:
         self.starts += 1
         # Tests start workers before anything is produced: they ask for the input topic
         # explicitly (a worker never creates it by accident).
-        cmd = [sys.executable, "-m", "engine", "worker", "fraud", "--broker", self.broker,
+        cmd = [sys.executable, "-m", "engine", "worker", self.topology, "--broker", self.broker,
                "--web-port", str(self.port), "--data-dir", str(self.data_dir),
                "--topic-prefix", self.prefix, "--partitions", str(self.partitions),
                "--create-input-topic", *self.extra_args]
@@ -133,7 +137,7 @@ class WorkerProcess:
         with open(self.log_path, "ab") as log:
             log.write(f"\n===== start #{self.starts}: {' '.join(cmd)}\n".encode())
             log.flush()
-            self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log,
+            self.proc = subprocess.Popen(cmd, cwd=self.cwd, env=env, stdout=log,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     async def wait_ready(self, timeout_s: float = 120.0) -> None:

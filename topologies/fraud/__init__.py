@@ -25,6 +25,7 @@ from engine import (
 
 from .rules import evaluate_rules
 from .schema import CardPayment
+from .workload import generate
 
 __all__ = ["TOPOLOGY"]
 
@@ -62,8 +63,6 @@ FEATURES = FeatureSet(
 def _holdout() -> tuple[list[dict], dict[str, dict], dict[str, int]]:
     """The held-out labelled set `streamwise rollout fraud validate` replays: 20,000 events
     of the reference generator with a seed neither training (11) nor evaluation (7) uses."""
-    from .workload import generate
-
     w = generate(20_000, seed=13)
     return w.events, w.profiles, w.labels
 
@@ -71,6 +70,7 @@ def _holdout() -> tuple[list[dict], dict[str, dict], dict[str, int]]:
 TOPOLOGY = Topology(
     name="fraud",
     description="Card payments scored for fraud in well under 100 ms.",
+    workload=generate,
     schema=CardPayment,
     key_field="card_id",
     event_id_field="event_id",
