@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Mapping
-from importlib import resources
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import orjson
@@ -33,6 +32,7 @@ from .http import (
     json_response,
     read_body,
 )
+from .openapi import render as render_openapi
 from .routing import ROUTING, RoutedWorker, decided_here, owned_route
 
 if TYPE_CHECKING:
@@ -48,7 +48,6 @@ if TYPE_CHECKING:
 __all__ = ["VIEWS", "ServedWorker", "ViewContext", "decision", "features", "features_many",
            "healthz", "openapi", "prometheus", "readyz", "score", "table"]
 
-_OPENAPI = resources.files("engine").joinpath("openapi.json")
 
 
 @runtime_checkable
@@ -91,6 +90,7 @@ class ViewContext:
         self.body_timeout_s = body_timeout_s
         topo = worker.topology
         self.feature_names = tuple(topo.features.names)
+        self.openapi = render_openapi(topo).encode()  # this topology's document, built once
         # the topology's contract, as the stream applies it
         self.decoder = EventDecoder(topo.schema, (topo.key_field, topo.event_id_field),
                                     min(topo.max_record_bytes, MAX_BODY_BYTES))
@@ -155,8 +155,8 @@ async def prometheus(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    """The committed OpenAPI document (engine/openapi.json)."""
-    return web.Response(body=_OPENAPI.read_bytes(), content_type="application/json")
+    """The OpenAPI document of the topology this worker runs (`engine.api.openapi`)."""
+    return web.Response(body=request.app[VIEWS].openapi, content_type="application/json")
 
 
 # -- per-key reads -----------------------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""A user's own topology (#17 item 1): a package outside the repository, never installed, run
-with `streamwise worker mypkg.topology:TOPOLOGY` from the directory that holds it, against the
-real broker; its decisions come out and its table answers over HTTP."""
+"""A user's own topology (#17 items 1 and 5): a package outside the repository, never
+installed, run with `streamwise worker mypkg.topology:TOPOLOGY` from the directory that holds
+it, against the real broker; its decisions come out, its table answers over HTTP, and its
+/openapi.json describes its own event contract."""
 
 from __future__ import annotations
 
@@ -124,11 +125,23 @@ async def test_a_topology_from_a_package_outside_the_repo_runs_end_to_end(
                 body = await resp.json()
             async with http.get(f"{worker.url}/v1/tables/activity/nobody") as resp:
                 assert resp.status == 404
+            async with http.get(f"{worker.url}/openapi.json") as resp:
+                assert resp.status == 200
+                doc = await resp.json()
         assert (body["table"], body["key"]) == ("activity", "u2")
         assert body["value"]["count"] == 6
         (tile,) = body["windows"]  # 23 s of clicks: one 1-minute tile
         assert (tile["value"]["count"], tile["value"]["sum"], tile["value"]["max"]) == (
             6, 1.5 * sum(range(1, 7)), 9.0)
+        # the HTTP contract is this topology's: its event is the body of POST /v1/score
+        schemas = doc["components"]["schemas"]
+        assert "FraudEvent" not in schemas
+        assert set(schemas["ClicksEvent"]["required"]) == {"click_id", "user", "price", "at_ms"}
+        score_body = doc["paths"]["/v1/score"]["post"]["requestBody"]["content"]
+        assert score_body["application/json"]["schema"] == {"$ref": "#/components/schemas/"
+                                                                    "ClicksEvent"}
+        wanted = schemas["FeaturesRequest"]["properties"]["features"]["items"]["enum"]
+        assert wanted == ["clicks_1h", "spend_1h", "price"]
     finally:
         code = worker.stop()
     assert code == 0, worker.log_tail()

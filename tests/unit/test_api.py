@@ -137,6 +137,16 @@ def test_the_openapi_document_is_current_and_lists_every_route() -> None:
         TOPO.schema.model_json_schema()["required"]
 
 
+async def test_a_fraud_worker_serves_the_committed_document() -> None:
+    client = await _client()
+    try:
+        resp = await client.get("/openapi.json")
+        assert resp.status == 200 and resp.content_type == "application/json"
+        assert await resp.text() == (ROOT / "engine" / "openapi.json").read_text()
+    finally:
+        await client.close()
+
+
 EVENT = {"event_id": "e1", "card_id": "c1", "merchant_id": "m1", "amount": 10.0,
          "currency": "USD", "country": "US", "ts_ms": 1_767_225_600_000}
 JSON = {"Content-Type": "application/json"}
