@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from .clock import Clock, ManualClock
 from .partitioning import router
 from .pipeline import Decider, InputRecord, Pipeline, PollResult, Record, SideRecord
@@ -23,7 +25,7 @@ from .policy import RulesOnly
 from .state import MemoryStore, layout
 from .topology import Topology
 
-__all__ = ["FeedResult", "TableRow", "feed"]
+__all__ = ["FeedResult", "TableRow", "feed", "records_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +48,25 @@ class FeedResult:
     """table -> partition -> entity key -> row (an entity is split over partitions when
     producers key its events differently)."""
     duplicates: int = 0
+
+
+def records_of(topology: Topology, events: Iterable[Mapping[str, Any]],
+               partitions: int = 1) -> list[Record]:
+    """`events` (documents of the topology's contract) as the input records a producer keying
+    by the entity would make: each on its entity's partition under the topology's
+    partitioner, offsets counting from 0 per partition, the event time as record timestamp
+    (ms), in the given order."""
+    place = router(partitions, topology.partitioner)
+    topic = topology.topics().events
+    offsets = [0] * partitions
+    out = []
+    for event in events:
+        key = str(event[topology.key_field]).encode()
+        p = place(key)
+        out.append(Record(topic, p, offsets[p], key, orjson.dumps(event),
+                          event.get(topology.time_field)))
+        offsets[p] += 1
+    return out
 
 
 def feed(topology: Topology, records: Iterable[InputRecord], *,
