@@ -23,22 +23,6 @@ class Dedup:
         """Has the id of an event at `ts_ms` expired at this watermark?"""
         return watermark_ms is not None and max(ts_ms, 0) < watermark_ms - self.ttl_ms
 
-    # -- the old pipeline's keys (removed with it) --
-    @staticmethod
-    def seen_key(event_id: str) -> bytes:
-        return b"d/" + event_id.encode()
-
-    @staticmethod
-    def index_key(ts_ms: int, event_id: str) -> bytes:
-        return b"%s%016d/%s" % (b"x/", max(ts_ms, 0), event_id.encode())
-
-    def expiry_range(self, watermark_ms: int) -> tuple[bytes, bytes]:
-        return b"x/", b"%s%016d" % (b"x/", max(watermark_ms - self.ttl_ms, 0))
-
-    @staticmethod
-    def event_id_of_index(index_key: bytes) -> str:
-        return index_key[2 + 17:].decode()
-
     def cutoff(self, watermark_ms: int) -> int:
         """Ids of events before this time (and the batches holding only such) have expired."""
         return watermark_ms - self.ttl_ms

@@ -83,7 +83,6 @@ class PartitionState:
         self.retain_ms = max(tb.retain_ms for tb in topology.tables)
         self.last_expiry_horizon: int | None = None
         self.dedup_swept_to: int | None = None  # cutoff of the last completed dedup sweep
-        self.dedup_sweep_pending = False  # a sweep ran out of budget: the next batch goes on
         self.dedup_sweep_ids = DEDUP_SWEEP_IDS  # expired ids a batch examines at most
         self._load_live_tiles()
         self._load_seen()

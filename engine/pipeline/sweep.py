@@ -28,17 +28,20 @@ def sweep(state: PartitionState, changes: dict[bytes, bytes | None]) -> None:
 def _sweep_dedup(state: PartitionState, wm: int, changes: dict[bytes, bytes | None],
                  budget: int) -> None:
     """Expiry records of batches whose newest event is past the TTL: each listed id is
-    deleted unless it was seen again since (its entry then holds a newer time)."""
+    deleted unless it was seen again since (its entry then holds a newer time).
+
+    A sweep starts once the cutoff is `DEDUP_SWEEP_EVERY_MS` past the last completed one's (a
+    store scan per minute of event time, not per batch) and examines at most `budget` ids a
+    batch; one that runs out goes on in the next batches, which the same test lets through
+    (the cutoff never moves back, and the completed one's stays where it was)."""
     cutoff = state.dedup.cutoff(wm)
-    if not state.dedup_sweep_pending and state.dedup_swept_to is not None \
-            and cutoff - state.dedup_swept_to < DEDUP_SWEEP_EVERY_MS:
-        return  # a store scan per minute of event time, not per batch
+    if state.dedup_swept_to is not None and cutoff - state.dedup_swept_to < DEDUP_SWEEP_EVERY_MS:
+        return
     lo, hi = layout.expiry_before(cutoff)
     store = state.store
     dedup = state.dedup
     for key, raw in store.items_between(lo, hi):
         if budget <= 0:
-            state.dedup_sweep_pending = True
             return  # the rest in the next batches
         if key in changes:
             continue  # deleted by this batch already
@@ -55,7 +58,5 @@ def _sweep_dedup(state: PartitionState, wm: int, changes: dict[bytes, bytes | No
                 changes[skey] = None
         changes[key] = layout.pack_expiry(rest) if rest else None
         if rest:
-            state.dedup_sweep_pending = True
             return
     state.dedup_swept_to = cutoff
-    state.dedup_sweep_pending = False

@@ -1,5 +1,5 @@
-"""engine.dedup: seen-id keys, the time index and its expiry range; and dedup as the pipeline
-applies it (a duplicate re-emits the original decision byte for byte and changes nothing)."""
+"""engine.dedup and its keys in engine.state.layout: seen ids, the expiry records and the range
+a sweep reads; and dedup as the pipeline applies it (a duplicate re-emits the original decision byte for byte and changes nothing)."""
 
 from __future__ import annotations
 
@@ -20,66 +20,50 @@ event_ids = st.text(
     alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=40)
 # Realistic event times: up to year ~33000 (15 decimal digits of ms).
 times = st.integers(min_value=0, max_value=10**15 - 1)
+offsets = st.integers(min_value=0, max_value=10**15 - 1)
 
 
 def test_key_layout_examples() -> None:
-    assert Dedup.seen_key("ev-1") == b"d/ev-1"
-    assert Dedup.index_key(1_700_000_000_000, "ev-1") == b"x/0001700000000000/ev-1"
-    assert Dedup.index_key(0, "a") == b"x/0000000000000000/a"
-    assert Dedup.index_key(-5, "a") == b"x/0000000000000000/a"  # clamped to 0
-    assert Dedup.event_id_of_index(b"x/0001700000000000/ev-1") == "ev-1"
-    assert Dedup.seen_key("é") == "d/é".encode()
+    assert layout.seen_key("ev-1") == b"d/ev-1"
+    assert layout.seen_key("é") == "d/é".encode()
+    key = layout.expiry_key(1_700_000_000_000, 7)
+    assert key == b"x/0001700000000000/0000000000000007"
+    assert layout.expiry_max_ts(key) == 1_700_000_000_000
+    assert layout.expiry_key(-5, 0) == b"x/0000000000000000/0000000000000000"  # clamped to 0
 
 
-@given(ts=times, eid=event_ids)
-def test_index_key_round_trips_event_id(ts: int, eid: str) -> None:
-    key = Dedup.index_key(ts, eid)
-    assert key.startswith(b"x/")
-    assert Dedup.event_id_of_index(key) == eid
-    assert key[2:18] == b"%016d" % ts
+@given(a=times, b=times, sa=offsets, sb=offsets)
+def test_expiry_records_sort_by_newest_event_time_then_first_offset(a: int, b: int, sa: int,
+                                                                    sb: int) -> None:
+    if (a, sa) < (b, sb):
+        assert layout.expiry_key(a, sa) < layout.expiry_key(b, sb)
 
 
-@given(a=times, b=times, ea=event_ids, eb=event_ids)
-def test_index_keys_sort_by_time(a: int, b: int, ea: str, eb: str) -> None:
-    if a < b:
-        assert Dedup.index_key(a, ea) < Dedup.index_key(b, eb)
+@given(ids=st.lists(event_ids, max_size=20))
+def test_an_expiry_record_round_trips_its_ids_in_order(ids: list[str]) -> None:
+    assert layout.unpack_expiry(layout.pack_expiry(ids)) == ids
 
 
-def test_index_key_round_trips_at_the_schemas_largest_time() -> None:
-    # CardPayment accepts ts_ms up to 2**53 - 1 (16 digits): the index must still decode.
-    ts = 2**53 - 1
-    key = Dedup.index_key(ts, "ev-1")
-    assert Dedup.event_id_of_index(key) == "ev-1"
-    assert Dedup.index_key(10**15 - 1, "z") < key
-
-
-def test_expiry_range_example() -> None:
+def test_expiry_before_is_every_record_whose_newest_event_is_older() -> None:
     d = Dedup(ttl_ms=24 * HOUR)
-    lo, hi = d.expiry_range(25 * HOUR)
-    assert lo == b"x/"
-    assert hi == b"x/%016d" % HOUR
-    # Ids at exactly watermark - ttl are kept, one ms older expire.
-    assert lo <= d.index_key(HOUR - 1, "old") < hi
-    assert not d.index_key(HOUR, "edge") < hi
-    # Before the TTL has elapsed at all, nothing expires.
-    lo, hi = d.expiry_range(HOUR)
-    assert not d.index_key(0, "a") < hi
+    assert d.cutoff(25 * HOUR) == HOUR
+    lo, hi = layout.expiry_before(d.cutoff(25 * HOUR))
+    assert (lo, hi) == (b"x/", b"x/%016d" % HOUR)
+    assert lo <= layout.expiry_key(0, 0) < layout.expiry_key(HOUR - 1, 10**15) < hi
+    assert hi <= layout.expiry_key(HOUR, 0)
 
 
 @given(ttl=st.integers(1, 10**10), wm=st.integers(-10**10, 10**14),
-       entries=st.lists(st.tuples(st.integers(0, 10**14), event_ids), max_size=40))
-def test_expiry_range_covers_exactly_ids_older_than_watermark_minus_ttl(
-        ttl: int, wm: int, entries: list[tuple[int, str]]) -> None:
+       records=st.lists(st.tuples(st.integers(0, 10**14), offsets), max_size=40))
+def test_expiry_before_the_cutoff_covers_exactly_the_records_that_expired(
+        ttl: int, wm: int, records: list[tuple[int, int]]) -> None:
     d = Dedup(ttl)
     store = MemoryStore()
-    store.apply({d.index_key(ts, eid): b"" for ts, eid in entries}
-                | {d.seen_key(eid): b"{}" for _, eid in entries})
-    lo, hi = d.expiry_range(wm)
-    expired = {d.event_id_of_index(k) for k, _ in store.items_between(lo, hi)}
-    assert all(k.startswith(b"x/") for k, _ in store.items_between(lo, hi))
-    assert {(ts, eid) for ts, eid in entries if ts < wm - ttl} == {
-        (int(k[2:18]), d.event_id_of_index(k)) for k, _ in store.items_between(lo, hi)}
-    assert expired == {eid for ts, eid in entries if ts < wm - ttl}
+    store.apply({layout.expiry_key(ts, first): b"" for ts, first in records}
+                | {layout.seen_key(f"e{first}"): b"{}" for _, first in records})
+    lo, hi = layout.expiry_before(d.cutoff(wm))
+    found = {(layout.expiry_max_ts(k), int(k[-16:])) for k, _ in store.items_between(lo, hi)}
+    assert found == {(ts, first) for ts, first in records if d.expired(ts, wm)}
 
 
 # --------------------------------------------------------------------------- through the pipeline
