@@ -98,7 +98,7 @@ def run_demo(cfg: EngineConfig, events: int, keep: bool, broker_given: bool,
         w = topology.workload(events, seed=7)
         asyncio.run(_produce_profiles(kafka, prefix, w.profiles))
         _say(f"2. Loaded {len(w.profiles):,} card profiles into {prefix}fraud.profiles")
-        cmd = [sys.executable, "-m", "engine", "worker", "fraud", "--broker", broker,
+        cmd = [sys.executable, "-m", "engine", "worker", DEMO_TOPOLOGY, "--broker", broker,
                "--web-port", str(web_port), "--data-dir", str(data_dir),
                "--topic-prefix", prefix, "--partitions", str(PARTITIONS)]
         log_path = data_dir / "worker.log"
