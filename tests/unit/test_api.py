@@ -11,21 +11,18 @@ from pathlib import Path
 import aiohttp
 import orjson
 from aiohttp.test_utils import TestClient, TestServer
-from prometheus_client import CollectorRegistry
 
 import topologies
 from engine.api import MAX_REQUEST_LINE_BYTES, MAX_URL_CHARS, build_app
 from engine.api.views import ServedWorker
-from engine.clock import ManualClock
 from engine.config import EngineConfig
-from engine.metrics import EngineMetrics
 from engine.online import OnlineScorer
 from engine.pipeline import PartitionState
 from engine.policy import RulesOnly
-from engine.routing import OwnerMap
 from engine.schemas import decision_id
 from engine.state import MemoryStore
 from engine.worker import Worker
+from tests.unit.fake_worker import FakeServedWorker
 
 ROOT = Path(__file__).resolve().parents[2]
 TOPO = topologies.get("fraud")
@@ -41,40 +38,16 @@ class BrokenStore:
         raise OSError("IO error: /var/lib/streamwise/p0003/000123.sst: checksum mismatch")
 
 
-class BrokenWorker:
+class BrokenWorker(FakeServedWorker):
     """Owns every partition, and every state read fails."""
 
-    topology = TOPO
-    partitions = 8
-    worker_id = "http://127.0.0.1:1/pid1"
-    profiles: dict = {}
-    models = None
-    owners = OwnerMap()
-    ready = (True, "ready")
-    failure = None  # the worker has not given up (its state is writable)
-    state_lock = threading.Lock()
-    clock = ManualClock(1_800_000_000_000)
-    control = None  # no model rollouts (no models either): cfg and topics are never read
-    cfg = EngineConfig()
-    topics = TOPO.topics()
-
     def __init__(self, store_broken: bool = True) -> None:
-        self.registry = CollectorRegistry()
-        self.metrics = EngineMetrics.create(self.registry, TOPO.name)
+        super().__init__()
         self.pipelines = {}
         for p in range(self.partitions):
             state = self.pipelines[p] = PartitionState(TOPO, p, MemoryStore())
             if store_broken:
                 state.store = BrokenStore()
-
-    def owns(self, partition: int) -> bool:
-        return True
-
-    async def submit_event(self, key: bytes, value: bytes) -> None:
-        raise AssertionError("no test appends to the input topic")
-
-    def breaker_state(self, model: str) -> str | None:
-        return None
 
 
 def test_the_fake_and_the_real_worker_have_what_the_api_reads() -> None:

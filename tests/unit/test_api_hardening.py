@@ -10,60 +10,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections.abc import AsyncIterator
 
 import orjson
 import pytest
 from aiohttp import web
-from prometheus_client import CollectorRegistry
 
 import topologies
 from engine.api import ApiRunner, build_app
 from engine.api.views import ServedWorker
-from engine.clock import ManualClock
-from engine.config import EngineConfig
-from engine.metrics import EngineMetrics
 from engine.pipeline import PartitionState
-from engine.routing import OwnerMap
 from engine.state import MemoryStore
+from tests.unit.fake_worker import FakeServedWorker
 
 TOPO = topologies.get("fraud")
 TIMEOUT_S = 0.5  # the body and idle timeouts the test server runs with
 WAIT_S = 30.0  # bound of every wait for an answer (the fix answers after ~TIMEOUT_S)
 
 
-class Worker:
+class Worker(FakeServedWorker):
     """Owns every partition (empty memory stores); `failure` as the real worker sets it."""
 
-    topology = TOPO
-    partitions = 8
-    worker_id = "http://127.0.0.1:1/pid1"
-    profiles: dict = {}
-    models = None
-    owners = OwnerMap()
-    ready = (True, "ready")
-    state_lock = threading.Lock()
-    clock = ManualClock(1_800_000_000_000)
-    control = None  # no model rollouts (no models either): cfg and topics are never read
-    cfg = EngineConfig()
-    topics = TOPO.topics()
-
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.metrics = EngineMetrics.create(self.registry, TOPO.name)
+        super().__init__()
         self.pipelines = {p: PartitionState(TOPO, p, MemoryStore())
                           for p in range(self.partitions)}
         self.failure: str | None = None
-
-    def owns(self, partition: int) -> bool:
-        return True
-
-    async def submit_event(self, key: bytes, value: bytes) -> None:
-        raise AssertionError("no test appends to the input topic")
-
-    def breaker_state(self, model: str) -> str | None:
-        return None
 
 
 def test_the_fake_has_what_the_api_reads() -> None:

@@ -4,25 +4,21 @@ partition's owner (one forwarded request per owner), 404 per unknown key, ages n
 
 from __future__ import annotations
 
-import threading
-
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from prometheus_client import CollectorRegistry
 
 import topologies
 from engine.api import build_app
 from engine.api.views import ServedWorker
 from engine.clock import ManualClock
-from engine.config import EngineConfig
 from engine.features import PROFILE_TS_FIELD
 from engine.kafka_io import partition_for
-from engine.metrics import EngineMetrics
 from engine.pipeline import Pipeline, Record
 from engine.policy import RulesOnly
 from engine.routing import Member, OwnerMap
 from engine.state import MemoryStore
+from tests.unit.fake_worker import FakeServedWorker
 
 TOPO = topologies.get("fraud")
 PARTITIONS = 8
@@ -30,25 +26,16 @@ T0 = 1_767_225_600_000
 JSON = {"Content-Type": "application/json"}
 
 
-class Node:
+class Node(FakeServedWorker):
     """A worker's state for the API: the partitions it owns, folded from real events."""
 
-    topology = TOPO
     partitions = PARTITIONS
-    models = None
-    ready = (True, "ready")
-    state_lock = threading.Lock()
     clock = ManualClock(T0)
-    failure = None  # never gives up
-    control = None  # no model rollouts (no models either): cfg and topics are never read
-    cfg = EngineConfig()
-    topics = TOPO.topics()
 
     def __init__(self, name: str, owned: set[int], events: list[dict], owners: OwnerMap,
                  profiles: dict) -> None:
+        super().__init__()
         self.worker_id = name
-        self.registry = CollectorRegistry()
-        self.metrics = EngineMetrics.create(self.registry, TOPO.name)
         self.owners = owners
         self.profiles = profiles
         self.pipeline = Pipeline(TOPO, RulesOnly(TOPO.rules, TOPO.features.versioned_name),
@@ -73,12 +60,6 @@ class Node:
 
     def owns(self, partition: int) -> bool:
         return partition in self.pipelines
-
-    async def submit_event(self, key: bytes, value: bytes) -> None:
-        raise AssertionError("no test appends to the input topic")
-
-    def breaker_state(self, model: str) -> str | None:
-        return None
 
 
 def _events() -> list[dict]:
