@@ -308,6 +308,11 @@ def _parser() -> _Parser:
     pr.add_argument("--file", type=Path, help="JSONL or Parquet file of events to produce "
                                               "instead of the generator")
     pr.add_argument("--no-profiles", action="store_true", help="do not (re)load profiles")
+    pr.add_argument("--side", action="append", default=[], metavar="TOPIC",
+                    help="also produce the generator's records of an agent's topic (relative "
+                         "to the topology, e.g. outcomes); repeatable")
+    pr.add_argument("--outcomes", action="append_const", const="outcomes", dest="side",
+                    help="the same as --side outcomes (fraud: confirmed frauds, chargebacks)")
     _add_settings(pr, P)
 
     r = command("replay", "re-run the pipeline over offsets, a time range or a file")
@@ -539,7 +544,8 @@ def _run(args: argparse.Namespace, cfg: EngineConfig, given: set[str]) -> int:
         from .produce import ProduceRequest, produce
         req = ProduceRequest(events=args.events, rate=args.rate, seed=args.seed,
                              duplicates=args.duplicates, disorder=args.disorder,
-                             late=args.late, file=args.file, profiles=not args.no_profiles)
+                             late=args.late, file=args.file, profiles=not args.no_profiles,
+                             side=tuple(dict.fromkeys(args.side)))
         return asyncio.run(produce(cfg, topology, req))
     from .commands import ReplayRequest, run_replay
     req = ReplayRequest(from_beginning=args.from_beginning, from_time=args.from_time,

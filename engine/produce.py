@@ -45,6 +45,7 @@ class ProduceRequest:
     late: float = 0.005
     file: Path | None = None
     profiles: bool = True
+    side: tuple[str, ...] = ()  # agent topics (relative) to produce the workload's records to
 
 
 async def produce(cfg: EngineConfig, topology: Topology, req: ProduceRequest) -> int:
@@ -53,10 +54,19 @@ async def produce(cfg: EngineConfig, topology: Topology, req: ProduceRequest) ->
         raise ConfigError(f"no such input file: {req.file}")
     if req.file is None and topology.workload is None:
         raise ConfigError(f"topology {topology.name} has no reference workload: give --file")
+    agent_topics = sorted({a.topic for a in topology.agents})
+    for side in req.side:
+        if side not in agent_topics:
+            raise ConfigError(f"topology {topology.name} has no agent reading {side!r} (its "
+                              f"agents read: {', '.join(agent_topics) or 'none'})")
+        if req.file is not None:
+            raise ConfigError(f"--side {side} produces the generator's records: not with --file")
     await connect_check(k)
     topics = topology.topics(k.topic_prefix)
     partitions = k.partitions or topology.default_partitions
-    created = await ensure_topics(k, topic_specs(topics, partitions), k.replication_factor)
+    created = await ensure_topics(k, topic_specs(topics, partitions, [
+        topology.agent_topic(a, k.topic_prefix) for a in topology.agents]),
+        k.replication_factor)
     release_held_logs()  # the start-up checks passed
     if created:
         print(f"created {len(created)} topics with {partitions} partitions: "
@@ -89,6 +99,12 @@ async def produce(cfg: EngineConfig, topology: Topology, req: ProduceRequest) ->
                                      events, rate=req.rate, bar=bar)
         print(f"produced {n:,} events to {topics.events} in {elapsed:.1f}s "
               f"({n / max(elapsed, 1e-9):,.0f} events/s)", file=sys.stderr)
+        for side in req.side:
+            docs = getattr(w, "side", {}).get(side, [])
+            topic = f"{k.topic_prefix}{topology.name}.{side}"
+            n, _ = await _send(producer, topic, partitions, topology.partitioner,
+                               ((d[key_f].encode(), orjson.dumps(d)) for d in docs))
+            print(f"produced {n:,} records to {topic}", file=sys.stderr)
     finally:
         await producer.stop()
     return 0

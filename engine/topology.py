@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
 from pydantic import BaseModel
 
+from .agents import TABLE_RE, TOPIC_RE, Agent, AgentBatch
 from .errors import TopologyError
 from .features import FeatureSet, SinceLastFeature, WindowFeature
 from .partitioning import PARTITIONERS, Partitioner
@@ -28,6 +29,8 @@ class ReferenceWorkload(Protocol):
 
     events: list[dict]  # event documents in production order (a duplicate is repeated)
     profiles: dict[str, dict]  # entity key -> profile document (empty without profiles)
+    # optional `side`: agent topic (relative, e.g. "outcomes") -> documents keyed like events,
+    # produced by `streamwise produce --side TOPIC`
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,8 @@ class Topology:
     arguments; it may also be given the keyword shares ``duplicates``, ``disorder`` and
     ``late`` (each in [0, 1]) and ``start_ms`` (event time of the first event, epoch ms).
     None: ``produce`` needs ``--file``.
+    `agents`: Faust-style agents over side topics (`engine.agents`); `agent` adds one with a
+    decorator once the topology exists.
     """
 
     name: str
@@ -130,6 +135,7 @@ class Topology:
     default_partitions: int = 8
     description: str = ""
     workload: Callable[..., ReferenceWorkload] | None = None
+    agents: tuple[Agent, ...] = ()
     _tables_by_name: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -141,6 +147,27 @@ class Topology:
 
     def topics(self, prefix: str = "") -> TopicNames:
         return TopicNames.of(self.name, prefix)
+
+    def agent(self, topic: str, tables: tuple[str, ...] = ()
+              ) -> Callable[[Callable[[AgentBatch], Awaitable[None]]],
+                            Callable[[AgentBatch], Awaitable[None]]]:
+        """Declare the decorated ``async def fn(batch: AgentBatch)`` an agent over `topic`
+        (relative to the topology: ``"decisions"`` is ``<prefix><name>.decisions``) owning
+        `tables`. Raises TopologyError on a bad name or a table declared twice."""
+        def register(fn: Callable[[AgentBatch], Awaitable[None]]
+                     ) -> Callable[[AgentBatch], Awaitable[None]]:
+            agents = (*self.agents, Agent(fn.__name__, topic, fn, tuple(tables)))
+            self._validate_agents(agents)
+            object.__setattr__(self, "agents", agents)  # declared once, at import
+            return fn
+        return register
+
+    def agent_topic(self, agent: Agent, prefix: str = "") -> str:
+        return f"{prefix}{self.name}.{agent.topic}"
+
+    def agent_table(self, name: str) -> Agent | None:
+        """The agent owning table `name`, or None."""
+        return next((a for a in self.agents if name in a.tables), None)
 
     def _validate(self) -> None:
         def fail(msg: str) -> None:
@@ -201,3 +228,25 @@ class Topology:
         unknown = set(self.features.critical) - seen
         if unknown:
             fail(f"critical features not defined: {sorted(unknown)}")
+        self._validate_agents(self.agents)
+
+    def _validate_agents(self, agents: tuple[Agent, ...]) -> None:
+        def fail(msg: str) -> None:
+            raise TopologyError(f"topology {self.name!r}: {msg}")
+
+        own = {"events", "dlq", "late", "profiles", "control", "changelog", "members",
+               "repartition"}  # decisions may be read: they are the agents' usual input
+        names, tables = set(), {tb.name for tb in self.tables}
+        for a in agents:
+            if not TOPIC_RE.fullmatch(a.topic) or a.topic in own:
+                fail(f"agent {a.name}: topic {a.topic!r} must match {TOPIC_RE.pattern} and not "
+                     f"be one of {sorted(own)}")
+            if a.name in names:
+                fail(f"agent {a.name} declared twice")
+            names.add(a.name)
+            for tb in a.tables:
+                if not TABLE_RE.fullmatch(tb):
+                    fail(f"agent {a.name}: table name {tb!r} must match {TABLE_RE.pattern}")
+                if tb in tables:
+                    fail(f"agent {a.name}: table {tb!r} is declared twice")
+                tables.add(tb)

@@ -317,7 +317,10 @@ def document(topo: Topology) -> dict:
                             f"stream validates")
     if example is not None:
         event["examples"] = [example]
-    tables = ", ".join(t.name for t in topo.tables)
+    rows = [name for a in topo.agents for name in a.tables]
+    tables = ", ".join(t.name for t in topo.tables) + (
+        f"; agents' tables (`value` is the row, `windows` empty): {', '.join(rows)}"
+        if rows else "")
 
     def key_param() -> dict:
         return {"name": "key", "in": "path", "required": True, "schema": KEY,

@@ -15,6 +15,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ..agents import read_row
 from ..online import NotOwned, OnlineScorer, Overloaded
 from ..ordering import too_far_ahead
 from ..pipeline import Preview, abstain_decision, features_now, last_decision, table_view
@@ -170,10 +171,12 @@ def _known_table(view: Handler) -> Handler:
         name = request.match_info["table"]
         if not TABLE_RE.fullmatch(name):
             raise ApiError(400, "invalid table name: [a-z][a-z0-9_]{0,63}")
+        topology = request.app[VIEWS].worker.topology
         try:
-            request.app[VIEWS].worker.topology.table(name)
+            topology.table(name)
         except KeyError:
-            raise ApiError(404, f"unknown table {name}") from None
+            if topology.agent_table(name) is None:
+                raise ApiError(404, f"unknown table {name}") from None
         return await view(request)
     return handler
 
@@ -181,10 +184,19 @@ def _known_table(view: Handler) -> Handler:
 @_known_table
 @owned_route()
 async def table(request: web.Request, key: str, partition: int) -> web.Response:
-    """An entity of a windowed table as stored: its tiles and a summary (404: unknown key)."""
+    """An entity of a windowed table as stored: its tiles and a summary; a row of an agent's
+    table: its JSON object (404: unknown key)."""
     worker = request.app[VIEWS].worker
     name = request.match_info["table"]
     state = worker.pipelines.get(partition)
+    if worker.topology.agent_table(name) is not None:  # an agent's: one JSON object per key
+        row = None if state is None else read_row(state.store, name, key)
+        if row is None:
+            raise ApiError(404, "unknown key")
+        return json_response({"table": name, "key": key, "value": row, "windows": [],
+                              "watermark_ms": state.watermark.watermark_ms,
+                              "partition": partition, "served_by": worker.worker_id,
+                              "stale": False})
     view = None if state is None else table_view(state, name, key)
     if view is None:
         raise ApiError(404, "unknown key")

@@ -10,6 +10,8 @@ Keys (``e`` = the entity key as UTF-8, length-prefixed so any key is safe in a p
 - ``x/<max_ts:016d>/<seq:016d>`` -> the event ids one batch marked seen; once the watermark has
   passed ``max_ts`` by the dedup TTL, the record and every ``d/`` key it lists are deleted.
 - ``m/max_ts`` -> the partition's largest accepted event time (its watermark's source).
+- ``a/<table>/<key>`` -> a row of an agent's table (`engine.agents`): a JSON object.
+- ``a\x00/<agent>`` -> the offset up to which an agent has applied its topic's records here.
 - ``\\x00meta/...`` -> local bookkeeping, never changelogged: the changelog offset a store is at
   and the state format version.
 
@@ -26,6 +28,7 @@ from typing import NamedTuple
 from ..errors import StateError
 
 __all__ = [
+    "AGENT",
     "CHANGELOG_OFFSET_KEY",
     "ENTITY",
     "EXPIRY",
@@ -37,6 +40,8 @@ __all__ = [
     "WATERMARK_KEY",
     "Seen",
     "Tile",
+    "agent_key",
+    "agent_position_key",
     "check_format",
     "entity_key",
     "expiry_key",
@@ -65,6 +70,7 @@ TILE = b"t/"
 ENTITY = b"e/"
 SEEN = b"d/"
 EXPIRY = b"x/"
+AGENT = b"a/"
 NO_TS = -(1 << 63)  # "no event yet" where an int64 time is stored
 
 _SIGN = 1 << 63
@@ -171,6 +177,19 @@ def unpack_entity(raw: bytes) -> tuple[int | None, bytes]:
     """(newest accepted event time or None, the entity's last decision or b"")."""
     (ts,) = _ENTITY.unpack_from(raw)
     return (None if ts == NO_TS else ts), raw[_ENTITY.size:]
+
+
+# -- agent tables --------------------------------------------------------------------------
+
+
+def agent_key(table: str, key: bytes) -> bytes:
+    """A row of an agent table (the table name never holds ``/``)."""
+    return b"%s%s/%s" % (AGENT, table.encode(), key)
+
+
+def agent_position_key(agent: str) -> bytes:
+    """Where `agent` has applied its topic's records up to (the next offset, as ASCII)."""
+    return b"a\x00/" + agent.encode()
 
 
 # -- dedup --------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -76,6 +76,7 @@ from ..routing import Member
 from ..sinks.kafka import queue_outputs
 from ..state import Checkpoints, RocksStore, StagedStore
 from ..topology import TopicNames, Topology
+from .agents import AgentError, AgentFeeds
 from .changelog import changelog_records, restore
 from .shared import SharedState
 
@@ -91,15 +92,18 @@ _MAX_POLLS_IN_FLIGHT = 4  # polls whose writes may be under way while the next o
 SESSION_TIMEOUT_MS = 10_000  # the consumer group's; /readyz fails once the broker is silent longer
 
 
-def topic_specs(t: TopicNames, partitions: int) -> list[TopicSpec]:
-    """Every topic of a topology. Outputs and changelog are co-partitioned with the input."""
+def topic_specs(t: TopicNames, partitions: int, agent_topics: Sequence[str] = ()
+                ) -> list[TopicSpec]:
+    """Every topic of a topology (with its agents' topics). Outputs, changelog and agent
+    topics are co-partitioned with the input."""
     big = {"max.message.bytes": str(8 << 20)}  # oversized input must reach us to be DLQ'd
     compact = {"cleanup.policy": "compact"}
     n = partitions
     return [TopicSpec(t.events, n, big), TopicSpec(t.decisions, n, {}), TopicSpec(t.dlq, n, {}),
             TopicSpec(t.late, n, {}), TopicSpec(t.profiles, n, compact),
             TopicSpec(t.control, 1, compact), TopicSpec(t.changelog, n, compact),
-            TopicSpec(t.members, 1, compact), TopicSpec(t.repartition, n, big)]
+            TopicSpec(t.members, 1, compact), TopicSpec(t.repartition, n, big),
+            *(TopicSpec(a, n, {}) for a in agent_topics if a != t.decisions)]
 
 
 class Worker:
@@ -131,6 +135,7 @@ class Worker:
         self.route = router(self.partitions, topology.partitioner)  # entity key -> partition
         self.pipeline = Pipeline(topology, decider, self.clock, topic=self.topics.events,
                                  route=self.route)
+        self.agents = AgentFeeds(topology, cfg.kafka.topic_prefix, self.route)
         self.assigned_once = False
         self._lock = asyncio.Lock()
         # Online scoring reads stores from a worker thread: a store is closed only under this
@@ -182,7 +187,8 @@ class Worker:
     async def start(self) -> None:
         k = self.cfg.kafka
         # The input is never created by accident (a mistyped prefix): only when asked to.
-        await ensure_topics(k, topic_specs(self.topics, self.partitions), k.replication_factor,
+        await ensure_topics(k, topic_specs(self.topics, self.partitions, self.agents.topics),
+                            k.replication_factor,
                             must_exist=() if k.create_input_topic else [self.topics.events])
         self._producer = new_producer(
             k, acks="all", enable_idempotence=True,
@@ -203,8 +209,8 @@ class Worker:
             session_timeout_ms=SESSION_TIMEOUT_MS, heartbeat_interval_ms=2_000,
             # partition p of the input and of the repartition topic go to one worker
             partition_assignment_strategy=(RangePartitionAssignor,))
-        self._consumer.subscribe([self.topics.events, self.topics.repartition],
-                                 listener=_Listener(self))
+        self._consumer.subscribe([self.topics.events, self.topics.repartition,
+                                  *self.agents.topics], listener=_Listener(self))
         await self._consumer.start()
         self._tasks.append(asyncio.create_task(self.shared.tail(self._stopping),
                                                name="profiles+members"))
@@ -283,16 +289,27 @@ class Worker:
         # finishing the previous poll's writes meanwhile. The partition lock is held, so no
         # revoke can close a store under it; the previous poll's changes are staged in the
         # stores, so this poll reads them.
+        side = {tp: msgs for tp, msgs in batches.items() if tp.topic in self.agents.by_topic}
+        if side:
+            batches = {tp: msgs for tp, msgs in batches.items() if tp not in side}
         n = sum(len(msgs) for msgs in batches.values())
         self.metrics.records_in.labels(self.topology.name, self.topics.events).inc(n)
         t0 = time.perf_counter()
-        poll = await asyncio.to_thread(self._run_pipeline, batches)
-        self._adapt(n, time.perf_counter() - t0)
+        poll = await asyncio.to_thread(self._run_pipeline, batches) if batches else PollResult()
+        if n:
+            self._adapt(n, time.perf_counter() - t0)
+        agent_commits: dict[TopicPartition, int] = {}
+        if side:  # agents run on the event loop, over the stores with this poll's reads done
+            try:
+                agent_commits = await self.agents.apply(side, self.stores, poll)
+            except AgentError as exc:  # skipping the records would lose their updates
+                self.fail(str(exc))
+                return
         while len(self._inflight) >= _MAX_POLLS_IN_FLIGHT:  # bounded: wait for the oldest
             await self._inflight[0]
             self._inflight.popleft()
         self._collect_garbage()
-        if not poll.partitions:
+        if not poll.partitions and not agent_commits:
             return
         producer = self._producer
         assert producer is not None
@@ -305,7 +322,8 @@ class Worker:
                                                   changelog_records(r.changes))
         outputs += await queue_outputs(producer, t, poll, self.route)
         previous = self._inflight[-1] if self._inflight else None
-        task = asyncio.create_task(self._finish(poll, changelog, outputs, previous))
+        task = asyncio.create_task(self._finish(poll, changelog, outputs, previous,
+                                                agent_commits))
         task.add_done_callback(self._stop_on_failure)
         self._inflight.append(task)
 
@@ -351,7 +369,8 @@ class Worker:
     async def _finish(self, poll: PollResult,
                       changelog: Mapping[int, list[tuple[asyncio.Future, int]]],
                       outputs: list[tuple[asyncio.Future, int]],
-                      previous: asyncio.Task | None) -> None:
+                      previous: asyncio.Task | None,
+                      agent_commits: Mapping[TopicPartition, int]) -> None:
         """Steps 2-3 of a poll whose records are queued: local state once its changelog is
         acknowledged, then its offsets become committable once its outputs are. Polls finish
         in order: each waits for the one before (and fails when it failed)."""
@@ -371,6 +390,7 @@ class Worker:
                 self._uncommitted[TopicPartition(t.events, p)] = r.commit_offset
             if r.forwarded_commit is not None:
                 self._uncommitted[TopicPartition(t.repartition, p)] = r.forwarded_commit
+        self._uncommitted.update(agent_commits)
         self._observe(poll)
         if time.monotonic() - self._last_commit >= self.cfg.kafka.commit_interval_ms / 1000:
             await self._commit()

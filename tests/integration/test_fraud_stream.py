@@ -354,6 +354,65 @@ async def check_tables(oracle: OracleResult, base_url: str, cards: list[str] | N
     return problems
 
 
+def _outcome_records(outcomes: list[dict]) -> list[tuple[bytes, bytes]]:
+    """The outcome reports, keyed by card like the payments (so co-partitioned with them)."""
+    return [(o["card_id"].encode(), orjson.dumps(o)) for o in outcomes]
+
+
+async def check_agent_tables(decisions: list, outcomes: list[dict], base_url: str,
+                             timeout_s: float = 120.0) -> dict[str, list[str]]:
+    """The anomaly agents' per-card rows, recomputed here from what reached their topics:
+    each distinct decision counted once per card by its outcome, and each distinct report once
+    by its kind. The agents read the decisions after they are written, so this waits (bounded)
+    until every row checked agrees, then reports what still differs."""
+    by_card: dict[str, dict[str, str]] = defaultdict(dict)
+    for r in decisions:
+        d = orjson.loads(r.value)
+        by_card[d["key"]][d["decision_id"]] = d["decision"]
+    want_risk = {card: Counter(ids.values()) for card, ids in by_card.items()}
+    reports: dict[str, set[tuple[str, str]]] = defaultdict(set)
+    for o in outcomes:
+        reports[o["card_id"]].add((o["kind"], o["event_id"]))
+    want_outcomes = {card: Counter(kind for kind, _ in seen) for card, seen in reports.items()}
+    # the busiest cards, every 7th card, and every card with a report
+    cards = sorted(want_risk, key=lambda c: (-sum(want_risk[c].values()), c))
+    checked = sorted(set(cards[:100]) | set(cards[::7]))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        problems: dict[str, list[str]] = {"agent card_risk": [], "agent card_outcomes": []}
+        paths = [f"/v1/tables/card_risk/{c}" for c in checked] + \
+            [f"/v1/tables/card_outcomes/{c}" for c in sorted(want_outcomes)]
+        got = await fetch_json(base_url, paths)
+        for c in checked:
+            status, body = got[f"/v1/tables/card_risk/{c}"]
+            want = want_risk[c]
+            if status != 200:
+                problems["agent card_risk"].append(f"{c}: HTTP {status} {body}")
+                continue
+            row = body["value"]
+            have = {k: row.get(k, 0) for k in ("approve", "review", "decline")}
+            if have != {k: want.get(k, 0) for k in have} or \
+                    row["decisions"] != sum(want.values()):
+                problems["agent card_risk"].append(
+                    f"{c}: row {have} of {row['decisions']} vs {dict(want)}")
+        for c, want in want_outcomes.items():
+            status, body = got[f"/v1/tables/card_outcomes/{c}"]
+            if status != 200:
+                problems["agent card_outcomes"].append(f"{c}: HTTP {status} {body}")
+                continue
+            row = body["value"]
+            have = {k: row[k] for k in ("confirmed_fraud", "chargeback")}
+            if have != {k: want.get(k, 0) for k in have} or \
+                    row["compromised"] != (want.get("confirmed_fraud", 0) > 0):
+                problems["agent card_outcomes"].append(f"{c}: row {row} vs {dict(want)}")
+        if not any(problems.values()) or loop.time() > deadline:
+            print(f"agent tables: {len(checked)} card_risk and {len(want_outcomes)} "
+                  "card_outcomes rows checked")
+            return {k: v for k, v in problems.items() if v}
+        await asyncio.sleep(1.0)
+
+
 def _assert_clean(*reports: dict[str, list[str]]) -> None:
     merged: dict[str, list[str]] = defaultdict(list)
     for report in reports:
@@ -384,8 +443,9 @@ async def test_worker_matches_the_oracle(kafka_bootstrap: str, unique_prefix: st
     stream = _stream(w.events, _spread_bad_records(len(w.events)))
     worker = workers(unique_prefix)
     worker.start()
-    await worker.wait_ready()
+    await worker.wait_ready()  # it has made the outcomes topic
     await produce(kafka_bootstrap, topics.events, stream)
+    await produce(kafka_bootstrap, topics.outcomes, _outcome_records(w.side["outcomes"]))
 
     oracle = await _oracle(kafka_bootstrap, topics, w.profiles)
     assert sorted(r for _, _, r in oracle.dlq) == sorted(r for _, _, r in bad_records())
@@ -401,6 +461,7 @@ async def test_worker_matches_the_oracle(kafka_bootstrap: str, unique_prefix: st
         _check_late(oracle, late, exactly_once=True),
         _check_dlq(oracle, dlq, raw, topics.events, exactly_once=True),
         await check_tables(oracle, worker.url),
+        await check_agent_tables(decisions, w.side["outcomes"], worker.url),
     )
     assert worker.stop() == 0, worker.log_tail()
 
@@ -414,6 +475,9 @@ async def test_crashes_and_lost_state_change_nothing(kafka_bootstrap: str, uniqu
     worker = workers(unique_prefix)
     worker.start()
     await worker.wait_ready()
+    outcomes = w.side["outcomes"]  # reported while the worker is killed three times
+    reporting = asyncio.create_task(produce(kafka_bootstrap, topics.outcomes,
+                                            _outcome_records(outcomes), rate_eps=100))
 
     for k, chunk in enumerate(chunks):
         sending = asyncio.create_task(produce(kafka_bootstrap, topics.events, chunk,
@@ -431,6 +495,7 @@ async def test_crashes_and_lost_state_change_nothing(kafka_bootstrap: str, uniqu
             worker.start()
             await worker.wait_ready()
 
+    await reporting
     oracle = await _oracle(kafka_bootstrap, topics, w.profiles)
     decisions = await wait_drained(kafka_bootstrap, topics, set(oracle.outcome), worker,
                                    timeout_s=240)
@@ -445,6 +510,7 @@ async def test_crashes_and_lost_state_change_nothing(kafka_bootstrap: str, uniqu
         _check_late(oracle, late, exactly_once=False),
         _check_dlq(oracle, dlq, raw, topics.events, exactly_once=False),
         await check_tables(oracle, worker.url),
+        await check_agent_tables(decisions, outcomes, worker.url),
     )
 
 

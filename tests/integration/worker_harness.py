@@ -80,6 +80,10 @@ class FraudTopics:
         return f"{self.prefix}fraud.repartition"
 
     @property
+    def outcomes(self) -> str:
+        return f"{self.prefix}fraud.outcomes"
+
+    @property
     def group(self) -> str:
         return f"{self.prefix}streamwise-fraud"
 

@@ -23,6 +23,7 @@ from engine import (
     WindowFeature,
 )
 
+from .anomaly import card_decisions, card_outcomes
 from .rules import evaluate_rules
 from .schema import CardPayment
 from .workload import generate
@@ -106,3 +107,8 @@ TOPOLOGY = Topology(
         holdout=_holdout,
     ),
 )
+
+# Post-transaction anomaly updates (topologies/fraud/anomaly.py): per-card rows readable at
+# GET /v1/tables/card_risk/{card} and /v1/tables/card_outcomes/{card}.
+TOPOLOGY.agent("decisions", tables=("card_risk",))(card_decisions)
+TOPOLOGY.agent("outcomes", tables=("card_outcomes",))(card_outcomes)

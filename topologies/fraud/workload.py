@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+
+from .anomaly import outcome_doc
 
 __all__ = ["Workload", "bad_records", "generate"]
 
@@ -70,6 +72,9 @@ class Workload:
     events: list[dict]
     profiles: dict[str, dict]
     labels: dict[str, int]
+    side: dict[str, list[dict]] = field(default_factory=dict)
+    """Records of the topology's side topics by topic (``outcomes``: confirmed frauds and
+    chargebacks reported for the fraudulent payments, in report order)."""
 
 
 def generate(n_events: int, seed: int = 7, *, cards: int = 10_000, duplicates: float = 0.02,
@@ -122,7 +127,22 @@ def generate(n_events: int, seed: int = 7, *, cards: int = 10_000, duplicates: f
                        "merchant_id": f"m{merch_l[i]:05d}", "amount": amount_l[i],
                        "currency": _CURRENCY[c], "country": c, "ts_ms": ts_l[i]})
         labels[eid] = int(fraud_l[i])
-    return Workload(events=_with_duplicates(rng, unique, n_dup), profiles=profiles, labels=labels)
+    return Workload(events=_with_duplicates(rng, unique, n_dup), profiles=profiles, labels=labels,
+                    side={"outcomes": _outcomes(np.random.default_rng([seed, 1]), unique, labels)})
+
+
+def _outcomes(rng: np.random.Generator, unique: list[dict], labels: dict[str, int]
+              ) -> list[dict]:
+    """A report for most fraudulent payments, 1 h to 3 days after it: 70% confirmed frauds,
+    30% chargebacks, in report order. Its own generator: the payments do not change."""
+    frauds = [e for e in unique if labels[e["event_id"]]]
+    reported = rng.random(len(frauds)) < 0.9
+    kinds = rng.random(len(frauds)) < 0.7
+    delay = rng.integers(3_600_000, 3 * 86_400_000, len(frauds))
+    docs = [outcome_doc(e, "confirmed_fraud" if k else "chargeback", e["ts_ms"] + int(d))
+            for e, r, k, d in zip(frauds, reported.tolist(), kinds.tolist(), delay.tolist(),
+                                  strict=True) if r]
+    return sorted(docs, key=lambda o: (o["reported_ms"], o["event_id"]))
 
 
 def bad_records() -> list[tuple[bytes | None, bytes, str]]:

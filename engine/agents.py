@@ -1,0 +1,188 @@
+"""Agents: Faust-style async functions over side streams, with tables of their own.
+
+A topology declares an agent on one of its topics (named relative to the topology: with
+``@TOPOLOGY.agent("decisions", tables=("card_risk",))`` the agent reads
+``<prefix><topology>.decisions``). The topic must have as many partitions as the input: the
+worker that owns input partition p reads partition p of every agent topic, under the same
+consumer group, and the agent's tables live in partition p's state store, beside the windowed
+tables, written through the same changelog batch and restored with it.
+
+Each poll, the agent is awaited once per partition with the poll's records of that partition
+(like Faust's ``stream.take``): an `AgentBatch` of `AgentRecord`s, oldest first, and the
+partition's tables. What it writes to its tables becomes part of the poll's state change set,
+together with the position the agent has read up to, so a crash re-delivers records the agent
+has already applied and they are skipped: every record changes the tables exactly once (the
+input offsets are committed at least once after).
+
+Keys are routed like entities: a table key lives on the partition the topology's partitioner
+gives it, and an agent writes only keys of its own partition (`OwnershipError` otherwise), so
+``GET /v1/tables/{table}/{key}`` finds a key at its owner. Values are JSON objects.
+
+Pure: no Kafka, no RocksDB; the worker (`engine.worker.agents`) feeds it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from .state import layout
+
+__all__ = ["Agent", "AgentBatch", "AgentRecord", "AgentTable", "OwnershipError", "TableReader",
+           "read_row", "run_agent"]
+
+TOPIC_RE = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+TABLE_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+class OwnershipError(ValueError):
+    """An agent wrote a key that belongs to another partition."""
+
+
+class TableReader(Protocol):
+    """What an agent table reads from: a partition's store (staged changes included)."""
+
+    def get(self, key: bytes) -> bytes | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRecord:
+    """One record of an agent's topic: `value` is its JSON document (None: a tombstone or not
+    a JSON document, with `raw` as read), `timestamp_ms` its Kafka timestamp (epoch ms)."""
+
+    offset: int
+    key: str | None
+    value: Any
+    timestamp_ms: int | None
+    raw: bytes | None
+
+
+@dataclass(frozen=True)
+class Agent:
+    """An agent: `fn(batch)` awaited for each partition's share of a poll of `topic`."""
+
+    name: str
+    topic: str  # relative to the topology: "decisions" -> "<prefix><topology>.decisions"
+    fn: Callable[[AgentBatch], Awaitable[None]]
+    tables: tuple[str, ...] = ()
+
+
+class AgentTable:
+    """One agent table of one partition: JSON objects by key.
+
+    Reads see the partition's stored state with this poll's writes over it. `set` and `delete`
+    change nothing until the poll's change set is written.
+    """
+
+    def __init__(self, name: str, partition: int, store: TableReader,
+                 changes: dict[bytes, bytes | None],
+                 route: Callable[[bytes], int] | None) -> None:
+        self.name = name
+        self.partition = partition
+        self._store = store
+        self._changes = changes
+        self._route = route
+
+    def _key(self, key: str) -> bytes:
+        raw = key.encode()
+        if self._route is not None and self._route(raw) != self.partition:
+            raise OwnershipError(
+                f"table {self.name}: key {key!r} belongs to partition {self._route(raw)}, not "
+                f"{self.partition}; key the agent's topic by the table's key")
+        return layout.agent_key(self.name, raw)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        k = self._key(key)
+        raw = self._changes[k] if k in self._changes else self._store.get(k)
+        return default if raw is None else orjson.loads(raw)
+
+    def __getitem__(self, key: str) -> Any:
+        value = self.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key: str) -> bool:
+        return self.get(key) is not None
+
+    def set(self, key: str, value: Mapping[str, Any]) -> None:
+        """Store `value` (a JSON object) under `key`."""
+        if not isinstance(value, Mapping):
+            raise TypeError(f"table {self.name}: a value is a JSON object, not "
+                            f"{type(value).__name__}")
+        self._changes[self._key(key)] = orjson.dumps(value)
+
+    __setitem__ = set
+
+    def delete(self, key: str) -> None:
+        self._changes[self._key(key)] = None
+
+
+@dataclass
+class AgentBatch:
+    """One partition's records of a poll, oldest first, and the agent's tables there."""
+
+    partition: int
+    records: list[AgentRecord]
+    tables: Mapping[str, AgentTable] = field(default_factory=dict)
+
+    def table(self, name: str) -> AgentTable:
+        try:
+            return self.tables[name]
+        except KeyError:
+            raise KeyError(f"the agent did not declare table {name!r} (declared: "
+                           f"{sorted(self.tables)})") from None
+
+    def __iter__(self):
+        return iter(self.records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+def read_row(store: TableReader, table: str, key: str) -> Any:
+    """A row of an agent table as stored (None: no such key)."""
+    raw = store.get(layout.agent_key(table, key.encode()))
+    return None if raw is None else orjson.loads(raw)
+
+
+def decode_record(offset: int, key: bytes | None, value: bytes | None,
+                  timestamp_ms: int | None) -> AgentRecord:
+    """An agent record; a value that is not a JSON document is given as None (and `raw`)."""
+    doc = None
+    if value is not None:
+        try:
+            doc = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            doc = None
+    return AgentRecord(offset, None if key is None else key.decode(errors="replace"), doc,
+                       timestamp_ms if timestamp_ms is not None and timestamp_ms >= 0 else None,
+                       value)
+
+
+async def run_agent(agent: Agent, partition: int, store: TableReader,
+                    records: list[tuple[int, bytes | None, bytes | None, int | None]],
+                    route: Callable[[bytes], int] | None = None
+                    ) -> tuple[dict[bytes, bytes | None], int | None]:
+    """Apply one partition's records ``(offset, key, value, timestamp_ms)`` (oldest first) to
+    `agent`: the change set to write (its tables' changes and the agent's new position) and
+    the offset to commit (the last record's + 1; None: nothing new). Records below the
+    position stored for the agent were applied before a crash and are skipped."""
+    changes: dict[bytes, bytes | None] = {}
+    if not records:
+        return changes, None
+    marker = layout.agent_position_key(agent.name)
+    stored = store.get(marker)
+    done = int(stored) if stored is not None else -1  # offsets below this are applied
+    fresh = [decode_record(o, k, v, t) for o, k, v, t in records if o >= done]
+    end = records[-1][0] + 1
+    if fresh:
+        tables = {name: AgentTable(name, partition, store, changes, route)
+                  for name in agent.tables}
+        await agent.fn(AgentBatch(partition, fresh, tables))
+        changes[marker] = str(end).encode()
+    return changes, end

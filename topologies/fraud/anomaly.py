@@ -1,0 +1,125 @@
+"""Post-transaction anomaly updates: agents over the decisions and the confirmed outcomes.
+
+Both topics are keyed by card (co-partitioned with the payments), so each agent keeps per-card
+rows on the partition that decides the card:
+
+- ``card_risk`` (from ``fraud.decisions``): how the card's payments were decided, an EWMA of
+  their scores and the card's anomaly flags;
+- ``card_outcomes`` (from ``fraud.outcomes``, produced by ``streamwise produce fraud
+  --outcomes``): confirmed frauds and chargebacks reported for the card.
+
+A decision or outcome seen again (a decision re-emitted for a duplicate or re-delivered
+payment, an outcome reported twice) changes nothing: each row remembers the ids it counted
+within the last `RECENT_MS` of their time (the payments' dedup TTL), at most `RECENT_IDS`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.agents import AgentBatch
+
+__all__ = ["EWMA_ALPHA", "card_decisions", "card_outcomes", "outcome_doc"]
+
+EWMA_ALPHA = 0.2  # weight of the newest score in the card's score EWMA
+RECENT_MS = 24 * 3_600_000  # how long a row remembers an id it counted (event time, ms)
+RECENT_IDS = 1_000  # and at most this many, newest kept
+SPIKE_SCORE, SPIKE_BASELINE = 0.5, 0.2  # a score this high on a card whose EWMA was this low
+REPEATED_DECLINES = 2  # consecutive declines that flag a card
+OUTCOME_KINDS = ("confirmed_fraud", "chargeback")
+
+
+def _remember(row: dict[str, Any], ident: str, ts_ms: int) -> bool:
+    """Add `ident` (of time `ts_ms`) to the row's recent ids, forgetting those more than
+    `RECENT_MS` older than the newest; False when it was there already."""
+    recent: list[list] = row.get("recent_ids", [])
+    if any(i == ident for i, _ in recent):
+        return False
+    recent.append([ident, ts_ms])
+    newest = max(t for _, t in recent)
+    row["recent_ids"] = [r for r in recent if r[1] >= newest - RECENT_MS][-RECENT_IDS:]
+    return True
+
+
+def update_card_risk(row: dict[str, Any] | None, d: dict[str, Any]) -> dict[str, Any] | None:
+    """`row` after decision `d` (a decision message); None when `d` changes nothing."""
+    row = dict(row) if row else {"decisions": 0, "approve": 0, "review": 0, "decline": 0,
+                                 "score_ewma": None, "consecutive_declines": 0, "flags": []}
+    if not _remember(row, d["decision_id"], int(d["event_ts_ms"])):
+        return None
+    outcome, score = d["decision"], float(d["score"])
+    before = row["score_ewma"]
+    row["decisions"] += 1
+    row[outcome] = row.get(outcome, 0) + 1
+    row["score_ewma"] = score if before is None else \
+        EWMA_ALPHA * score + (1 - EWMA_ALPHA) * before
+    row["consecutive_declines"] = row["consecutive_declines"] + 1 if outcome == "decline" else 0
+    flags = set(row["flags"])
+    if score >= SPIKE_SCORE and before is not None and before < SPIKE_BASELINE:
+        flags.add("score_spike")
+    if row["consecutive_declines"] >= REPEATED_DECLINES:
+        flags.add("repeated_declines")
+    row["flags"] = sorted(flags)
+    row["last_decision"] = outcome
+    row["last_score"] = score
+    row["last_event_ts_ms"] = max(int(d["event_ts_ms"]), row.get("last_event_ts_ms", 0))
+    return row
+
+
+def update_card_outcomes(row: dict[str, Any] | None, o: dict[str, Any]) -> dict[str, Any] | None:
+    """`row` after outcome `o`; None when `o` changes nothing (seen, or of an unknown kind)."""
+    kind = o.get("kind")
+    if kind not in OUTCOME_KINDS:
+        return None
+    row = dict(row) if row else {"confirmed_fraud": 0, "chargeback": 0, "chargeback_amount": 0.0,
+                                 "compromised": False}
+    if not _remember(row, f"{kind}:{o['event_id']}", int(o["reported_ms"])):
+        return None
+    row[kind] += 1
+    if kind == "chargeback":
+        row["chargeback_amount"] += float(o.get("amount", 0.0))
+    row["compromised"] = row["confirmed_fraud"] > 0
+    row["last_reported_ms"] = max(int(o["reported_ms"]), row.get("last_reported_ms", 0))
+    return row
+
+
+async def card_decisions(batch: AgentBatch) -> None:
+    """Fold each decision of the batch into its card's ``card_risk`` row."""
+    table = batch.table("card_risk")
+    rows: dict[str, dict[str, Any]] = {}
+    for r in batch:
+        d = r.value
+        if not isinstance(d, dict) or not isinstance(d.get("key"), str) or "decision" not in d:
+            continue
+        card = d["key"]
+        current = rows[card] if card in rows else table.get(card)
+        updated = update_card_risk(current, d)
+        if updated is not None:
+            rows[card] = updated
+    for card, row in rows.items():
+        table.set(card, row)
+
+
+async def card_outcomes(batch: AgentBatch) -> None:
+    """Fold each reported outcome of the batch into its card's ``card_outcomes`` row."""
+    table = batch.table("card_outcomes")
+    rows: dict[str, dict[str, Any]] = {}
+    for r in batch:
+        o = r.value
+        if not isinstance(o, dict) or not isinstance(o.get("card_id"), str) \
+                or not isinstance(o.get("event_id"), str) or "reported_ms" not in o:
+            continue
+        card = o["card_id"]
+        current = rows[card] if card in rows else table.get(card)
+        updated = update_card_outcomes(current, o)
+        if updated is not None:
+            rows[card] = updated
+    for card, row in rows.items():
+        table.set(card, row)
+
+
+def outcome_doc(event: dict[str, Any], kind: str, reported_ms: int) -> dict[str, Any]:
+    """An outcome message: `kind` reported at `reported_ms` (epoch ms) for payment `event`."""
+    return {"event_id": event["event_id"], "card_id": event["card_id"],
+            "merchant_id": event["merchant_id"], "amount": event["amount"], "kind": kind,
+            "event_ts_ms": event["ts_ms"], "reported_ms": reported_ms}
