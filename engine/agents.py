@@ -86,14 +86,18 @@ class AgentTable:
         self._store = store
         self._changes = changes
         self._route = route
+        self._keys: dict[str, bytes] = {}  # key -> its store key, ownership checked
 
     def _key(self, key: str) -> bytes:
-        raw = key.encode()
-        if self._route is not None and self._route(raw) != self.partition:
-            raise OwnershipError(
-                f"table {self.name}: key {key!r} belongs to partition {self._route(raw)}, not "
-                f"{self.partition}; key the agent's topic by the table's key")
-        return layout.agent_key(self.name, raw)
+        k = self._keys.get(key)
+        if k is None:
+            raw = key.encode()
+            if self._route is not None and self._route(raw) != self.partition:
+                raise OwnershipError(
+                    f"table {self.name}: key {key!r} belongs to partition {self._route(raw)}, "
+                    f"not {self.partition}; key the agent's topic by the table's key")
+            k = self._keys[key] = layout.agent_key(self.name, raw)
+        return k
 
     def get(self, key: str, default: Any = None) -> Any:
         k = self._key(key)

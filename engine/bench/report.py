@@ -68,6 +68,10 @@ def render(report: dict[str, Any]) -> str:
     if us:
         body = "  ".join(f"{k} {_f(v, 'g')}" for k, v in us.items())
         lines.append(f"streamwise us/event by stage (backlog): {body}")
+    if sw.get("agents_catch_up_s") is not None:
+        lines.append(f"streamwise agents (paused while the backlog drained) caught up "
+                     f"{_f(sw['agents_catch_up_s'], 'g')} s after it; latency is measured "
+                     "from then on")
     for share, res in sorted((sw.get("latency_by_share") or {}).items(),
                              key=lambda kv: float(kv[0])):
         parts = res.get("latency_parts_ms") or {}

@@ -124,6 +124,27 @@ async def _wait_for(o: BenchOptions, sysm: System, t: TopicNames, group: str, pr
         await asyncio.sleep(0.25)
 
 
+async def _agents_caught_up(o: BenchOptions, prefix: str, group: str, proc: _Proc,
+                            timeout_s: float = 300.0) -> float | None:
+    """Seconds until the worker's group has committed the end of every agent topic (the
+    benched topology's side streams, paused while the backlog drained); None: no agents."""
+    topo = workload.topology()
+    topics = sorted({topo.agent_topic(a, prefix) for a in topo.agents})
+    if not topics:
+        return None
+    start = time.monotonic()
+    while True:
+        proc.check()
+        pairs = [await measure.progress(o.broker, group, tp, o.partitions) for tp in topics]
+        if all(done >= end for done, end in pairs):
+            took = time.monotonic() - start
+            _say(f"agents caught up on {', '.join(topics)} {took:.1f}s after the backlog")
+            return round(took, 2)
+        if time.monotonic() - start > timeout_s:
+            raise BenchError(f"agents behind after {timeout_s:.0f}s: {pairs}")
+        await asyncio.sleep(0.25)
+
+
 async def _scrape(port: int) -> str:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s, \
             s.get(f"http://127.0.0.1:{port}/metrics") as r:
@@ -159,6 +180,8 @@ async def _one(o: BenchOptions, sysm: System, ds: workload.DataSet, run_prefix: 
             text = await _scrape(port)
             result["stage_p99_ms_backlog"] = measure.stage_p99_ms(measure.stage_buckets(text))
             result["stage_us_per_event_backlog"] = measure.stage_us_per_event(text, n)
+            # agents yield to a backlog: latency is measured once they have caught up too
+            result["agents_catch_up_s"] = await _agents_caught_up(o, prefix, group, proc)
         # 2. open loop → latency, at latency_share of the system's rate (and, for the
         # Streamwise worker, at the other shares too, one phase after the other)
         shares = [o.latency_share, *(x for x in o.extra_latency_shares

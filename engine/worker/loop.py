@@ -136,6 +136,7 @@ class Worker:
         self.pipeline = Pipeline(topology, decider, self.clock, topic=self.topics.events,
                                  route=self.route)
         self.agents = AgentFeeds(topology, cfg.kafka.topic_prefix, self.route)
+        self._agents_paused = False  # their topics wait while the input has a backlog
         self.assigned_once = False
         self._lock = asyncio.Lock()
         # Online scoring reads stores from a worker thread: a store is closed only under this
@@ -229,6 +230,8 @@ class Worker:
         while not self._stopping.is_set():
             batches = await self._consumer.getmany(timeout_ms=200,
                                                    max_records=self._max_records)
+            if self.agents.by_topic:
+                self._pace_agents(batches)
             if batches:
                 async with self._lock:
                     await self._process(batches)
@@ -344,6 +347,22 @@ class Worker:
                            m.key, m.value, m.timestamp) for m in msgs
                 ] + inputs.get(tp.partition, [])
         return self.pipeline.process(inputs, self.profiles)
+
+    def _pace_agents(self, batches: Mapping[TopicPartition, list]) -> None:
+        """Agents yield to the input: a full poll of input (a backlog) pauses their topics,
+        and a poll less than half full resumes them, so side streams catch up when decisions
+        have room rather than slowing them."""
+        assert self._consumer is not None
+        side = self.agents.by_topic
+        n = sum(len(m) for tp, m in batches.items() if tp.topic not in side)
+        if n >= self._max_records and not self._agents_paused:
+            self._agents_paused = True
+            self._consumer.pause(*(tp for tp in self._consumer.assignment()
+                                   if tp.topic in side))
+        elif n < self._max_records // 2 and self._agents_paused:
+            self._agents_paused = False
+            self._consumer.resume(*(tp for tp in self._consumer.assignment()
+                                    if tp.topic in side))
 
     def _adapt(self, records: int, seconds: float) -> None:
         """Keep a poll's pipeline work near the cycle time: the record limit follows the
@@ -552,6 +571,7 @@ class Worker:
     # -- partitions ------------------------------------------------------------------------
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._agents_paused = False  # a new assignment starts unpaused
         events = self.topics.events
         own = {tp.partition for tp in assigned if tp.topic == events}
         forwarded = {tp.partition for tp in assigned if tp.topic != events}

@@ -14,7 +14,7 @@ from engine.errors import TopologyError
 from engine.partitioning import router
 from engine.state import MemoryStore, layout
 from topologies.fraud import TOPOLOGY as FRAUD
-from topologies.fraud.anomaly import card_decisions, card_outcomes
+from topologies.fraud.anomaly import RECENT_IDS, card_decisions, card_outcomes
 
 PARTITIONS = 4
 ROUTE = router(PARTITIONS, "murmur2")
@@ -150,9 +150,10 @@ def _renamed(fn, name: str):
 # -- the fraud topology's anomaly agents --------------------------------------------------
 
 
-def _decision(card: str, n: int, decision: str, score: float) -> dict:
+def _decision(card: str, n: int, decision: str, score: float, decided_at_ms: int = 0) -> dict:
     return {"decision_id": f"d{card}{n}", "event_id": f"e{card}{n}", "key": card,
-            "score": score, "decision": decision, "event_ts_ms": 1_000 * n}
+            "score": score, "decision": decision, "event_ts_ms": 1_000 * n,
+            "decided_at_ms": decided_at_ms or 50_000 + n}
 
 
 def test_card_risk_counts_each_decision_once_and_flags_the_card() -> None:
@@ -192,3 +193,21 @@ def test_card_outcomes_counts_reports_once_and_marks_the_card_compromised() -> N
     row = read_row(store, "card_outcomes", card)
     assert (row["chargeback"], row["confirmed_fraud"], row["chargeback_amount"]) == (1, 1, 12.5)
     assert row["compromised"] is True and row["last_reported_ms"] == 9
+
+
+def test_an_old_decision_re_emitted_after_the_card_s_recent_ids_is_not_counted() -> None:
+    """A duplicate payment long after its original gets the original's bytes, first decided
+    more than a minute before the card's newest decision: not a new decision."""
+    agent = next(a for a in FRAUD.agents if a.fn is card_decisions)
+    (card,) = _key_on(0, 1)
+    store = MemoryStore()
+    first = _decision(card, 0, "review", 0.6, decided_at_ms=1_000)
+    later = [_decision(card, n, "approve", 0.1, decided_at_ms=100_000 + n)
+             for n in range(1, RECENT_IDS + 2)]  # pushes `first` out of the recent ids
+    reemitted = dict(first)
+    new_but_skewed = _decision(card, 99, "approve", 0.1, decided_at_ms=100_000 - 30_000)
+    changes, _ = _run(agent, store, _records([first, *later, reemitted, new_but_skewed]))
+    store.apply(changes)
+    row = read_row(store, "card_risk", card)
+    assert (row["decisions"], row["review"], row["approve"]) == (RECENT_IDS + 3, 1,
+                                                                RECENT_IDS + 2)

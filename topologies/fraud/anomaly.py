@@ -8,9 +8,13 @@ rows on the partition that decides the card:
 - ``card_outcomes`` (from ``fraud.outcomes``, produced by ``streamwise produce fraud
   --outcomes``): confirmed frauds and chargebacks reported for the card.
 
-A decision or outcome seen again (a decision re-emitted for a duplicate or re-delivered
-payment, an outcome reported twice) changes nothing: each row remembers the ids it counted
-within the last `RECENT_MS` of their time (the payments' dedup TTL), at most `RECENT_IDS`.
+A decision or outcome seen again changes nothing. Decisions come again when the stream
+re-emits a stored one (for a duplicate or re-delivered payment; byte for byte the same, so with
+the time it was first decided) or decides a re-delivered payment again (same decision id): a
+row remembers the last `RECENT_IDS` ids it counted (their first 12 hex digits: 48 bits, so
+two of one card's last 16 decisions share them about once in 10^13), and a decision first made more than
+`REEMIT_MS` before the newest one counted is an old one re-emitted. Outcomes are remembered by
+id, the last `RECENT_IDS` of the card.
 """
 
 from __future__ import annotations
@@ -22,22 +26,21 @@ from engine.agents import AgentBatch
 __all__ = ["EWMA_ALPHA", "card_decisions", "card_outcomes", "outcome_doc"]
 
 EWMA_ALPHA = 0.2  # weight of the newest score in the card's score EWMA
-RECENT_MS = 24 * 3_600_000  # how long a row remembers an id it counted (event time, ms)
-RECENT_IDS = 1_000  # and at most this many, newest kept
+RECENT_IDS = 16  # ids a row remembers (a card seldom pays 16 times a minute)
+ID_DIGITS = 12
+REEMIT_MS = 60_000  # a decision made this long before the card's newest is a re-emitted one
 SPIKE_SCORE, SPIKE_BASELINE = 0.5, 0.2  # a score this high on a card whose EWMA was this low
 REPEATED_DECLINES = 2  # consecutive declines that flag a card
 OUTCOME_KINDS = ("confirmed_fraud", "chargeback")
 
 
-def _remember(row: dict[str, Any], ident: str, ts_ms: int) -> bool:
-    """Add `ident` (of time `ts_ms`) to the row's recent ids, forgetting those more than
-    `RECENT_MS` older than the newest; False when it was there already."""
-    recent: list[list] = row.get("recent_ids", [])
-    if any(i == ident for i, _ in recent):
+def _remember(row: dict[str, Any], ident: str) -> bool:
+    """Add `ident` to the row's last `RECENT_IDS` ids; False when it was there already."""
+    recent: list[str] = row.setdefault("recent_ids", [])
+    if ident in recent:
         return False
-    recent.append([ident, ts_ms])
-    newest = max(t for _, t in recent)
-    row["recent_ids"] = [r for r in recent if r[1] >= newest - RECENT_MS][-RECENT_IDS:]
+    recent.append(ident)
+    del recent[:-RECENT_IDS]
     return True
 
 
@@ -45,8 +48,11 @@ def update_card_risk(row: dict[str, Any] | None, d: dict[str, Any]) -> dict[str,
     """`row` after decision `d` (a decision message); None when `d` changes nothing."""
     row = dict(row) if row else {"decisions": 0, "approve": 0, "review": 0, "decline": 0,
                                  "score_ewma": None, "consecutive_declines": 0, "flags": []}
-    if not _remember(row, d["decision_id"], int(d["event_ts_ms"])):
+    decided_at = int(d["decided_at_ms"])
+    if decided_at < row.get("last_decided_at_ms", decided_at) - REEMIT_MS or \
+            not _remember(row, d["decision_id"][:ID_DIGITS]):
         return None
+    row["last_decided_at_ms"] = max(decided_at, row.get("last_decided_at_ms", decided_at))
     outcome, score = d["decision"], float(d["score"])
     before = row["score_ewma"]
     row["decisions"] += 1
@@ -73,7 +79,7 @@ def update_card_outcomes(row: dict[str, Any] | None, o: dict[str, Any]) -> dict[
         return None
     row = dict(row) if row else {"confirmed_fraud": 0, "chargeback": 0, "chargeback_amount": 0.0,
                                  "compromised": False}
-    if not _remember(row, f"{kind}:{o['event_id']}", int(o["reported_ms"])):
+    if not _remember(row, f"{kind}:{o['event_id']}"):
         return None
     row[kind] += 1
     if kind == "chargeback":
