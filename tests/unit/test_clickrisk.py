@@ -170,3 +170,17 @@ def test_tumbling_and_hopping_windows_in_event_time_order() -> None:
         # d (drained at the end): the hop that starts at T0+120 s holds d alone
         assert (f["d"]["clicks_1m"], f["d"]["clicks_10m"], f["d"]["countries_1h"]) == (1, 1, 2)
         assert [orjson.loads(r.value)["event_id"] for r in out.late[0]] == ["e"]
+
+
+def test_a_partition_pipelines_records_name_its_own_input_topic() -> None:
+    """Dead letters name the topology's own input topic by default (it was fraud's)."""
+    from engine.clock import ManualClock
+    from engine.pipeline import PartitionPipeline, Record
+    from engine.policy import RulesOnly
+    from engine.state import MemoryStore
+
+    pipe = PartitionPipeline(TOPOLOGY, 0, MemoryStore(),
+                             RulesOnly(TOPOLOGY.rules, FEATURES.versioned_name), ManualClock(0))
+    res = pipe.process([Record("x", 0, 0, b"u1", b"{not json", T0)], {})
+    assert res.dlq_reasons == ["invalid_json"]
+    assert dict(res.dlq[0].headers)["streamwise.topic"] == b"clickrisk.events"
