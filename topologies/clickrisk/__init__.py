@@ -13,6 +13,7 @@ from engine import (
     EventFeature,
     FeatureSet,
     Hopping,
+    RolloutSettings,
     Rules,
     ScoringSettings,
     SinceLastFeature,
@@ -69,6 +70,14 @@ FEATURES = FeatureSet(
     critical=("clicks_1m", "clicks_10m", "countries_1h"),
 )
 
+
+def _holdout() -> tuple[list[dict], dict[str, dict], dict[str, int]]:
+    """The held-out labelled set `streamwise rollout clickrisk validate` replays: 20,000 events
+    of the reference generator with a seed neither training (11) nor evaluation (7) uses."""
+    w = generate(20_000, seed=13)
+    return w.events, w.profiles, w.labels
+
+
 TOPOLOGY = Topology(
     name="clickrisk",
     description="User actions scored for account takeover and bot behaviour, in event-time "
@@ -94,4 +103,5 @@ TOPOLOGY = Topology(
     ),
     models_dir=Path(__file__).parent / "models",
     score_late=True,
+    rollout=RolloutSettings(holdout=_holdout),
 )
