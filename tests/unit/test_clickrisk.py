@@ -184,3 +184,14 @@ def test_a_partition_pipelines_records_name_its_own_input_topic() -> None:
     res = pipe.process([Record("x", 0, 0, b"u1", b"{not json", T0)], {})
     assert res.dlq_reasons == ["invalid_json"]
     assert dict(res.dlq[0].headers)["streamwise.topic"] == b"clickrisk.events"
+
+
+def test_it_is_registered_under_the_topologies_entry_points() -> None:
+    """`streamwise worker clickrisk` after an install: the name maps to this TOPOLOGY."""
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    registered = project["project"]["entry-points"]["streamwise.topologies"]
+    assert registered["clickrisk"] == "topologies.clickrisk:TOPOLOGY"
+    assert load_topology(registered["clickrisk"]) is TOPOLOGY
