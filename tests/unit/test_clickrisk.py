@@ -195,3 +195,35 @@ def test_it_is_registered_under_the_topologies_entry_points() -> None:
     registered = project["project"]["entry-points"]["streamwise.topologies"]
     assert registered["clickrisk"] == "topologies.clickrisk:TOPOLOGY"
     assert load_topology(registered["clickrisk"]) is TOPOLOGY
+
+
+@pytest.mark.parametrize("poll_records", [97, 2_000])
+def test_the_pipeline_agrees_with_the_independent_oracle(poll_records: int) -> None:
+    """The reference workload (duplicates, disorder, late) on 4 partitions, cut into polls
+    two ways: every decision's features and each partition's release order are the oracle's
+    (tests/integration/clickrisk_oracle.py, which imports no engine code)."""
+    import math
+
+    from tests.integration.clickrisk_oracle import FEATURE_NAMES, INT_FEATURES, run_oracle
+
+    recs = records_of(TOPOLOGY, generate(6_000, seed=17).events, partitions=4)
+    out = feed(TOPOLOGY, recs, poll_records=poll_records)
+    oracle = run_oracle([(r.partition, r.offset, r.value) for r in recs])
+    assert len(oracle.duplicates) == 120 and oracle.late and oracle.held
+    wrong = []
+    for p, bodies in out.decisions.items():
+        docs = [orjson.loads(b) for b in bodies]
+        first = list(dict.fromkeys(d["event_id"] for d in docs))
+        assert first[:len(oracle.order[p])] == oracle.order[p]  # then the drained ones
+        assert set(first[len(oracle.order[p]):]) <= oracle.held
+        assert len(docs) == len(first) + sum(1 for q, _, _ in oracle.duplicates if q == p)
+        for d in docs:
+            want = oracle.features.get(d["event_id"])
+            for name in FEATURE_NAMES if want is not None else ():
+                e, g = want[name], d["features"][name]
+                ok = (g is None if e is None else
+                      (type(g) is int and g == e) if name in INT_FEATURES else
+                      g is not None and math.isclose(g, e, rel_tol=1e-9, abs_tol=1e-9))
+                if not ok:
+                    wrong.append((d["event_id"], name, e, g))
+    assert not wrong, (len(wrong), wrong[:5])
