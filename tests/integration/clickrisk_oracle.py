@@ -79,6 +79,8 @@ class OracleResult:
     lists, per partition, the decided event ids in decision order (first decisions only).
     `duplicates` lists ``(partition, offset, event_id)``, `dlq` ``(partition, offset,
     reason)``; `late_watermark[eid]` is the watermark a late event was judged against.
+    At the end: `tiles[table][user][start_ms]` ``{count, sum, min, max, distinct_count}`` of
+    the folded events, `last_ts_ms[user]`, `watermark_ms[partition]` and each user's partition.
     """
 
     outcome: dict[str, str] = field(default_factory=dict)
@@ -89,6 +91,10 @@ class OracleResult:
     duplicates: list[tuple[int, int, str]] = field(default_factory=list)
     dlq: list[tuple[int, int, str]] = field(default_factory=list)
     late_watermark: dict[str, int] = field(default_factory=dict)
+    tiles: dict[str, dict[str, dict[int, dict]]] = field(default_factory=dict)
+    last_ts_ms: dict[str, int] = field(default_factory=dict)
+    watermark_ms: dict[int, int | None] = field(default_factory=dict)
+    user_partition: dict[str, int] = field(default_factory=dict)
 
     @property
     def decided(self) -> set[str]:
@@ -156,6 +162,11 @@ def run_oracle(records: Iterable[tuple[int, int, bytes | None]]) -> OracleResult
     return res
 
 
+def _as_dict(t: _Tile) -> dict:
+    return {"count": t.count, "sum": t.sum, "min": t.min, "max": t.max,
+            "distinct_count": len(t.distinct)}
+
+
 class _Partition:
     def __init__(self, partition: int, res: OracleResult) -> None:
         self.p = partition
@@ -180,6 +191,7 @@ class _Partition:
                 continue
             res.events[eid] = ev
             res.first_seen[eid] = (self.p, offset)
+            res.user_partition.setdefault(ev["user_id"], self.p)
             ts = ev["ts_ms"]
             if self.max_ts is not None:
                 watermark = self.max_ts - MAX_OUT_OF_ORDERNESS_MS
@@ -198,6 +210,13 @@ class _Partition:
                 res.outcome[released["event_id"]] = "accepted"
                 self._fold(released)
                 self._decide(released, None)
+        res.watermark_ms[self.p] = (None if self.max_ts is None
+                                    else self.max_ts - MAX_OUT_OF_ORDERNESS_MS)
+        for name, tables in (("activity", self.activity), ("geo", self.geo)):
+            for user, tiles in tables.items():
+                res.tiles.setdefault(name, {})[user] = {
+                    start: _as_dict(t) for start, t in sorted(tiles.items())}
+        res.last_ts_ms.update(self.last_ts)
 
     def _fold(self, ev: dict) -> None:
         user, ts = ev["user_id"], ev["ts_ms"]

@@ -405,18 +405,50 @@ async def test_worker_matches_the_oracle(live: LiveRun) -> None:
     assert paths["model"] > 0.9 * len(live.decisions), paths  # the clickrisk models scored
 
 
-async def test_tables_answer_over_http(live: LiveRun) -> None:
-    """Both tables are served per user; a user the stream never saw is 404."""
-    user = Counter(e["user_id"] for e in live.oracle.events.values()).most_common(1)[0][0]
-    paths = [f"/v1/tables/activity/{user}", f"/v1/tables/geo/{user}",
-             "/v1/tables/activity/zz-never-seen", f"/v1/decisions/{user}"]
-    got = await fetch_json(live.worker.url, paths,
+TILE_MS = {"activity": 10_000, "geo": 60_000}
+
+
+async def test_tables_over_http_equal_the_oracles_fold(live: LiveRun) -> None:
+    """GET /v1/tables/{activity,geo}/{user} for 150 users (the busiest among them): every
+    tile, the user's newest folded time and the partition's watermark are the oracle's; a
+    user the stream never saw is 404."""
+    o = live.oracle
+    users = sorted(o.tiles["activity"])
+    busiest = Counter(e["user_id"] for e in o.events.values()
+                      if o.outcome[e["event_id"]] == "accepted").most_common(1)[0][0]
+    sample = sorted({busiest, *users[::max(1, len(users) // 150)]})
+    paths = [f"/v1/tables/{t}/{u}" for u in sample for t in TILE_MS]
+    got = await fetch_json(live.worker.url, [*paths, "/v1/tables/activity/zz-never-seen"],
                            headers={"Authorization": f"Bearer {TOKEN}"})
-    for p in paths[:2]:
-        status, body = got[p]
-        assert status == 200 and body["key"] == user and body["windows"], (p, status, body)
-    assert got[paths[2]][0] == 404
-    assert got[paths[3]][0] == 200 and got[paths[3]][1]["key"] == user
+    problems: dict[str, list[str]] = defaultdict(list)
+    assert got["/v1/tables/activity/zz-never-seen"][0] == 404
+    for user in sample:
+        for table, tile_ms in TILE_MS.items():
+            status, body = got[f"/v1/tables/{table}/{user}"]
+            if status != 200 or not isinstance(body, dict):
+                problems["status"].append(f"{table}/{user}: {status} {str(body)[:200]}")
+                continue
+            if body.get("watermark_ms") != o.watermark_ms[o.user_partition[user]]:
+                problems["watermark_ms"].append(f"{user}: {body.get('watermark_ms')}")
+            if (body.get("value") or {}).get("last_ts_ms") != o.last_ts_ms[user]:
+                problems["last_ts_ms"].append(f"{user}: {body.get('value')}")
+            want = o.tiles[table][user]
+            windows = {w["start_ms"]: w for w in body.get("windows") or []}
+            if set(windows) != set(want):
+                problems["tile starts"].append(f"{table}/{user}: {sorted(windows)} vs "
+                                               f"{sorted(want)}")
+                continue
+            for start, tile in want.items():
+                w = windows[start]
+                v = w["value"]
+                same = (w["end_ms"] == start + tile_ms
+                        and all(v[k] == tile[k] for k in ("count", "min", "max",
+                                                           "distinct_count"))
+                        and math.isclose(v["sum"], tile["sum"], rel_tol=1e-9, abs_tol=1e-9))
+                if not same:
+                    problems["tile differs"].append(f"{table}/{user}@{start}: {w} vs {tile}")
+    assert_clean(problems)
+    assert len(o.tiles["activity"][busiest]) > 3  # the check saw real state
 
 
 def _jsonl(path: Path) -> list[dict]:
