@@ -528,10 +528,10 @@ async def test_sigkills_and_a_lost_disk_lose_nothing(kafka_bootstrap: str, uniqu
     """The worker SIGKILLed three times mid-stream (its data directory deleted once): every
     event is still decided with the oracle's features, never two different decision ids for
     one event; late and DLQ records at least once."""
-    w = generate(N_EVENTS, seed=29)
+    w = generate(8_000, seed=29)
     topics = await prepare(kafka_bootstrap, unique_prefix)
     records, _ = stream(w.events)
-    chunks = [records[k * 3_000:(k + 1) * 3_000] for k in range(3)] + [records[9_000:]]
+    chunks = [records[k * 2_000:(k + 1) * 2_000] for k in range(3)] + [records[6_000:]]
     worker = WorkerProcess(kafka_bootstrap, unique_prefix, tmp_path / "state",
                            tmp_path / "worker.log", partitions=PARTITIONS, topology=SPEC)
     worker.start()
@@ -539,9 +539,9 @@ async def test_sigkills_and_a_lost_disk_lose_nothing(kafka_bootstrap: str, uniqu
         await worker.wait_ready()
         for k, chunk in enumerate(chunks):
             sending = asyncio.create_task(produce(kafka_bootstrap, topics.events, chunk,
-                                                  rate_eps=4_000))
+                                                  rate_eps=3_000))
             if k < 3:
-                await asyncio.sleep(0.5)  # mid-chunk: the worker is consuming and writing
+                await asyncio.sleep(0.4)  # mid-chunk: the worker is consuming and writing
                 worker.kill()
                 done = await committed_offsets(kafka_bootstrap, topics.group, topics.events)
                 ends = await end_offsets(kafka_bootstrap, topics.events)
