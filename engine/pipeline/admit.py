@@ -114,6 +114,9 @@ def admit(state: PartitionState, records: Sequence[InputRecord], events: Sequenc
             state.buffered[eid] = row
             for r in reorder.release(wm.watermark_ms):
                 del state.buffered[r.eid]
+                # A row held over from an earlier poll is in no store until this poll's
+                # changes are written: a copy later in this poll must find it here.
+                in_batch[r.eid] = r
                 adm.rows.append(r)
                 adm.emits.append(r)
     return adm

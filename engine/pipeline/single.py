@@ -19,13 +19,16 @@ __all__ = ["PartitionPipeline"]
 
 class PartitionPipeline:
     """A `Pipeline` holding one partition: `process` takes that partition's records (offset
-    order) and returns its `BatchResult`, with the poll's stage timings as `stage_ms`."""
+    order) and returns its `BatchResult`, with the poll's stage timings as `stage_ms`.
+    `topic` (what dead-letter and late records name as their origin) defaults to the
+    topology's input topic without a prefix."""
 
     def __init__(self, topology: Topology, partition: int, store: Store, decider: Decider,
-                 clock: Clock, topic: str = "fraud.events") -> None:
+                 clock: Clock, topic: str | None = None) -> None:
         self.topology = topology
         self.partition = partition
-        self.pipeline = Pipeline(topology, decider, clock, topic=topic)
+        self.pipeline = Pipeline(topology, decider, clock,
+                                 topic=topic if topic is not None else topology.topics().events)
         self.state: PartitionState = self.pipeline.open(partition, store)
         self._clock = clock
 

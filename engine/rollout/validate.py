@@ -60,7 +60,7 @@ def ece(y: np.ndarray, s: np.ndarray, bins: int) -> tuple[float, list[dict[str, 
         mean, rate = float(s[m].mean()), float(y[m].mean())
         total += n / len(s) * abs(mean - rate)
         table.append({"bin": f"[{b / bins:.1f}, {(b + 1) / bins:.1f})", "rows": n,
-                      "mean_score": round(mean, 4), "fraud_rate": round(rate, 4)})
+                      "mean_score": round(mean, 4), "positive_rate": round(rate, 4)})
     return total, table
 
 
@@ -120,7 +120,7 @@ class Validation:
                                    for k in ("approve", "review", "decline")))
         if self.report is not None:
             out.append("  reliability (candidate): " + ", ".join(
-                f"{b['bin']} n={b['rows']} score {b['mean_score']} rate {b['fraud_rate']}"
+                f"{b['bin']} n={b['rows']} score {b['mean_score']} rate {b['positive_rate']}"
                 for b in self.report.reliability))
         out.append(f"{self.candidate}: " + ("PASSED" if self.ok else
                                             "REJECTED: " + "; ".join(self.failures)))

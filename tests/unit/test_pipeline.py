@@ -605,6 +605,32 @@ def test_event_time_example_holds_then_releases_and_commit_waits() -> None:
     assert a["features"]["count_10m"] == 2  # b was folded in before a
 
 
+def test_event_time_duplicate_after_its_originals_release_in_the_same_poll() -> None:
+    """An event held over from an earlier poll, released by this poll, and then re-sent later
+    in this same poll: the copy is a duplicate (found among the poll's released rows), folds
+    nothing and re-emits the original's decision, as it does one record per poll."""
+    topo = event_time_topology()
+    values = [payment("a", "c1", T0 + 5_000),   # held
+              payment("b", "c2", T0 + 9_000),   # watermark T0 + 7_000: releases a
+              payment("a", "c1", T0 + 5_000),   # a's copy, after a's release
+              payment("c", "c1", T0 + 12_000)]  # watermark T0 + 10_000
+    recs = records(values)
+    outs = {}
+    for cut in (1, 2):  # [a] [b a c] ... and one record per poll
+        store = MemoryStore()
+        pipe = new_pipeline(store, topo)
+        res = feed(pipe, store, recs[:1], 10) + feed(pipe, store, recs[1:], 10 if cut == 1 else 1)
+        tail = pipe.flush(PROFILES)
+        outs[cut] = [(k, stable(v)) for k, v in decisions([*res, tail])]
+        assert sum(r.duplicates for r in res) == 1
+    assert outs[1] == outs[2]
+    ids = [doc(v)["event_id"] for _, v in outs[1]]
+    assert ids == ["a", "a", "b", "c"]
+    assert outs[1][0] == outs[1][1]  # the copy re-emits the original's decision
+    c = doc(outs[1][3][1])
+    assert c["features"]["count_10m"] == 2  # a once, and c itself
+
+
 def test_event_time_late_events_are_scored_not_buffered() -> None:
     topo = event_time_topology()
     store = MemoryStore()
