@@ -220,7 +220,7 @@ def test_help_shows_defaults_choices_and_variables(capsys, monkeypatch) -> None:
                   "{PLAIN,SCRAM-SHA-256,SCRAM-SHA-512,OAUTHBEARER}",
                   "[default: PLAINTEXT; env STREAMWISE_SECURITY_PROTOCOL]",
                   "--sasl-password-file FILE", "[default: 10.0; env STREAMWISE_CYCLE_MS]",
-                  "--no-ssl-check-hostname", "the topology: a registered name (fraud), "
+                  "--no-ssl-check-hostname", "the topology: a registered name (clickrisk, fraud), "
                   "package.module:ATTR, or package.module (its TOPOLOGY)"):
         assert shown in text, shown
     assert "--sasl-password " not in text and "--inject-faults" not in text
