@@ -19,9 +19,10 @@ id, the last `RECENT_IDS` of the card.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from engine.agents import AgentBatch
+from engine.agents import AgentBatch, AgentTable
 
 __all__ = ["EWMA_ALPHA", "card_decisions", "card_outcomes", "outcome_doc"]
 
@@ -89,39 +90,35 @@ def update_card_outcomes(row: dict[str, Any] | None, o: dict[str, Any]) -> dict[
     return row
 
 
-async def card_decisions(batch: AgentBatch) -> None:
-    """Fold each decision of the batch into its card's ``card_risk`` row."""
-    table = batch.table("card_risk")
+def _fold(table: AgentTable, docs: Iterable[tuple[str, dict[str, Any]]],
+          update: Callable[[dict[str, Any] | None, dict[str, Any]], dict[str, Any] | None]
+          ) -> None:
+    """Apply `update` to each card's row for each ``(card, doc)``, then store each changed
+    row once."""
     rows: dict[str, dict[str, Any]] = {}
-    for r in batch:
-        d = r.value
-        if not isinstance(d, dict) or not isinstance(d.get("key"), str) or "decision" not in d:
-            continue
-        card = d["key"]
-        current = rows[card] if card in rows else table.get(card)
-        updated = update_card_risk(current, d)
+    for card, doc in docs:
+        updated = update(rows[card] if card in rows else table.get(card), doc)
         if updated is not None:
             rows[card] = updated
     for card, row in rows.items():
         table.set(card, row)
+
+
+async def card_decisions(batch: AgentBatch) -> None:
+    """Fold each decision of the batch into its card's ``card_risk`` row."""
+    _fold(batch.table("card_risk"),
+          ((d["key"], d) for d in (r.value for r in batch)
+           if isinstance(d, dict) and isinstance(d.get("key"), str) and "decision" in d),
+          update_card_risk)
 
 
 async def card_outcomes(batch: AgentBatch) -> None:
     """Fold each reported outcome of the batch into its card's ``card_outcomes`` row."""
-    table = batch.table("card_outcomes")
-    rows: dict[str, dict[str, Any]] = {}
-    for r in batch:
-        o = r.value
-        if not isinstance(o, dict) or not isinstance(o.get("card_id"), str) \
-                or not isinstance(o.get("event_id"), str) or "reported_ms" not in o:
-            continue
-        card = o["card_id"]
-        current = rows[card] if card in rows else table.get(card)
-        updated = update_card_outcomes(current, o)
-        if updated is not None:
-            rows[card] = updated
-    for card, row in rows.items():
-        table.set(card, row)
+    _fold(batch.table("card_outcomes"),
+          ((o["card_id"], o) for o in (r.value for r in batch)
+           if isinstance(o, dict) and isinstance(o.get("card_id"), str)
+           and isinstance(o.get("event_id"), str) and "reported_ms" in o),
+          update_card_outcomes)
 
 
 def outcome_doc(event: dict[str, Any], kind: str, reported_ms: int) -> dict[str, Any]:
