@@ -28,6 +28,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.workloads import (
+    check_shares,
+    event_times,
+    pick_by_activity,
+    shift_times,
+    with_duplicates,
+)
+
 __all__ = ["Workload", "generate"]
 
 _HOME_COUNTRIES: tuple[tuple[str, float], ...] = (
@@ -50,7 +58,6 @@ _TAKEOVER_SHARE = 0.6        # of attack episodes; the rest are scraping bots
 _TRAVEL_SHARE = 0.03
 _NEW_DEVICE_SHARE = 0.02
 _SESSION_MS = 1_800_000
-_DUP_WINDOW = 500
 _DISORDER_MAX_MS = 4_000
 _LATE_MIN_MS, _LATE_MAX_MS = 30_000, 300_000
 _TAKEOVER_GAP_MEAN_MS = 4_000.0
@@ -81,34 +88,24 @@ def generate(n_events: int, seed: int = 7, *, users: int = 5_000, duplicates: fl
     """
     if n_events < 0 or users < 1:
         raise ValueError("n_events must be >= 0 and users >= 1")
-    for name, share in (("duplicates", duplicates), ("disorder", disorder), ("late", late)):
-        if not 0.0 <= share <= 1.0:
-            raise ValueError(f"{name} must be in [0, 1], not {share}")
-    if disorder + late > 1.0:
-        raise ValueError("disorder + late must be <= 1")
-    if mean_gap_ms <= 0:
-        raise ValueError("mean_gap_ms must be > 0")
+    check_shares(duplicates, disorder, late, mean_gap_ms)
     rng = np.random.default_rng(seed)
     home_w = np.array([w for _, w in _HOME_COUNTRIES])
     home = rng.choice(len(_HOME_COUNTRIES), size=users, p=home_w / home_w.sum())
     n_devices = rng.integers(1, 4, users)
     basket = rng.normal(3.8, 0.6, users)  # log of the user's typical basket (~45)
 
-    n_dup = min(int(round(n_events * duplicates)), max(n_events - 1, 0))
-    n_unique = n_events - n_dup
-    t_ms = start_ms + np.floor(np.cumsum(rng.exponential(mean_gap_ms, n_unique))).astype(np.int64)
-    if n_unique:
-        t_ms -= t_ms[0] - start_ms  # the first action is at start_ms exactly
+    t_ms, n_dup = event_times(rng, n_events, duplicates, start_ms, mean_gap_ms)
+    n_unique = len(t_ms)
 
     slot_user, kind, step, episode = _attack_slots(rng, t_ms, users)
     legit = kind == 0
-    weights = 1.0 / (np.arange(users) + _ZIPF_OFFSET)
-    ranked = rng.permutation(users)
-    slot_user[legit] = ranked[rng.choice(users, size=int(legit.sum()), p=weights / weights.sum())]
+    slot_user[legit] = pick_by_activity(rng, users, int(legit.sum()), _ZIPF_OFFSET)
 
     action, country, device, dwell, value = _actions(rng, slot_user, kind, step, episode, home,
                                                       n_devices, basket)
-    ts = _shift_times(rng, t_ms, disorder, late)
+    ts = shift_times(rng, t_ms, disorder, late, disorder_max_ms=_DISORDER_MAX_MS,
+                     late_min_ms=_LATE_MIN_MS, late_max_ms=_LATE_MAX_MS)
     ids = _event_ids(rng, n_unique)
 
     user_l, action_l, country_l = slot_user.tolist(), action.tolist(), country.tolist()
@@ -127,7 +124,7 @@ def generate(n_events: int, seed: int = 7, *, users: int = 5_000, duplicates: fl
                        "device_id": f"d{u:06d}-{dev}" if dev >= 0 else f"x{-dev:06d}",
                        "dwell_ms": dwell_l[i], "value": value_l[i], "ts_ms": ts_l[i]})
         labels[eid] = int(kind_l[i] != 0)
-    return Workload(events=_with_duplicates(rng, unique, n_dup), profiles={}, labels=labels)
+    return Workload(events=with_duplicates(rng, unique, n_dup), profiles={}, labels=labels)
 
 
 # -- hidden state ---------------------------------------------------------------------------
@@ -215,20 +212,6 @@ def _actions(rng: np.random.Generator, slot_user: np.ndarray, kind: np.ndarray,
     return action, country, device, dwell, value
 
 
-def _shift_times(rng: np.random.Generator, t_ms: np.ndarray, disorder: float,
-                 late: float) -> np.ndarray:
-    """Event times after shifting a `disorder` share back 1..4000 ms and a `late` share
-    30..300 s."""
-    n = len(t_ms)
-    u = rng.random(n)
-    is_late = u < late
-    is_disordered = (u >= late) & (u < late + disorder)
-    ts = t_ms.copy()
-    ts[is_disordered] -= rng.integers(1, _DISORDER_MAX_MS + 1, int(is_disordered.sum()))
-    ts[is_late] -= rng.integers(_LATE_MIN_MS, _LATE_MAX_MS + 1, int(is_late.sum()))
-    return np.maximum(ts, 0)
-
-
 def _event_ids(rng: np.random.Generator, n: int) -> list[str]:
     """Random-looking, unique ids (drawn from the seeded generator)."""
     raw = rng.bytes(12 * n).hex()
@@ -236,23 +219,3 @@ def _event_ids(rng: np.random.Generator, n: int) -> list[str]:
     if len(set(ids)) != n:  # astronomically unlikely; keep ids unique anyway
         ids = [f"{eid}-{i}" for i, eid in enumerate(ids)]
     return ids
-
-
-def _with_duplicates(rng: np.random.Generator, unique: list[dict], n_dup: int) -> list[dict]:
-    """Production order: every event, each duplicate re-sent 1..500 positions after its
-    original."""
-    n = len(unique)
-    if n_dup == 0 or n == 0:
-        return list(unique)
-    originals = rng.choice(n, size=n_dup, replace=n_dup > n)
-    after = np.minimum(originals + rng.integers(1, _DUP_WINDOW + 1, n_dup), n - 1)
-    order = np.lexsort((np.arange(n_dup), after))
-    resend: dict[int, list[int]] = {}
-    for j in order:
-        resend.setdefault(int(after[j]), []).append(int(originals[j]))
-    out: list[dict] = []
-    for i, ev in enumerate(unique):
-        out.append(ev)
-        for orig in resend.get(i, ()):
-            out.append(unique[orig])
-    return out

@@ -28,6 +28,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from engine.workloads import (
+    check_shares,
+    event_times,
+    pick_by_activity,
+    shift_times,
+    with_duplicates,
+)
+
 from .anomaly import outcome_doc
 
 __all__ = ["Workload", "bad_records", "generate"]
@@ -55,7 +63,6 @@ _FRAUD_SHARE = 0.015         # of distinct events
 _PROFILE_SHARE = 0.95
 _TRAVEL_SHARE = 0.03         # legitimate payments abroad
 _FAVOURITE_SHARE = 0.8       # legitimate payments at one of the card's favourite merchants
-_DUP_WINDOW = 500            # a duplicate follows its original within this many positions
 _DISORDER_MAX_MS = 2_000
 _LATE_MIN_MS, _LATE_MAX_MS = 61_000, 300_000
 _BURST_GAP_MEAN_MS = 40_000  # between payments of one fraud episode
@@ -87,31 +94,21 @@ def generate(n_events: int, seed: int = 7, *, cards: int = 10_000, duplicates: f
     """
     if n_events < 0 or cards < 1:
         raise ValueError("n_events must be >= 0 and cards >= 1")
-    for name, share in (("duplicates", duplicates), ("disorder", disorder), ("late", late)):
-        if not 0.0 <= share <= 1.0:
-            raise ValueError(f"{name} must be in [0, 1], not {share}")
-    if disorder + late > 1.0:
-        raise ValueError("disorder + late must be <= 1")
-    if mean_gap_ms <= 0:
-        raise ValueError("mean_gap_ms must be > 0")
+    check_shares(duplicates, disorder, late, mean_gap_ms)
     rng = np.random.default_rng(seed)
     card = _cards(rng, cards)
     profiles = _profiles(rng, card)
 
-    n_dup = min(int(round(n_events * duplicates)), max(n_events - 1, 0))
-    n_unique = n_events - n_dup
-    t_ms = start_ms + np.floor(np.cumsum(rng.exponential(mean_gap_ms, n_unique))).astype(np.int64)
-    if n_unique:
-        t_ms -= t_ms[0] - start_ms  # the first payment is at start_ms exactly
+    t_ms, n_dup = event_times(rng, n_events, duplicates, start_ms, mean_gap_ms)
+    n_unique = len(t_ms)
 
     slot_card, slot_fraud, fraud_step = _fraud_slots(rng, t_ms, cards)
     legit = ~slot_fraud
-    weights = 1.0 / (np.arange(cards) + _ZIPF_OFFSET)
-    ranked = rng.permutation(cards)  # which card id gets which activity rank
-    slot_card[legit] = ranked[rng.choice(cards, size=int(legit.sum()), p=weights / weights.sum())]
+    slot_card[legit] = pick_by_activity(rng, cards, int(legit.sum()), _ZIPF_OFFSET)
 
     merchant, country_idx, amount = _payments(rng, card, slot_card, slot_fraud, fraud_step)
-    ts = _shift_times(rng, t_ms, disorder, late)
+    ts = shift_times(rng, t_ms, disorder, late, disorder_max_ms=_DISORDER_MAX_MS,
+                     late_min_ms=_LATE_MIN_MS, late_max_ms=_LATE_MAX_MS)
     ids = _event_ids(rng, n_unique)
 
     # Python lists: indexing numpy scalars one by one is several times slower.
@@ -127,7 +124,7 @@ def generate(n_events: int, seed: int = 7, *, cards: int = 10_000, duplicates: f
                        "merchant_id": f"m{merch_l[i]:05d}", "amount": amount_l[i],
                        "currency": _CURRENCY[c], "country": c, "ts_ms": ts_l[i]})
         labels[eid] = int(fraud_l[i])
-    return Workload(events=_with_duplicates(rng, unique, n_dup), profiles=profiles, labels=labels,
+    return Workload(events=with_duplicates(rng, unique, n_dup), profiles=profiles, labels=labels,
                     side={"outcomes": _outcomes(np.random.default_rng([seed, 1]), unique, labels)})
 
 
@@ -279,19 +276,6 @@ def _payments(rng: np.random.Generator, card: _Cards, slot_card: np.ndarray,
     return merchant, country, amount
 
 
-def _shift_times(rng: np.random.Generator, t_ms: np.ndarray, disorder: float,
-                 late: float) -> np.ndarray:
-    """Event times after shifting a `disorder` share back 1..2000 ms and a `late` share 61..300 s."""
-    n = len(t_ms)
-    u = rng.random(n)
-    is_late = u < late
-    is_disordered = (u >= late) & (u < late + disorder)
-    ts = t_ms.copy()
-    ts[is_disordered] -= rng.integers(1, _DISORDER_MAX_MS + 1, int(is_disordered.sum()))
-    ts[is_late] -= rng.integers(_LATE_MIN_MS, _LATE_MAX_MS + 1, int(is_late.sum()))
-    return np.maximum(ts, 0)
-
-
 def _event_ids(rng: np.random.Generator, n: int) -> list[str]:
     """Random-looking, unique, UUID-shaped ids (drawn from the seeded generator)."""
     raw = rng.bytes(16 * n).hex()
@@ -300,22 +284,3 @@ def _event_ids(rng: np.random.Generator, n: int) -> list[str]:
     if len(set(ids)) != n:  # astronomically unlikely; keep ids unique anyway
         ids = [f"{eid}-{i}" for i, eid in enumerate(ids)]
     return ids
-
-
-def _with_duplicates(rng: np.random.Generator, unique: list[dict], n_dup: int) -> list[dict]:
-    """Production order: every event, each duplicate re-sent 1..500 positions after its original."""
-    n = len(unique)
-    if n_dup == 0 or n == 0:
-        return list(unique)
-    originals = rng.choice(n, size=n_dup, replace=n_dup > n)
-    after = np.minimum(originals + rng.integers(1, _DUP_WINDOW + 1, n_dup), n - 1)
-    order = np.lexsort((np.arange(n_dup), after))
-    resend: dict[int, list[int]] = {}
-    for j in order:
-        resend.setdefault(int(after[j]), []).append(int(originals[j]))
-    out: list[dict] = []
-    for i, ev in enumerate(unique):
-        out.append(ev)
-        for orig in resend.get(i, ()):
-            out.append(unique[orig])
-    return out
