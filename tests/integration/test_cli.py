@@ -19,6 +19,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.integration.worker_harness import REPO
+from topologies.fraud.workload import generate
 
 pytestmark = pytest.mark.integration
 
@@ -112,14 +113,15 @@ def test_produce_creates_the_topics_says_so_and_replays_of_empty_ranges_fail(
                 "--partitions", "2", "--events", "200", "--no-profiles")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.splitlines()
-    assert lines[0] == (f"created 9 topics with 2 partitions: {prefix}fraud.events, "
+    assert lines[0] == (f"created 10 topics with 2 partitions: {prefix}fraud.events, "
                         f"{prefix}fraud.decisions, {prefix}fraud.dlq, {prefix}fraud.late, "
                         f"{prefix}fraud.profiles, {prefix}fraud.control, "
                         f"{prefix}fraud.changelog, {prefix}fraud.members, "
-                        f"{prefix}fraud.repartition")
+                        f"{prefix}fraud.repartition, {prefix}fraud.outcomes")
     # not a terminal: no progress bar, only the summary line
     assert lines[1].startswith(f"produced 200 events to {prefix}fraud.events in ")
     assert len(lines) == 2 and "\x1b" not in proc.stderr and "\r" not in proc.stderr
+
 
     base = ["replay", "fraud", "--broker", broker, "--topic-prefix", prefix]
     out = tmp_path / "out.parquet"
@@ -145,6 +147,19 @@ def test_produce_creates_the_topics_says_so_and_replays_of_empty_ranges_fail(
     assert proc.returncode == 0, proc.stderr
     rows = [orjson.loads(line) for line in (tmp_path / "all.jsonl").read_bytes().splitlines()]
     assert len(rows) == 200
+
+    # the anomaly agents' side topic: the workload's reports of its frauds
+    proc = _cli("produce", "fraud", "--broker", broker, "--topic-prefix", prefix,
+                "--partitions", "2", "--events", "2000", "--no-profiles", "--outcomes")
+    assert proc.returncode == 0, proc.stderr
+    reports = len(generate(2000, 7).side["outcomes"])
+    assert reports > 0 and proc.stderr.splitlines()[-1] == \
+        f"produced {reports:,} records to {prefix}fraud.outcomes"
+    proc = _cli("produce", "fraud", "--broker", broker, "--topic-prefix", prefix,
+                "--events", "10", "--side", "refunds")
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        "streamwise: topology fraud has no agent reading 'refunds' (its agents read: "
+        "decisions, outcomes)"), proc.stderr
 
 
 def test_a_worker_given_the_input_topic_flag_creates_it(kafka_bootstrap, tmp_path,
