@@ -15,6 +15,7 @@ __all__ = [
     "check_shares",
     "event_times",
     "pick_by_activity",
+    "place_episode",
     "shift_times",
     "with_duplicates",
 ]
@@ -55,6 +56,28 @@ def pick_by_activity(rng: np.random.Generator, n_keys: int, size: int,
     weights = 1.0 / (np.arange(n_keys) + zipf_offset)
     ranked = rng.permutation(n_keys)
     return ranked[rng.choice(n_keys, size=size, p=weights / weights.sum())]
+
+
+def place_episode(rng: np.random.Generator, t_ms: np.ndarray, first: int, size: int,
+                  gap_mean_ms: float, taken: np.ndarray) -> list[int]:
+    """The slots of one hidden episode (a fraud burst, an account takeover) of `size` events.
+
+    Its events follow the time of slot `first` by exponential gaps of mean `gap_mean_ms`; each
+    takes the first slot at or after its time that is not yet `taken` (a bool array, marked
+    here). The episode ends early where the time line does.
+    """
+    n = len(t_ms)
+    offsets = np.concatenate(([0.0], np.cumsum(rng.exponential(gap_mean_ms, size - 1))))
+    slots: list[int] = []
+    for s in np.searchsorted(t_ms, t_ms[first] + offsets.astype(np.int64)):
+        s = int(s)
+        while s < n and taken[s]:
+            s += 1
+        if s >= n:
+            break
+        taken[s] = True
+        slots.append(s)
+    return slots
 
 
 def shift_times(rng: np.random.Generator, t_ms: np.ndarray, disorder: float, late: float, *,

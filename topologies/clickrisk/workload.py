@@ -32,6 +32,7 @@ from engine.workloads import (
     check_shares,
     event_times,
     pick_by_activity,
+    place_episode,
     shift_times,
     with_duplicates,
 )
@@ -139,6 +140,7 @@ def _attack_slots(rng: np.random.Generator, t_ms: np.ndarray, users: int
     kind = np.zeros(n, dtype=np.int64)
     step = np.full(n, -1, dtype=np.int64)
     episode = np.full(n, -1, dtype=np.int64)
+    taken = np.zeros(n, dtype=bool)  # kind != 0
     target = int(round(n * _ATTACK_SHARE))
     placed = number = 0
     while placed < target and number < 10 * target + 100:  # bounded even when slots run out
@@ -147,15 +149,8 @@ def _attack_slots(rng: np.random.Generator, t_ms: np.ndarray, users: int
         size = int(rng.integers(6, 17)) if takeover else int(rng.integers(15, 41))
         gap = _TAKEOVER_GAP_MEAN_MS if takeover else _BOT_GAP_MEAN_MS
         first = int(rng.integers(n))
-        offsets = np.concatenate(([0.0], np.cumsum(rng.exponential(gap, size - 1))))
-        slots = np.searchsorted(t_ms, t_ms[first] + offsets.astype(np.int64))
         number += 1
-        for k, s in enumerate(slots):
-            s = int(s)
-            while s < n and kind[s]:
-                s += 1
-            if s >= n:
-                break
+        for k, s in enumerate(place_episode(rng, t_ms, first, size, gap, taken)):
             slot_user[s], kind[s], step[s], episode[s] = victim, 1 if takeover else 2, k, number
             placed += 1
     return slot_user, kind, step, episode

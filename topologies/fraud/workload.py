@@ -32,6 +32,7 @@ from engine.workloads import (
     check_shares,
     event_times,
     pick_by_activity,
+    place_episode,
     shift_times,
     with_duplicates,
 )
@@ -225,16 +226,9 @@ def _fraud_slots(rng: np.random.Generator, t_ms: np.ndarray,
         victim = int(rng.integers(cards))
         size = int(rng.integers(3, 11))
         first = int(rng.integers(n))
-        offsets = np.concatenate(([0.0], np.cumsum(rng.exponential(_BURST_GAP_MEAN_MS,
-                                                                     size - 1))))
-        slots = np.searchsorted(t_ms, t_ms[first] + offsets.astype(np.int64))
-        for step, s in enumerate(slots):
-            s = int(s)
-            while s < n and slot_fraud[s]:
-                s += 1
-            if s >= n:
-                break
-            slot_card[s], slot_fraud[s], fraud_step[s] = victim, True, step
+        burst = place_episode(rng, t_ms, first, size, _BURST_GAP_MEAN_MS, slot_fraud)
+        for step, s in enumerate(burst):
+            slot_card[s], fraud_step[s] = victim, step
             placed += 1
     return slot_card, slot_fraud, fraud_step
 
