@@ -29,10 +29,14 @@ Kafka, ``(partition, offset, raw value)``; it says what every record must become
 from __future__ import annotations
 
 import heapq
-import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+try:  # tests/ as a package, or this folder on sys.path
+    from .oracle_common import Tile, by_partition, decode, strings_fit
+except ImportError:
+    from oracle_common import Tile, by_partition, decode, strings_fit
 
 __all__ = ["ACTIONS", "ALLOWED_LATENESS_MS", "FEATURE_NAMES", "INT_FEATURES", "MAX_OUT_OF_ORDERNESS_MS",
            "OracleResult", "parse", "run_oracle"]
@@ -40,7 +44,6 @@ __all__ = ["ACTIONS", "ALLOWED_LATENESS_MS", "FEATURE_NAMES", "INT_FEATURES", "M
 MAX_OUT_OF_ORDERNESS_MS = 5_000
 ALLOWED_LATENESS_MS = 10_000
 RETAIN_MS = 3_600_000
-MAX_RECORD_BYTES = 1 << 20
 ACTIVITY_TILE_MS = 10_000
 GEO_TILE_MS = 60_000
 ACTIONS = ("view", "search", "login", "login_failed", "add_to_cart", "checkout",
@@ -52,22 +55,6 @@ INT_FEATURES = frozenset({"clicks_1m", "clicks_10m", "devices_10m", "countries_1
                           "is_login_failed", "is_password_reset", "is_checkout", "dwell_ms"})
 _STR_LEN = {"event_id": (1, 128), "user_id": (1, 128), "session_id": (1, 128),
             "device_id": (1, 128), "ip_country": (2, 2)}
-
-
-@dataclass
-class _Tile:
-    count: int = 0
-    sum: float = 0.0
-    min: float | None = None
-    max: float | None = None
-    distinct: set[str] = field(default_factory=set)
-
-    def add(self, value: float, distinct: str) -> None:
-        self.count += 1
-        self.sum += value
-        self.min = value if self.min is None else min(self.min, value)
-        self.max = value if self.max is None else max(self.max, value)
-        self.distinct.add(distinct)
 
 
 @dataclass
@@ -111,32 +98,10 @@ class OracleResult:
 
 def parse(raw: bytes | None) -> dict | str:
     """The event dict of a valid record, or the DLQ reason (a str) of an invalid one."""
-    if not raw:
-        return "empty"
-    if len(raw) > MAX_RECORD_BYTES:
-        return "oversized"
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return "not_utf8"
-    try:
-        doc = json.loads(text)  # accepts NaN/Infinity literals, refused just below
-    except ValueError:
-        return "invalid_json"
-    if not isinstance(doc, dict):
-        return "schema"
-    for name in ("value", "dwell_ms", "ts_ms"):
-        v = doc.get(name)
-        if isinstance(v, float) and not math.isfinite(v):
-            return "non_finite"
-    for name in ("user_id", "event_id"):
-        if name not in doc or doc[name] == "":
-            return "missing_key"
-    for name, (lo, hi) in _STR_LEN.items():
-        v = doc.get(name)
-        if not isinstance(v, str) or not lo <= len(v) <= hi:
-            return "schema"
-    if doc.get("action") not in ACTIONS:
+    doc = decode(raw, numbers=("value", "dwell_ms", "ts_ms"), keys=("user_id", "event_id"))
+    if isinstance(doc, str):
+        return doc
+    if not strings_fit(doc, _STR_LEN) or doc.get("action") not in ACTIONS:
         return "schema"
     value, dwell, ts = doc.get("value"), doc.get("dwell_ms"), doc.get("ts_ms")
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e7:
@@ -154,17 +119,9 @@ def run_oracle(records: Iterable[tuple[int, int, bytes | None]]) -> OracleResult
     """Recompute outcomes, features and dead letters from the input records (any order; each
     partition is processed in offset order)."""
     res = OracleResult()
-    by_partition: dict[int, list[tuple[int, bytes | None]]] = {}
-    for partition, offset, raw in records:
-        by_partition.setdefault(partition, []).append((offset, raw))
-    for partition in sorted(by_partition):
-        _Partition(partition, res).run(sorted(by_partition[partition], key=lambda r: r[0]))
+    for partition, in_order in by_partition(records).items():
+        _Partition(partition, res).run(in_order)
     return res
-
-
-def _as_dict(t: _Tile) -> dict:
-    return {"count": t.count, "sum": t.sum, "min": t.min, "max": t.max,
-            "distinct_count": len(t.distinct)}
 
 
 class _Partition:
@@ -173,8 +130,8 @@ class _Partition:
         self.res = res
         self.max_ts: int | None = None
         self.heap: list[tuple[int, int, str]] = []
-        self.activity: dict[str, dict[int, _Tile]] = {}
-        self.geo: dict[str, dict[int, _Tile]] = {}
+        self.activity: dict[str, dict[int, Tile]] = {}
+        self.geo: dict[str, dict[int, Tile]] = {}
         self.last_ts: dict[str, int] = {}
         res.order[partition] = []
 
@@ -215,16 +172,16 @@ class _Partition:
         for name, tables in (("activity", self.activity), ("geo", self.geo)):
             for user, tiles in tables.items():
                 res.tiles.setdefault(name, {})[user] = {
-                    start: _as_dict(t) for start, t in sorted(tiles.items())}
+                    start: t.as_dict() for start, t in sorted(tiles.items())}
         res.last_ts_ms.update(self.last_ts)
 
     def _fold(self, ev: dict) -> None:
         user, ts = ev["user_id"], ev["ts_ms"]
         a = self.activity.setdefault(user, {})
-        a.setdefault(ts - ts % ACTIVITY_TILE_MS, _Tile()).add(float(ev["dwell_ms"]),
+        a.setdefault(ts - ts % ACTIVITY_TILE_MS, Tile()).add(float(ev["dwell_ms"]),
                                                                 ev["device_id"])
         g = self.geo.setdefault(user, {})
-        g.setdefault(ts - ts % GEO_TILE_MS, _Tile()).add(ev["value"], ev["ip_country"])
+        g.setdefault(ts - ts % GEO_TILE_MS, Tile()).add(ev["value"], ev["ip_country"])
 
     def _decide(self, ev: dict, horizon: int | None) -> None:
         """Features from the tables as they stand (tiles ending at or before `horizon` gone)."""
@@ -252,11 +209,11 @@ class _Partition:
         self.res.order[self.p].append(ev["event_id"])
 
 
-def _window(tiles: dict[int, _Tile], start: int, size: int, tile_ms: int,
-            horizon: int | None) -> _Tile:
+def _window(tiles: dict[int, Tile], start: int, size: int, tile_ms: int,
+            horizon: int | None) -> Tile:
     """The merge of the tiles starting in ``[start, start + size)``, without those ending at or
     before `horizon`."""
-    out = _Tile()
+    out = Tile()
     parts: list[float] = []
     for t in range(start, start + size, tile_ms):
         tile = tiles.get(t)

@@ -33,10 +33,14 @@ become and what the state must hold. Semantics (times are integer epoch ms):
 from __future__ import annotations
 
 import json
-import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+
+try:  # tests/ as a package, or this folder on sys.path
+    from .oracle_common import MAX_RECORD_BYTES, Tile, by_partition, decode, strings_fit
+except ImportError:
+    from oracle_common import MAX_RECORD_BYTES, Tile, by_partition, decode, strings_fit
 
 __all__ = [
     "FEATURE_NAMES",
@@ -56,40 +60,12 @@ TILE_MS = 60_000
 MAX_OUT_OF_ORDERNESS_MS = 2_000
 ALLOWED_LATENESS_MS = 58_000
 RETAIN_MS = 3_600_000
-MAX_RECORD_BYTES = 1 << 20
 HOUR_MS = 3_600_000
 FEATURE_NAMES = ("count_10m", "sum_10m", "max_10m", "count_1h", "sum_1h", "mean_1h",
                  "distinct_merchants_1h", "secs_since_last", "amount_over_avg", "is_foreign",
                  "amount", "hour_of_day")
-_STR_FIELDS = ("event_id", "card_id", "merchant_id", "currency", "country")
 _STR_LEN = {"event_id": (1, 128), "card_id": (1, 128), "merchant_id": (1, 128),
             "currency": (3, 3), "country": (2, 2)}
-
-
-@dataclass
-class Tile:
-    """One card's accepted events in one 60 s tile."""
-
-    count: int = 0
-    sum: float = 0.0
-    min: float | None = None
-    max: float | None = None
-    merchants: set[str] = field(default_factory=set)
-
-    @property
-    def distinct_count(self) -> int:
-        return len(self.merchants)
-
-    def add(self, amount: float, merchant: str) -> None:
-        self.count += 1
-        self.sum += amount
-        self.min = amount if self.min is None else min(self.min, amount)
-        self.max = amount if self.max is None else max(self.max, amount)
-        self.merchants.add(merchant)
-
-    def as_dict(self) -> dict:
-        return {"count": self.count, "sum": self.sum, "min": self.min, "max": self.max,
-                "distinct_count": self.distinct_count}
 
 
 @dataclass
@@ -134,38 +110,17 @@ class OracleResult:
 
 def parse(raw: bytes | None) -> dict | str:
     """The event dict of a valid record, or the DLQ reason (a str) of an invalid one."""
-    if not raw:
-        return "empty"
-    if len(raw) > MAX_RECORD_BYTES:
-        return "oversized"
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return "not_utf8"
-    try:
-        doc = json.loads(text)  # accepts NaN/Infinity literals, refused just below
-    except ValueError:
-        return "invalid_json"
-    if not isinstance(doc, dict):
+    doc = decode(raw, numbers=("amount", "ts_ms"), keys=("card_id", "event_id"))
+    if isinstance(doc, str):
+        return doc
+    if not strings_fit(doc, _STR_LEN):
         return "schema"
-    for name in ("amount", "ts_ms"):
-        v = doc.get(name)
-        if isinstance(v, float) and not math.isfinite(v):
-            return "non_finite"
-    for name in ("card_id", "event_id"):
-        if name not in doc or doc[name] == "":
-            return "missing_key"
-    for name in _STR_FIELDS:
-        v = doc.get(name)
-        lo, hi = _STR_LEN[name]
-        if not isinstance(v, str) or not lo <= len(v) <= hi:
-            return "schema"
     amount, ts = doc.get("amount"), doc.get("ts_ms")
     if isinstance(amount, bool) or not isinstance(amount, int | float) or not 0 < amount < 1e9:
         return "schema"
     if isinstance(ts, bool) or not isinstance(ts, int) or not 0 <= ts < 1 << 53:
         return "schema"
-    ev = {name: doc[name] for name in _STR_FIELDS}
+    ev = {name: doc[name] for name in _STR_LEN}
     ev["amount"] = float(amount)
     ev["ts_ms"] = ts
     return ev
@@ -180,12 +135,8 @@ def run_oracle(records: Iterable[tuple[int, int, bytes | None]],
     card_id, which makes the per-partition state of the worker comparable card by card).
     """
     res = OracleResult()
-    by_partition: dict[int, list[tuple[int, bytes | None]]] = {}
-    for partition, offset, raw in records:
-        by_partition.setdefault(partition, []).append((offset, raw))
-    for partition in sorted(by_partition):
-        _run_partition(partition, sorted(by_partition[partition], key=lambda r: r[0]),
-                       profiles, res)
+    for partition, in_order in by_partition(records).items():
+        _run_partition(partition, in_order, profiles, res)
     return res
 
 
@@ -262,7 +213,7 @@ def _window(tiles: dict[int, Tile], t: int, n_tiles: int,
         count += tile.count
         total += tile.sum
         hi = tile.max if hi is None else max(hi, tile.max)
-        merchants |= tile.merchants
+        merchants |= tile.distinct
     return count, total, hi, merchants
 
 
