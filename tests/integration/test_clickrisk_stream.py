@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-import re
 import secrets
 import shutil
 import subprocess
@@ -44,6 +43,12 @@ from tests.integration.clickrisk_oracle import (
     run_oracle,
 )
 from tests.integration.fraud_oracle import card_partition
+from tests.integration.worker_checks import (
+    DECISION_FIELDS,
+    DLQ_TRUNCATE,
+    assert_clean,
+    run_schemathesis,
+)
 from tests.integration.worker_harness import (
     INPUT_MAX_MESSAGE_BYTES,
     REPO,
@@ -63,11 +68,7 @@ SPEC = "topologies.clickrisk:TOPOLOGY"
 PARTITIONS = 4
 N_EVENTS = 12_000
 TOKEN = "test-token-" + os.urandom(6).hex()
-DECISION_FIELDS = {"decision_id", "event_id", "key", "score", "decision", "model", "path",
-                   "reasons", "features", "stage_ms", "event_ts_ms", "decided_at_ms"}
 UNSTABLE = ("stage_ms", "decided_at_ms")  # timings and wall time: differ between runs
-DLQ_TRUNCATE = 64 * 1024
-EXAMPLES = 8
 
 
 @dataclass(frozen=True)
@@ -317,17 +318,8 @@ def check_dlq(oracle: OracleResult, dlq_records: list, raw_at: dict, events_topi
     return problems
 
 
-def assert_clean(*reports: dict[str, list[str]]) -> None:
-    merged: dict[str, list[str]] = defaultdict(list)
-    for report in reports:
-        for k, v in report.items():
-            merged[k] += v
-    merged = {k: v for k, v in merged.items() if v}
-    if merged:
-        lines = []
-        for k, v in sorted(merged.items()):
-            lines += [f"* {k}: {len(v)}", *(f"    {x}" for x in v[:EXAMPLES])]
-        raise AssertionError("clickrisk worker differs from the oracle:\n" + "\n".join(lines))
+def _assert_clean(*reports: dict[str, list[str]]) -> None:
+    assert_clean(*reports, title="clickrisk worker differs from the oracle")
 
 
 def summary(oracle: OracleResult) -> str:
@@ -396,7 +388,7 @@ async def test_worker_matches_the_oracle(live: LiveRun) -> None:
     assert {o.first_seen[e][0] for e in o.held} == set(range(PARTITIONS))
     # Offsets are committed up to the oldest held record: each partition's flush event.
     assert live.committed == {o.first_seen[e][0]: o.first_seen[e][1] for e in o.held}
-    assert_clean(
+    _assert_clean(
         check_decisions(o, live.decisions, exact=True),
         check_late(o, live.late, exact=True),
         check_dlq(o, live.dlq, live.raw_at, live.topics.events, exact=True),
@@ -447,7 +439,7 @@ async def test_tables_over_http_equal_the_oracles_fold(live: LiveRun) -> None:
                         and math.isclose(v["sum"], tile["sum"], rel_tol=1e-9, abs_tol=1e-9))
                 if not same:
                     problems["tile differs"].append(f"{table}/{user}@{start}: {w} vs {tile}")
-    assert_clean(problems)
+    _assert_clean(problems)
     assert len(o.tiles["activity"][busiest]) > 3  # the check saw real state
 
 
@@ -506,18 +498,7 @@ def test_schemathesis_finds_no_server_error_in_its_document(live: LiveRun, tmp_p
     and features), and schemathesis finds no 5xx and no response off it."""
     doc = asyncio.run(fetch_json(live.worker.url, ["/openapi.json"]))["/openapi.json"][1]
     assert isinstance(doc, dict) and "ClickriskEvent" in doc["components"]["schemas"]
-    cmd = [sys.executable, "-m", "schemathesis.cli", "run", f"{live.worker.url}/openapi.json",
-           "-H", f"Authorization: Bearer {TOKEN}", "--max-examples", "30", "--seed", "5",
-           "--checks", "not_a_server_error,status_code_conformance,"
-                       "content_type_conformance,response_schema_conformance"]
-    proc = subprocess.run(cmd, cwd=tmp_path, env={**os.environ, "NO_COLOR": "1"},
-                          capture_output=True, text=True, timeout=600, check=False)
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
-    selected = re.search(r"Selected: (\d+)/(\d+)", proc.stdout)
-    tested = re.search(r"Tested: (\d+)", proc.stdout)
-    assert selected and tested, proc.stdout[-3000:]
-    assert int(tested.group(1)) == int(selected.group(1)) == int(selected.group(2)) > 0, \
-        proc.stdout[-3000:]
+    run_schemathesis(live.worker.url, TOKEN, tmp_path)
 
 
 # -- crashes -------------------------------------------------------------------------------------
@@ -563,7 +544,7 @@ async def test_sigkills_and_a_lost_disk_lose_nothing(kafka_bootstrap: str, uniqu
     assert sum(1 for r in consumed if isinstance(parse(r.value), dict)) == len(records) - 7
     print(summary(oracle), f"; {len(decisions)} decision records after 3 kills")
     assert worker.starts == 4
-    assert_clean(
+    _assert_clean(
         check_decisions(oracle, decisions, exact=False),
         check_late(oracle, late, exact=False),
         check_dlq(oracle, dlq, raw_at, topics.events, exact=False),

@@ -27,6 +27,7 @@ try:  # tests/ as a package, or rootdir-relative imports
         run_in_decided_order,
         run_oracle,
     )
+    from .worker_checks import DECISION_FIELDS, DLQ_TRUNCATE, assert_clean
     from .worker_harness import (
         INPUT_MAX_MESSAGE_BYTES,
         FraudTopics,
@@ -49,6 +50,7 @@ except ImportError:
         run_in_decided_order,
         run_oracle,
     )
+    from worker_checks import DECISION_FIELDS, DLQ_TRUNCATE, assert_clean
     from worker_harness import (
         INPUT_MAX_MESSAGE_BYTES,
         FraudTopics,
@@ -67,12 +69,8 @@ from topologies.fraud.workload import bad_records, generate
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
 PARTITIONS = 4
-DECISION_FIELDS = {"decision_id", "event_id", "key", "score", "decision", "model", "path",
-                   "reasons", "features", "stage_ms", "event_ts_ms", "decided_at_ms"}
 DLQ_HEADERS = ("streamwise.reason", "streamwise.detail", "streamwise.topic",
                "streamwise.partition", "streamwise.offset", "streamwise.received_at_ms")
-DLQ_TRUNCATE = 64 * 1024
-EXAMPLES = 8  # problems shown per category
 
 
 # -- setup --------------------------------------------------------------------------------------
@@ -413,20 +411,6 @@ async def check_agent_tables(decisions: list, outcomes: list[dict], base_url: st
         await asyncio.sleep(1.0)
 
 
-def _assert_clean(*reports: dict[str, list[str]]) -> None:
-    merged: dict[str, list[str]] = defaultdict(list)
-    for report in reports:
-        for k, v in report.items():
-            merged[k] += v
-    if not merged:
-        return
-    lines = []
-    for k, v in sorted(merged.items()):
-        lines.append(f"* {k}: {len(v)}")
-        lines += [f"    {x}" for x in v[:EXAMPLES]]
-    raise AssertionError("worker output differs from the oracle:\n" + "\n".join(lines))
-
-
 def _summary(oracle: OracleResult) -> str:
     return (f"{len(oracle.outcome)} valid events ({len(oracle.late)} late), "
             f"{len(oracle.duplicates)} duplicates, {len(oracle.dlq)} DLQ, "
@@ -456,7 +440,7 @@ async def test_worker_matches_the_oracle(kafka_bootstrap: str, unique_prefix: st
            for r in await consume_all(kafka_bootstrap, topics.events)}
     print(_summary(oracle), f"; {len(decisions)} decision records")
 
-    _assert_clean(
+    assert_clean(
         _check_decisions(oracle, decisions, exact_counts=True),
         _check_late(oracle, late, exactly_once=True),
         _check_dlq(oracle, dlq, raw, topics.events, exactly_once=True),
@@ -505,7 +489,7 @@ async def test_crashes_and_lost_state_change_nothing(kafka_bootstrap: str, uniqu
            for r in await consume_all(kafka_bootstrap, topics.events)}
     print(_summary(oracle), f"; {len(decisions)} decision records after 3 kills")
 
-    _assert_clean(
+    assert_clean(
         _check_decisions(oracle, decisions, exact_counts=False),
         _check_late(oracle, late, exactly_once=False),
         _check_dlq(oracle, dlq, raw, topics.events, exactly_once=False),
@@ -580,7 +564,7 @@ async def _misrouted_run(broker: str, prefix: str, workers, seed: int, kills: in
     assert moved > len(w.events) // 3  # the producers really did not key by card
     assert len(forwarded) >= moved
     exact = kills == 0
-    _assert_clean(
+    assert_clean(
         order,
         _check_decisions(oracle, decisions, exact_counts=exact),
         _check_late(oracle, late, exactly_once=exact),
@@ -624,8 +608,8 @@ async def test_bad_input_goes_to_the_dlq_without_stalling(kafka_bootstrap: str,
            for r in await consume_all(kafka_bootstrap, topics.events)}
     reasons = sorted(dict(r.headers)["streamwise.reason"].decode() for r in dlq)
     assert reasons == sorted(reason for _, _, reason in bad), reasons
-    _assert_clean(_check_dlq(oracle, dlq, raw, topics.events, exactly_once=True),
-                  _check_decisions(oracle, decisions, exact_counts=True))
+    assert_clean(_check_dlq(oracle, dlq, raw, topics.events, exactly_once=True),
+                 _check_decisions(oracle, decisions, exact_counts=True))
     assert worker.alive, worker.log_tail()
     health = await fetch_json(worker.url, ["/healthz", "/readyz"])
     assert health["/healthz"][0] == 200 and health["/readyz"][0] == 200, health
