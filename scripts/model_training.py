@@ -6,6 +6,11 @@ turns the decisions into a time-ordered training matrix, `split` holds out the n
 `make_models` builds the gradient-boosted primary and the logistic-regression backup, and
 `fit_and_export` fits one, converts it with skl2onnx, checks the ONNX graph against sklearn,
 chooses its thresholds on the held-out rows and writes ``<out>/<name>/1/model.{onnx,json}``.
+
+Each script writes ``<out>/primary/1`` (gradient-boosted trees) and ``<out>/backup/1``
+(standardised logistic regression), each a ``model.onnx`` plus a ``model.json`` manifest for the
+model registry. Seed 7 is the reference workload used for evaluation elsewhere: do not train on
+it (`parse_args` warns).
 """
 
 from __future__ import annotations

@@ -7,13 +7,10 @@ them, and each distinct event's feature vector is read back from its decision. R
 feature never reach a model in production (the fallback chain takes them), so they are dropped
 here too. The split is by event time: the first 80% trains, the last 20% is held out.
 
-Writes ``<out>/primary/1`` (gradient-boosted trees) and ``<out>/backup/1`` (standardised logistic
-regression), each a ``model.onnx`` plus a ``model.json`` manifest for the model registry.
-The rows, ONNX conversion, checks and threshold choice are `model_training`'s.
-
     .venv/bin/python scripts/train_fraud_models.py [--events 200000] [--seed 11] [--out DIR]
 
-Seed 7 is the reference workload used for evaluation elsewhere: do not train on it.
+The models (150 trees of depth 4 as the primary), what it writes and why not seed 7: see
+`model_training`. `--no-bench` skips the inference benchmark.
 """
 
 from __future__ import annotations
@@ -30,17 +27,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from model_training import (  # noqa: E402
-    HOLDOUT_SHARE,  # noqa: F401  (scripts/cost_levers.py reads it here)
-    arg_parser,
-    fit_and_export,
-    make_models,
-    parse_args,
-    rows_from_decisions,
-    split,
-    thresholds,  # noqa: F401  (scripts/cost_levers.py reads it here)
-    throughput,
-)
+import model_training as training  # noqa: E402
+
+# scripts/cost_levers.py loads this script and reads these two here
+from model_training import HOLDOUT_SHARE, thresholds  # noqa: E402, F401
 
 import topologies  # noqa: E402
 from engine import Topology  # noqa: E402
@@ -58,8 +48,8 @@ def feature_rows(n_events: int, seed: int) -> dict:
     """Run the workload through the engine's pipeline; one complete feature row per event."""
     topo = topologies.get("fraud")
     w = generate(n_events, seed)
-    return rows_from_decisions(_decisions(topo, w), topo.features.names, w.labels,
-                               topo.features.versioned_name)
+    return training.rows_from_decisions(_decisions(topo, w), topo.features.names, w.labels,
+                                        topo.features.versioned_name)
 
 
 def _decisions(topo: Topology, w: Workload) -> Iterator[bytes]:
@@ -82,19 +72,22 @@ def _decisions(topo: Topology, w: Workload) -> Iterator[bytes]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = arg_parser(__doc__, events=200_000, out=ROOT / "topologies" / "fraud" / "models")
+    ap = training.arg_parser(__doc__, events=200_000,
+                             out=ROOT / "topologies" / "fraud" / "models")
     ap.add_argument("--no-bench", action="store_true", help="skip the inference benchmark")
-    args = parse_args(ap, argv)
+    args = training.parse_args(ap, argv)
 
     t0 = time.perf_counter()
     data = feature_rows(args.events, args.seed)
-    rows = split(data, t0)
-    training = {"seed": args.seed, "n_events": args.events, "script": SCRIPT}
+    rows = training.split(data, t0)
+    recorded = {"seed": args.seed, "n_events": args.events, "script": SCRIPT}
     summary = []
-    for name, model in make_models(args.seed, n_estimators=150, max_depth=4).items():
-        m = fit_and_export(name, model, data, rows, graph_name=f"streamwise_fraud_{name}",
-                           out=args.out, training=training)
-        one, batched = (None, None) if args.no_bench else throughput(m.session, rows.x_ho)
+    for name, model in training.make_models(args.seed, n_estimators=150, max_depth=4).items():
+        m = training.fit_and_export(name, model, data, rows,
+                                    graph_name=f"streamwise_fraud_{name}", out=args.out,
+                                    training=recorded)
+        one, batched = ((None, None) if args.no_bench
+                        else training.throughput(m.session, rows.x_ho))
         summary.append((m, one, batched))
 
     print()

@@ -28,14 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.workloads import (
-    check_shares,
-    event_times,
-    pick_by_activity,
-    place_episode,
-    shift_times,
-    with_duplicates,
-)
+from engine import workloads
 
 __all__ = ["Workload", "generate"]
 
@@ -89,24 +82,24 @@ def generate(n_events: int, seed: int = 7, *, users: int = 5_000, duplicates: fl
     """
     if n_events < 0 or users < 1:
         raise ValueError("n_events must be >= 0 and users >= 1")
-    check_shares(duplicates, disorder, late, mean_gap_ms)
+    workloads.check_shares(duplicates, disorder, late, mean_gap_ms)
     rng = np.random.default_rng(seed)
     home_w = np.array([w for _, w in _HOME_COUNTRIES])
     home = rng.choice(len(_HOME_COUNTRIES), size=users, p=home_w / home_w.sum())
     n_devices = rng.integers(1, 4, users)
     basket = rng.normal(3.8, 0.6, users)  # log of the user's typical basket (~45)
 
-    t_ms, n_dup = event_times(rng, n_events, duplicates, start_ms, mean_gap_ms)
+    t_ms, n_dup = workloads.event_times(rng, n_events, duplicates, start_ms, mean_gap_ms)
     n_unique = len(t_ms)
 
     slot_user, kind, step, episode = _attack_slots(rng, t_ms, users)
     legit = kind == 0
-    slot_user[legit] = pick_by_activity(rng, users, int(legit.sum()), _ZIPF_OFFSET)
+    slot_user[legit] = workloads.pick_by_activity(rng, users, int(legit.sum()), _ZIPF_OFFSET)
 
     action, country, device, dwell, value = _actions(rng, slot_user, kind, step, episode, home,
                                                       n_devices, basket)
-    ts = shift_times(rng, t_ms, disorder, late, disorder_max_ms=_DISORDER_MAX_MS,
-                     late_min_ms=_LATE_MIN_MS, late_max_ms=_LATE_MAX_MS)
+    ts = workloads.shift_times(rng, t_ms, disorder, late, disorder_max_ms=_DISORDER_MAX_MS,
+                               late_min_ms=_LATE_MIN_MS, late_max_ms=_LATE_MAX_MS)
     ids = _event_ids(rng, n_unique)
 
     user_l, action_l, country_l = slot_user.tolist(), action.tolist(), country.tolist()
@@ -125,7 +118,8 @@ def generate(n_events: int, seed: int = 7, *, users: int = 5_000, duplicates: fl
                        "device_id": f"d{u:06d}-{dev}" if dev >= 0 else f"x{-dev:06d}",
                        "dwell_ms": dwell_l[i], "value": value_l[i], "ts_ms": ts_l[i]})
         labels[eid] = int(kind_l[i] != 0)
-    return Workload(events=with_duplicates(rng, unique, n_dup), profiles={}, labels=labels)
+    events = workloads.with_duplicates(rng, unique, n_dup)
+    return Workload(events=events, profiles={}, labels=labels)
 
 
 # -- hidden state ---------------------------------------------------------------------------
@@ -150,7 +144,7 @@ def _attack_slots(rng: np.random.Generator, t_ms: np.ndarray, users: int
         gap = _TAKEOVER_GAP_MEAN_MS if takeover else _BOT_GAP_MEAN_MS
         first = int(rng.integers(n))
         number += 1
-        for k, s in enumerate(place_episode(rng, t_ms, first, size, gap, taken)):
+        for k, s in enumerate(workloads.place_episode(rng, t_ms, first, size, gap, taken)):
             slot_user[s], kind[s], step[s], episode[s] = victim, 1 if takeover else 2, k, number
             placed += 1
     return slot_user, kind, step, episode

@@ -28,14 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine.workloads import (
-    check_shares,
-    event_times,
-    pick_by_activity,
-    place_episode,
-    shift_times,
-    with_duplicates,
-)
+from engine import workloads
 
 from .anomaly import outcome_doc
 
@@ -95,21 +88,21 @@ def generate(n_events: int, seed: int = 7, *, cards: int = 10_000, duplicates: f
     """
     if n_events < 0 or cards < 1:
         raise ValueError("n_events must be >= 0 and cards >= 1")
-    check_shares(duplicates, disorder, late, mean_gap_ms)
+    workloads.check_shares(duplicates, disorder, late, mean_gap_ms)
     rng = np.random.default_rng(seed)
     card = _cards(rng, cards)
     profiles = _profiles(rng, card)
 
-    t_ms, n_dup = event_times(rng, n_events, duplicates, start_ms, mean_gap_ms)
+    t_ms, n_dup = workloads.event_times(rng, n_events, duplicates, start_ms, mean_gap_ms)
     n_unique = len(t_ms)
 
     slot_card, slot_fraud, fraud_step = _fraud_slots(rng, t_ms, cards)
     legit = ~slot_fraud
-    slot_card[legit] = pick_by_activity(rng, cards, int(legit.sum()), _ZIPF_OFFSET)
+    slot_card[legit] = workloads.pick_by_activity(rng, cards, int(legit.sum()), _ZIPF_OFFSET)
 
     merchant, country_idx, amount = _payments(rng, card, slot_card, slot_fraud, fraud_step)
-    ts = shift_times(rng, t_ms, disorder, late, disorder_max_ms=_DISORDER_MAX_MS,
-                     late_min_ms=_LATE_MIN_MS, late_max_ms=_LATE_MAX_MS)
+    ts = workloads.shift_times(rng, t_ms, disorder, late, disorder_max_ms=_DISORDER_MAX_MS,
+                               late_min_ms=_LATE_MIN_MS, late_max_ms=_LATE_MAX_MS)
     ids = _event_ids(rng, n_unique)
 
     # Python lists: indexing numpy scalars one by one is several times slower.
@@ -125,7 +118,8 @@ def generate(n_events: int, seed: int = 7, *, cards: int = 10_000, duplicates: f
                        "merchant_id": f"m{merch_l[i]:05d}", "amount": amount_l[i],
                        "currency": _CURRENCY[c], "country": c, "ts_ms": ts_l[i]})
         labels[eid] = int(fraud_l[i])
-    return Workload(events=with_duplicates(rng, unique, n_dup), profiles=profiles, labels=labels,
+    events = workloads.with_duplicates(rng, unique, n_dup)
+    return Workload(events=events, profiles=profiles, labels=labels,
                     side={"outcomes": _outcomes(np.random.default_rng([seed, 1]), unique, labels)})
 
 
@@ -226,7 +220,7 @@ def _fraud_slots(rng: np.random.Generator, t_ms: np.ndarray,
         victim = int(rng.integers(cards))
         size = int(rng.integers(3, 11))
         first = int(rng.integers(n))
-        burst = place_episode(rng, t_ms, first, size, _BURST_GAP_MEAN_MS, slot_fraud)
+        burst = workloads.place_episode(rng, t_ms, first, size, _BURST_GAP_MEAN_MS, slot_fraud)
         for step, s in enumerate(burst):
             slot_card[s], fraud_step[s] = victim, step
             placed += 1
