@@ -169,6 +169,7 @@ class WorkerSnapshot(NamedTuple):
     usable_models: int | None  # None: the decider has no models (rules only)
     active_models: Mapping[str, str]  # model name → active version
     lag_records: Mapping[int, int]  # owned input partition → records behind its end
+    agent_lag_records: Mapping[str, int] = {}  # agent topic → records behind, owned partitions
 
 
 class WorkerStateCollector(Collector):
@@ -204,6 +205,13 @@ class WorkerStateCollector(Collector):
         for p, n in sorted(s.lag_records.items()):
             lag.add_metric([t, str(p)], float(n))
         yield lag
+        agents = GaugeMetricFamily("streamwise_agent_lag_records",
+                                   "Records of an agent's topic not yet read, over the "
+                                   "partitions this worker owns (agents yield to a backlog of "
+                                   "input)", labels=["topology", "topic"])
+        for topic, n in sorted(s.agent_lag_records.items()):
+            agents.add_metric([t, topic], float(n))
+        yield agents
 
     def describe(self):
         return []  # collected lazily: never called at registration

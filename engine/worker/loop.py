@@ -128,6 +128,7 @@ class Worker:
                 self.metrics.stage_budget_seconds.labels(topology.name, stage, q).set(ms / 1000)
         self._committed: dict[int, int] = {}  # partition -> offset this worker last committed
         self._lag: dict[int, int] = {}  # partition -> records behind the end (scrape reads it)
+        self._agent_lag: dict[str, int] = {}  # agent topic -> records not yet read here
         self._watermarked: set[int] = set()  # partitions with a watermark series
         self.state_dir = Path(cfg.state.data_dir) / topology.name
         self.shared = SharedState(cfg.kafka, self.topics, self.partitions)
@@ -511,7 +512,7 @@ class Worker:
             n: s.active.ref.partition(":")[2] for n, s in list(self.models.slots.items())
             if s.active is not None}
         lag = {p: n for p, n in self._lag.items() if p in self.pipelines}
-        return WorkerSnapshot(self.ready[0], usable, active, lag)
+        return WorkerSnapshot(self.ready[0], usable, active, lag, self._agent_lag)
 
     async def _track_lag(self, every_s: float = 1.0) -> None:
         """Consumer lag per owned partition: its end offset (asked of the broker, so the lag
@@ -524,18 +525,24 @@ class Worker:
             tps = [TopicPartition(events, p) for p in sorted(self.pipelines)]
             if consumer is None or not tps:
                 continue
+            side = [TopicPartition(topic, p) for topic in self.agents.topics
+                    for p in sorted(self.pipelines)]
             try:
-                ends = await asyncio.wait_for(consumer.end_offsets(tps), timeout=5)
+                ends = await asyncio.wait_for(consumer.end_offsets(tps + side), timeout=5)
                 lag = {}
                 for tp in tps:
                     done = self._committed.get(tp.partition)
                     if done is None:
                         done = await asyncio.wait_for(consumer.position(tp), timeout=1)
                     lag[tp.partition] = max(0, ends[tp] - done)
+                agent_lag = dict.fromkeys(self.agents.topics, 0)
+                for tp in side:
+                    read = await asyncio.wait_for(consumer.position(tp), timeout=1)
+                    agent_lag[tp.topic] += max(0, ends[tp] - read)
             except Exception as exc:  # a rebalance, a slow broker: the next round measures
                 log.debug("consumer lag not measured this time: %r", exc)
                 continue
-            self._lag = lag
+            self._lag, self._agent_lag = lag, agent_lag
 
     async def _watch_state(self, every_s: float = 1.0) -> None:
         """Checkpoint stores that receive no writes (a busy store checkpoints as it writes),
