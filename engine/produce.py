@@ -65,7 +65,7 @@ async def produce(cfg: EngineConfig, topology: Topology, req: ProduceRequest) ->
     topics = topology.topics(k.topic_prefix)
     partitions = k.partitions or topology.default_partitions
     created = await ensure_topics(k, topic_specs(topics, partitions, [
-        topology.agent_topic(a, k.topic_prefix) for a in topology.agents]),
+        topology.agent_topic(a.topic, k.topic_prefix) for a in topology.agents]),
         k.replication_factor)
     release_held_logs()  # the start-up checks passed
     if created:
@@ -101,7 +101,7 @@ async def produce(cfg: EngineConfig, topology: Topology, req: ProduceRequest) ->
               f"({n / max(elapsed, 1e-9):,.0f} events/s)", file=sys.stderr)
         for side in req.side:
             docs = getattr(w, "side", {}).get(side, [])
-            topic = f"{k.topic_prefix}{topology.name}.{side}"
+            topic = topology.agent_topic(side, k.topic_prefix)
             n, _ = await _send(producer, topic, partitions, topology.partitioner,
                                ((d[key_f].encode(), orjson.dumps(d)) for d in docs))
             print(f"produced {n:,} records to {topic}", file=sys.stderr)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -162,8 +162,9 @@ class Topology:
             return fn
         return register
 
-    def agent_topic(self, agent: Agent, prefix: str = "") -> str:
-        return f"{prefix}{self.name}.{agent.topic}"
+    def agent_topic(self, topic: str, prefix: str = "") -> str:
+        """The full name of an agent's `topic` (relative to the topology)."""
+        return f"{prefix}{self.name}.{topic}"
 
     def agent_table(self, name: str) -> Agent | None:
         """The agent owning table `name`, or None."""
@@ -234,8 +235,8 @@ class Topology:
         def fail(msg: str) -> None:
             raise TopologyError(f"topology {self.name!r}: {msg}")
 
-        own = {"events", "dlq", "late", "profiles", "control", "changelog", "members",
-               "repartition"}  # decisions may be read: they are the agents' usual input
+        # the topology's own topics, but the decisions: they are the agents' usual input
+        own = {f.name for f in fields(TopicNames)} - {"group", "decisions"}
         names, tables = set(), {tb.name for tb in self.tables}
         for a in agents:
             if not TOPIC_RE.fullmatch(a.topic) or a.topic in own:

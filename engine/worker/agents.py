@@ -26,7 +26,7 @@ class AgentFeeds:
     def __init__(self, topology: Topology, prefix: str, route) -> None:
         self.by_topic: dict[str, list[Agent]] = {}
         for a in topology.agents:
-            self.by_topic.setdefault(topology.agent_topic(a, prefix), []).append(a)
+            self.by_topic.setdefault(topology.agent_topic(a.topic, prefix), []).append(a)
         self._route = route
 
     @property

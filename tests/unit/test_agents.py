@@ -127,7 +127,7 @@ def test_topology_agents_are_declared_once_with_tables_of_their_own() -> None:
 
     assert [(a.name, a.topic, a.tables) for a in topo.agents] == [
         ("things", "things", ("things_seen",))]
-    assert topo.agent_topic(topo.agents[0], "t1.") == "t1.fraud.things"
+    assert topo.agent_topic(topo.agents[0].topic, "t1.") == "t1.fraud.things"
     assert topo.agent_table("things_seen") is topo.agents[0]
     assert topo.agent_table("velocity") is None  # a windowed table, not an agent's
     with pytest.raises(TopologyError, match="agent things declared twice"):
