@@ -299,9 +299,12 @@ class Worker:
         n = sum(len(msgs) for msgs in batches.values())
         self.metrics.records_in.labels(self.topology.name, self.topics.events).inc(n)
         t0 = time.perf_counter()
-        poll = await asyncio.to_thread(self._run_pipeline, batches) if batches else PollResult()
+        # (also with no input: the thread first writes what earlier polls staged, agents' too)
+        poll = await asyncio.to_thread(self._run_pipeline, batches)
         if n:
             self._adapt(n, time.perf_counter() - t0)
+        else:  # an agents-only poll: no stage of the pipeline ran
+            poll.stage_ms = {}
         agent_commits: dict[TopicPartition, int] = {}
         if side:  # agents run on the event loop, over the stores with this poll's reads done
             try:
