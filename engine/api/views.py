@@ -33,7 +33,15 @@ from .http import (
     read_body,
 )
 from .openapi import render as render_openapi
-from .routing import ROUTING, RoutedWorker, decided_here, owned_route
+from .routing import (
+    ROUTING,
+    SOURCE,
+    RoutedWorker,
+    Source,
+    consistency_param,
+    decided_here,
+    owned_route,
+)
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -110,11 +118,14 @@ class ViewContext:
                                 f"{', '.join(self.feature_names)}")
         return tuple(dict.fromkeys(names))
 
-    def features_of(self, key: str, partition: int, names: tuple[str, ...]) -> dict | None:
-        """The stored features of a key of a partition decided here (None: unknown key). An
-        age (ms) is null where its value is (no input), and never negative."""
+    def features_of(self, key: str, partition: int, names: tuple[str, ...],
+                    source: Source) -> dict | None:
+        """The stored features of a key as `source` holds them (the partition decided here,
+        or a standby replica of it; None: unknown key). An age (ms) is null where its value
+        is (no input), and never negative."""
         worker = self.worker
-        found = features_now(worker.pipelines[partition], key, worker.profiles)
+        assert source.state is not None  # features are read where the partition is decided
+        found = features_now(source.state, key, worker.profiles)
         if found is None:
             return None
         as_of, values, ages = found
@@ -122,7 +133,7 @@ class ViewContext:
                 "features": {n: values[n] for n in names},
                 "ages_ms": {n: None if values[n] is None or ages[n] is None
                             else max(0, ages[n]) for n in names},
-                "partition": partition, "served_by": worker.worker_id, "stale": False}
+                "partition": partition, "served_by": worker.worker_id, **source.fields()}
 
 
 VIEWS = web.AppKey("views", ViewContext)
@@ -184,7 +195,8 @@ async def table(request: web.Request, key: str, partition: int) -> web.Response:
     """An entity of a windowed table as stored: its tiles and a summary (404: unknown key)."""
     worker = request.app[VIEWS].worker
     name = request.match_info["table"]
-    state = worker.pipelines.get(partition)
+    source = request[SOURCE]
+    state = source.state
     view = None if state is None else table_view(state, name, key)
     if view is None:
         raise ApiError(404, "unknown key")
@@ -195,7 +207,7 @@ async def table(request: web.Request, key: str, partition: int) -> web.Response:
                   "count": sum(w["value"]["count"] for w in windows)},
         "windows": windows,
         "watermark_ms": state.watermark.watermark_ms,
-        "partition": partition, "served_by": worker.worker_id, "stale": False,
+        "partition": partition, "served_by": worker.worker_id, **source.fields(),
     })
 
 
@@ -208,7 +220,7 @@ def _query_selection(request: web.Request) -> None:
 async def features(request: web.Request, key: str, partition: int) -> web.Response:
     """A key's stored features, all or those the `features` parameter names (404: unknown)."""
     ctx = request.app[VIEWS]
-    doc = ctx.features_of(key, partition, request[_SELECTION])
+    doc = ctx.features_of(key, partition, request[_SELECTION], request[SOURCE])
     if doc is None:
         raise ApiError(404, "unknown key")
     return json_response({**doc, "feature_set": ctx.worker.topology.features.versioned_name})
@@ -218,11 +230,14 @@ async def features(request: web.Request, key: str, partition: int) -> web.Respon
 async def decision(request: web.Request, key: str, partition: int) -> web.Response:
     """The entity's last decision as stored (404: never decided)."""
     worker = request.app[VIEWS].worker
-    raw = last_decision(worker.pipelines[partition], key)
+    source = request[SOURCE]
+    assert source.state is not None  # decisions are read where the partition is decided
+    raw = last_decision(source.state, key)
     if raw is None:
         raise ApiError(404, "no decision for this key")
     return web.Response(body=raw, content_type="application/json",
-                        headers={"X-Streamwise-Served-By": worker.worker_id})
+                        headers={"X-Streamwise-Served-By": worker.worker_id,
+                                 **source.headers()})
 
 
 async def features_many(request: web.Request) -> web.Response:
@@ -248,12 +263,21 @@ async def features_many(request: web.Request) -> web.Response:
     if not isinstance(body.get("features", []), list):
         raise ApiError(400, "features must be a list of feature names")
     names = ctx.selection(body.get("features"))
+    consistency = consistency_param(request)
     results: dict[int, dict] = {}
     elsewhere: dict[int, list[int]] = {}  # partition -> positions of its keys
+    sources: dict[int, Source | None] = {}  # partition -> where its keys are read here
     for i, key in enumerate(keys):
         p = routing.partition_of(key.encode())
-        if decided_here(worker, p):
-            doc = ctx.features_of(key, p, names)
+        if p not in sources:
+            if decided_here(worker, p):
+                sources[p] = Source(worker.pipelines[p])
+            else:
+                replica = worker.standby(p) if consistency == "any" else None
+                sources[p] = None if replica is None else routing.standby_source(p, replica)
+        source = sources[p]
+        if source is not None:
+            doc = ctx.features_of(key, p, names, source)
             results[i] = {**doc, "status": 200} if doc is not None else {
                 "key": key, "status": 404, "error": "unknown key", "partition": p,
                 "served_by": worker.worker_id}

@@ -23,6 +23,9 @@ from .decide import Decider, decision_doc, scoring_rows
 from .fold import FeatureColumns, fold
 from .partition import PartitionState, Row
 from .records import Record
+from .replica import ReplicaView
+
+_Readable = PartitionState | ReplicaView  # what the online reads read: owned, or a replica
 
 __all__ = ["Preview", "features_now", "preview"]
 
@@ -38,7 +41,7 @@ class Preview:
 class _Private:
     """The partition's tables as stored, in kernels of their own (a preview's fold target)."""
 
-    def __init__(self, state: PartitionState) -> None:
+    def __init__(self, state: _Readable) -> None:
         self.topology = state.topology
         self._state = state
         self.tables = [(tb, prefix, type(kernel)(tb.tile_ms, kernel.windows,
@@ -108,17 +111,17 @@ def preview(state: PartitionState, events: Sequence[Any],
     return out
 
 
-def _last(state: PartitionState, key: str) -> bytes | None:
+def _last(state: _Readable, key: str) -> bytes | None:
     raw = state.store.get(layout.entity_key(key.encode()))
     return None if raw is None else layout.unpack_entity(raw)[1] or None
 
 
-def last_decision(state: PartitionState, key: str) -> bytes | None:
+def last_decision(state: _Readable, key: str) -> bytes | None:
     """The entity's last decision as stored (None: never decided)."""
     return _last(state, key)
 
 
-def features_now(state: PartitionState, key: str, profiles: Mapping[str, Mapping[str, Any]]
+def features_now(state: _Readable, key: str, profiles: Mapping[str, Mapping[str, Any]]
                  ) -> tuple[int | None, dict[str, Any], dict[str, int | None]] | None:
     """The stored features of `key` as of the newest event time its partition has seen
     (`as_of_ms`, None before any event): window features and the time since the entity's
@@ -153,7 +156,7 @@ def features_now(state: PartitionState, key: str, profiles: Mapping[str, Mapping
     return as_of, values, ages
 
 
-def table_view(state: PartitionState, table: str, key: str
+def table_view(state: _Readable, table: str, key: str
                ) -> tuple[int | None, list[dict[str, Any]]] | None:
     """An entity of a windowed table as stored: its newest event time and every stored tile as
     ``{start_ms, end_ms, value: {count, sum, min, max, mean, last, distinct_count}}``, oldest

@@ -70,7 +70,7 @@ from ..metrics import (
     register_runtime_collectors,
 )
 from ..partitioning import router
-from ..pipeline import Decider, PartitionState, Pipeline, PollResult, Record
+from ..pipeline import Decider, PartitionState, Pipeline, PollResult, Record, StandbyRead
 from ..pipeline.records import forwarded_position
 from ..routing import Member
 from ..sinks.kafka import queue_outputs
@@ -78,6 +78,7 @@ from ..state import Checkpoints, RocksStore, StagedStore
 from ..topology import TopicNames, Topology
 from .changelog import changelog_records, restore
 from .shared import SharedState
+from .standby import StandbySet
 
 if TYPE_CHECKING:
     from ..scoring.registry import ModelRegistry
@@ -163,6 +164,12 @@ class Worker:
         # its group and exits; /healthz and /readyz say so meanwhile.
         self.failure: str | None = None
         self._broker_seen = time.monotonic()  # last time a broker answered (see _watch_broker)
+        # read-only replicas of partitions other workers own (engine/worker/standby.py)
+        replicas = cfg.state.standby_replicas
+        self.standbys: StandbySet | None = None if replicas <= 0 else StandbySet(
+            cfg.kafka, topology, self.topics.changelog, self.partitions, self.state_dir,
+            self.checkpoints, replicas, self.owners, lambda: self.worker_id)
+        self._standby_task: asyncio.Task | None = None
 
     @property
     def profiles(self) -> Mapping[str, Mapping[str, Any]]:
@@ -214,6 +221,9 @@ class Worker:
             self._tasks.append(asyncio.create_task(self.control.run(self._stopping),
                                                    name="rollout"))
         self._tasks.append(asyncio.create_task(self._track_lag(), name="lag"))
+        if self.standbys is not None:
+            self._standby_task = asyncio.create_task(self.standbys.run(self._stopping),
+                                                     name="standbys")
         self._tasks.append(asyncio.create_task(self._watch_state(), name="state"))
         self._tasks.append(asyncio.create_task(self._watch_broker(), name="broker"))
 
@@ -242,6 +252,15 @@ class Worker:
         """Leave the group, flush the producer, close the stores. Safe to call twice."""
         for task in self._tasks:
             task.cancel()
+        if self._standby_task is not None:  # awaited: its stores close cleanly (flushed)
+            self._standby_task.cancel()
+            try:
+                await self._standby_task
+            except asyncio.CancelledError:
+                pass
+            except Exception:
+                log.exception("standby replicas failed")
+            self._standby_task = None
         try:
             await self._drain()  # the last poll's state, outputs and commit
         except StateError as exc:  # said once already, where it happened
@@ -581,7 +600,10 @@ class Worker:
         self.owners.apply(self.worker_id, value)
 
     async def _open_partition(self, p: int) -> None:
-        store = RocksStore(self.state_dir / f"p{p:04d}", self.checkpoints)
+        path = self.state_dir / f"p{p:04d}"
+        if self.standbys is not None:
+            await self._promote(p, path)
+        store = RocksStore(path, self.checkpoints)
         name = self.topology.name
         try:
             restored = await restore(self.cfg.kafka, self.topics.changelog, p, store,
@@ -597,6 +619,21 @@ class Worker:
         self.pipeline.open(p, staged)
         log.info("partition %d ready (%d changelog records restored)", p, restored)
 
+    async def _promote(self, p: int, path: Path) -> None:
+        """When a standby replica of `p` is here, it becomes the owned store (its directory
+        replaces any older one), so the restore reads only the changelog past its offset."""
+        assert self.standbys is not None
+        released = await self.standbys.release(p)
+        if released is None:
+            return
+        replica, offset = released
+        if offset is None:  # the replica never applied a batch: the owned copy is no worse
+            return
+        await asyncio.to_thread(RocksStore.destroy, path)
+        replica.rename(path)
+        log.info("partition %d: promoted from its standby replica at changelog offset %d",
+                 p, offset)
+
     def _close_partition(self, p: int) -> None:
         self.pipeline.close(p)
         self._committed.pop(p, None)  # another worker commits there now
@@ -607,6 +644,8 @@ class Worker:
                     store.close()
                 except StateError as exc:  # its changes are in the changelog: nothing lost
                     log.warning("partition %d: %s", p, exc)
+        if self.standbys is not None:
+            self.standbys.include(p)
 
     # -- models ----------------------------------------------------------------------------
 
@@ -640,6 +679,13 @@ class Worker:
 
     def owns(self, partition: int) -> bool:
         return partition in self.stores
+
+    def standby(self, partition: int) -> StandbyRead | None:
+        """The standby replica of a partition owned elsewhere, with its lag; None when this
+        worker keeps none (or owns the partition)."""
+        if self.standbys is None or partition in self.stores:
+            return None
+        return self.standbys.read(partition)
 
     @property
     def worker_id(self) -> str:
