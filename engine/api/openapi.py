@@ -300,6 +300,17 @@ ready = {
         "ready": {"type": "boolean"},
         "reason": {"type": "string"},
         "partitions": {"type": "array", "items": {"type": "integer"}},
+        "standbys": {
+            "type": "object",
+            "description": "the standby replicas kept here, by partition, with their lag",
+            "additionalProperties": {
+                "type": "object",
+                "properties": {
+                    "lag_records": {"type": "integer", "minimum": 0},
+                    "lag_ms": {"type": "integer", "minimum": 0},
+                },
+            },
+        },
     },
 }
 

@@ -152,11 +152,17 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """200 when ready, else 503; with the reason and the partitions decided here."""
+    """200 when ready, else 503; with the reason, the partitions decided here and the
+    standby replicas kept here (their lag in changelog records and ms)."""
     worker = request.app[VIEWS].worker
     ok, why = worker.ready
-    return json_response({"ready": ok, "reason": why, "partitions": sorted(worker.pipelines)},
-                         200 if ok else 503)
+    standbys = {}
+    for p in range(worker.partitions):
+        replica = worker.standby(p)
+        if replica is not None:
+            standbys[str(p)] = {"lag_records": replica.lag_records, "lag_ms": replica.lag_ms}
+    return json_response({"ready": ok, "reason": why, "partitions": sorted(worker.pipelines),
+                          "standbys": standbys}, 200 if ok else 503)
 
 
 async def prometheus(request: web.Request) -> web.Response:

@@ -600,52 +600,52 @@ class Worker:
         self.owners.apply(self.worker_id, value)
 
     async def _open_partition(self, p: int) -> None:
-        path = self.state_dir / f"p{p:04d}"
-        if self.standbys is not None:
-            await self._promote(p, path)
-        store = RocksStore(path, self.checkpoints)
+        # A standby replica of p here is promoted as it is (its store, open): the restore
+        # reads only the changelog past its offset, and lookups keep being answered from it
+        # until the owned state is up.
+        t0 = time.monotonic()
+        store = None if self.standbys is None else await self.standbys.take(p)
+        promoted_from = None if store is None else store.changelog_offset
+        if store is None:
+            store = RocksStore(self.state_dir / f"p{p:04d}", self.checkpoints)
         name = self.topology.name
         try:
             restored = await restore(self.cfg.kafka, self.topics.changelog, p, store,
                                      self.metrics.restored_records.labels(name),
                                      self.metrics.restoring_partitions.labels(name))
+            self.stores[p] = staged = StagedStore(store)
+            self.pipeline.open(p, staged)
         except BaseException:
+            self.stores.pop(p, None)
             try:
                 store.close()
             except StateError as exc:
                 log.warning("partition %d: %s", p, exc)
             raise
-        self.stores[p] = staged = StagedStore(store)
-        self.pipeline.open(p, staged)
+        finally:
+            if self.standbys is not None:
+                self.standbys.done(p)  # the replica's reads end here: the owner answers
+        if promoted_from is not None:
+            log.info("partition %d: promoted from its standby replica at changelog offset %d "
+                     "in %d ms", p, promoted_from, int((time.monotonic() - t0) * 1000))
         log.info("partition %d ready (%d changelog records restored)", p, restored)
-
-    async def _promote(self, p: int, path: Path) -> None:
-        """When a standby replica of `p` is here, it becomes the owned store (its directory
-        replaces any older one), so the restore reads only the changelog past its offset."""
-        assert self.standbys is not None
-        released = await self.standbys.release(p)
-        if released is None:
-            return
-        replica, offset = released
-        if offset is None:  # the replica never applied a batch: the owned copy is no worse
-            return
-        await asyncio.to_thread(RocksStore.destroy, path)
-        replica.rename(path)
-        log.info("partition %d: promoted from its standby replica at changelog offset %d",
-                 p, offset)
 
     def _close_partition(self, p: int) -> None:
         self.pipeline.close(p)
         self._committed.pop(p, None)  # another worker commits there now
         store = self.stores.pop(p, None)
+        standbys = self.standbys
+        if store is not None and standbys is not None and not store.staged and \
+                isinstance(store.inner, RocksStore) and standbys.adopt(p, store.inner):
+            return  # now a standby replica: lookups of p keep an answer through a rebalance
         if store is not None:
             with self.state_lock:
                 try:
                     store.close()
                 except StateError as exc:  # its changes are in the changelog: nothing lost
                     log.warning("partition %d: %s", p, exc)
-        if self.standbys is not None:
-            self.standbys.include(p)
+        if standbys is not None:
+            standbys.include(p)
 
     # -- models ----------------------------------------------------------------------------
 

@@ -5,8 +5,15 @@ here is promoted from its replica, restoring only the changelog's tail.
 Which partitions a worker replicates follows the members topic (`routing.standby_partitions`:
 the `replicas` workers after the owner on the ring of owners, in worker-id order). One consumer
 without a group holds every replica's changelog partition; it applies whole changelog batches
-only (the end-marker rule of `changelog.apply_whole_batches`), each with its offset, into a
-RocksStore under ``<state_dir>/standby/pNNNN``, so a restart or a promotion resumes there.
+only (the end-marker rule of `changelog.apply_whole_batches`), each with its offset, into the
+partition's RocksStore, so a restart or a promotion resumes there.
+
+A partition's store is one directory, ``<state_dir>/pNNNN``, whichever role it plays here, and
+one open RocksStore moves between the roles without being closed: a promoted replica becomes
+the owned store as it is (`take`, then `done` once the owned state is up; reads keep coming
+from the replica meanwhile), and a revoked partition's store becomes a replica (`adopt`), so a
+rebalance never leaves a key this worker held without an answer. (Separate directories would
+need a move, hence a close and a window without reads, at every promotion.)
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ class _Replica:
     highwater: int | None = None  # the partition's end offset at the last fetch
     caught_up_at: float | None = None  # monotonic s when a fetch last found it at the end
     behind: bool = True  # the last fetch found records past `next_offset`
+    promoting: bool = False  # taken by the owner: no longer tailed, still read until `done`
 
 
 class StandbySet:
@@ -57,7 +65,7 @@ class StandbySet:
         self._topology = topology
         self._topic = changelog
         self._partitions = partitions
-        self.dir = state_dir / "standby"
+        self.dir = state_dir
         self._checkpoints = checkpoints
         self.replicas = replicas
         self._owners = owners
@@ -67,6 +75,7 @@ class StandbySet:
         self._excluded: set[int] = set()
         self._lock = asyncio.Lock()  # held while batches are applied and replicas change
         self._consumer: AIOKafkaConsumer | None = None
+        self._running = False
         self.changed = asyncio.Event()  # set when the wanted replicas may have changed
         self._started = time.monotonic()
 
@@ -97,18 +106,42 @@ class StandbySet:
         self._excluded.discard(partition)
         self.changed.set()
 
-    async def release(self, partition: int) -> tuple[Path, int | None] | None:
-        """Stop replicating `partition` (after the batch being applied) and close its store;
-        its directory and changelog offset, for promotion, or None without a replica."""
+    async def take(self, partition: int) -> RocksStore | None:
+        """The owner opens `partition`: its replica's store (open, tailed no more; reads still
+        answered from it until `done`), or None when there is no replica here."""
         self.exclude(partition)
-        async with self._lock:
-            r = self._held.pop(partition, None)
+        async with self._lock:  # after the batch being applied
+            r = self._held.get(partition)
             if r is None:
                 return None
+            r.promoting = True
             self._reassign()
-            offset = r.store.changelog_offset
-            r.store.close()
-            return r.store.path, offset
+            return r.store
+
+    def done(self, partition: int) -> None:
+        """The owner's state of `partition` is up (or failed and closed the store): the
+        replica is gone."""
+        self._held.pop(partition, None)
+
+    def adopt(self, partition: int, store: RocksStore) -> bool:
+        """`partition` was revoked here: its store (every change set written, with its
+        changelog offset) becomes a replica at once, kept if the placement wants it here.
+        False when the replicas are not running (closing): the caller closes the store."""
+        if not self._running:
+            return False
+        try:
+            view = ReplicaView(self._topology, partition, store)
+        except StateError:
+            return False
+        offset = store.changelog_offset
+        start = 0 if offset is None else offset + 1
+        # at the end of the changelog as far as this worker knows: it wrote it
+        self._held[partition] = _Replica(store, view, start, start, caught_up_at=time.monotonic(),
+                                         behind=False)
+        self._excluded.discard(partition)
+        self._reassign()
+        self.changed.set()
+        return True
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Keep the wanted replicas current until `stopping`; closes their stores at the end."""
@@ -118,6 +151,7 @@ class StandbySet:
                                 max_partition_fetch_bytes=4 << 20)
         await consumer.start()
         self._consumer = consumer
+        self._running = True
         try:
             while not stopping.is_set():
                 await self._sync()
@@ -132,20 +166,26 @@ class StandbySet:
                     log.warning("standby replicas: fetch failed (%r); retrying", exc)
                     await asyncio.sleep(1.0)
                     continue
-                async with self._lock:
-                    await self._apply(consumer, batches)
+                try:
+                    async with self._lock:
+                        await self._apply(consumer, batches)
+                except StateError as exc:  # a replica's disk: its lag grows and says so
+                    log.warning("standby replicas: %s; retrying", exc)
+                    await asyncio.sleep(1.0)
         finally:
+            self._running = False
             self._consumer = None
             await consumer.stop()
             async with self._lock:
-                for p in list(self._held):
-                    self._close(p)
+                for p, r in list(self._held.items()):
+                    if not r.promoting:  # a promoting store is the owner's to close
+                        self._close(p)
 
     async def _apply(self, consumer: AIOKafkaConsumer, batches: dict) -> None:
         for tp, records in batches.items():
             r = self._held.get(tp.partition)
-            if r is None or not records:
-                continue  # released meanwhile
+            if r is None or r.promoting or not records:
+                continue  # taken meanwhile
             pending = r.pending
             applied = await asyncio.to_thread(apply_whole_batches, records, pending, r.store,
                                               self._topic)
@@ -156,6 +196,8 @@ class StandbySet:
                 r.applied_to = (r.store.changelog_offset or 0) + 1
         now = time.monotonic()
         for p, r in self._held.items():
+            if r.promoting:  # not assigned any more: no fetch position, no highwater
+                continue
             hw = consumer.highwater(TopicPartition(self._topic, p))
             if hw is None:
                 continue
@@ -168,10 +210,12 @@ class StandbySet:
         """Open the replicas the placement wants here, close those it no longer wants."""
         wanted = standby_partitions(self._owners, self._me(), self.replicas, self._partitions,
                                     frozenset(self._held)) - self._excluded
-        if wanted == self._held.keys():
+        tailed = {p for p, r in self._held.items() if not r.promoting}
+        if wanted == tailed:
             return
         async with self._lock:
-            for p in sorted(self._held.keys() - wanted):
+            tailed = {p for p, r in self._held.items() if not r.promoting}
+            for p in sorted(tailed - wanted):
                 self._close(p)
                 log.info("partition %d: standby replica closed", p)
             for p in sorted(wanted - self._held.keys() - self._excluded):
@@ -209,7 +253,8 @@ class StandbySet:
         consumer = self._consumer
         if consumer is None:
             return
-        tps = {p: TopicPartition(self._topic, p) for p in self._held}
+        tps = {p: TopicPartition(self._topic, p) for p, r in self._held.items()
+               if not r.promoting}
         consumer.assign(list(tps.values()))
         for p, tp in tps.items():
             consumer.seek(tp, self._held[p].next_offset)
