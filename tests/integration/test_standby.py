@@ -201,3 +201,53 @@ async def test_sigkill_of_one_of_two_workers_under_lookups(kafka_bootstrap, uniq
     finally:
         for wp in (a, b):
             wp.stop()
+
+
+async def test_a_replica_directory_restores_only_the_changelog_tail(kafka_bootstrap,
+                                                                   unique_prefix, tmp_path):
+    """b keeps replicas of a's partitions, is stopped, and the stream goes on without it (a
+    owns everything, promoting its replicas of b's partitions); when b comes back alone, every
+    partition opens from b's directory (its store or its replica) and restores exactly the
+    changelog records written while b was away: the tail, never the whole changelog."""
+    broker, prefix = kafka_bootstrap, unique_prefix
+    w = generate(N_EVENTS, seed=9)
+    first, second = w.events[:N_EVENTS // 2], w.events[N_EVENTS // 2:]
+    topics = FraudTopics(prefix)
+    await ensure_topics(broker, topic_specs(TOPO.topics(prefix), PARTITIONS))
+    await produce(broker, topics.profiles,
+                  [(c.encode(), orjson.dumps(p)) for c, p in w.profiles.items()])
+    a, b = (WorkerProcess(broker, prefix, tmp_path / f"w{i}", tmp_path / f"w{i}.log",
+                          partitions=PARTITIONS) for i in range(2))
+    try:
+        for wp in (a, b):
+            wp.start()
+        for wp in (a, b):
+            await wp.wait_ready()
+        await wait_group_members(broker, topics.group, 2)
+        await produce(broker, topics.events,
+                      [(e["card_id"].encode(), orjson.dumps(e)) for e in first])
+        await wait_drained(broker, topics, {e["event_id"] for e in first}, None)
+        await _wait_replicated([a, b])
+        before = await end_offsets(broker, topics.changelog)
+        assert b.stop() == 0, b.log_tail()
+        await produce(broker, topics.events,
+                      [(e["card_id"].encode(), orjson.dumps(e)) for e in second])
+        await wait_drained(broker, topics, {e["event_id"] for e in w.events}, a)
+        after = await end_offsets(broker, topics.changelog)
+        assert a.stop() == 0, a.log_tail()
+        a_log = a.log_path.read_text()
+        b_start = len(b.log_path.read_text())
+        b.start()
+        await b.wait_ready()
+        log = b.log_path.read_text()[b_start:]
+        restored = {int(p): int(n) for p, n in re.findall(
+            r"partition (\d+) ready \((\d+) changelog records restored\)", log)}
+        assert set(restored) == set(range(PARTITIONS)), log[-3000:]
+        assert restored == {p: after[p] - before[p] for p in range(PARTITIONS)}
+        assert sum(restored.values()) > 0 and all(before[p] > 0 for p in range(PARTITIONS))
+        # a promoted its replicas of b's partitions when b left: nothing to restore there
+        promoted = re.findall(r"partition (\d+): promoted from its standby replica", a_log)
+        assert len(promoted) >= PARTITIONS // 2, a_log[-3000:]
+    finally:
+        for wp in (a, b):
+            wp.stop()
