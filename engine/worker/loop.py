@@ -491,7 +491,12 @@ class Worker:
             n: s.active.ref.partition(":")[2] for n, s in list(self.models.slots.items())
             if s.active is not None}
         lag = {p: n for p, n in self._lag.items() if p in self.pipelines}
-        return WorkerSnapshot(self.ready[0], usable, active, lag)
+        standby_lag = {}
+        for p in range(self.partitions):
+            replica = self.standby(p)
+            if replica is not None:
+                standby_lag[p] = (replica.lag_records, replica.lag_ms)
+        return WorkerSnapshot(self.ready[0], usable, active, lag, standby_lag)
 
     async def _track_lag(self, every_s: float = 1.0) -> None:
         """Consumer lag per owned partition: its end offset (asked of the broker, so the lag
