@@ -61,8 +61,10 @@ class OnlineScorer:
         self._pending += 1
         try:
             item = _Item(self._route(key), event)
-            result = await asyncio.wait_for(self._batcher.submit(item, budget_ms),
-                                            budget_ms / 1000)
+            # a timeout scope, not wait_for: no task per request (Python 3.11's wait_for
+            # wraps the coroutine in one)
+            async with asyncio.timeout(budget_ms / 1000):
+                result = await self._batcher.submit(item, budget_ms)
         finally:
             self._pending -= 1
         if result is None:

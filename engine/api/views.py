@@ -343,11 +343,21 @@ async def score(request: web.Request) -> web.Response:
         preview = Preview(decision=abstain_decision(
             topo, event, topo.features.versioned_name, "budget_exceeded",
             int(time.time() * 1000)))
-    doc = orjson.loads(preview.decision)
-    doc["duplicate"] = preview.duplicate
-    doc["served_by"] = worker.worker_id
-    doc["budget_ms"] = budget_ms
+    extra: dict[str, object] = {"duplicate": preview.duplicate,
+                                "served_by": worker.worker_id, "budget_ms": budget_ms}
     if update and not preview.duplicate:
         await worker.submit_event(kb, body)
-        doc["queued"] = True  # the stream decides it too, with the same decision_id
-    return json_response(doc)
+        extra["queued"] = True  # the stream decides it too, with the same decision_id
+    return web.Response(body=_with_fields(preview.decision, extra),
+                        content_type="application/json")
+
+
+def _with_fields(doc: bytes, extra: dict[str, object]) -> bytes:
+    """A JSON object's bytes with `extra`'s fields added, encoded once: the decision (as
+    stored or as just encoded) is never decoded and encoded again. Decisions have none of
+    these fields."""
+    doc = doc.rstrip()
+    tail = orjson.dumps(extra)
+    if len(doc) < 3 or doc[-1:] != b"}":  # not a non-empty object: the slow, safe way
+        return orjson.dumps({**orjson.loads(doc), **extra})
+    return doc[:-1] + b"," + tail[1:]

@@ -151,6 +151,7 @@ class Worker:
         self._last_full_gc = time.monotonic()
         self.decided = 0
         self.url: str | None = None  # where this worker's HTTP API answers; set before start()
+        self._worker_id: tuple[str, str] | None = None  # (url, worker id) of `worker_id`
         # the rollout state's tail (engine/worker/control.py), when the decider rolls out
         # model versions (a RolloutDecider); the owner of input partition 0 advances ramps
         self.control: Any = None
@@ -695,7 +696,12 @@ class Worker:
     @property
     def worker_id(self) -> str:
         """Unique per process: the API's URL and the process id."""
-        return f"{self.url or f'{self.cfg.api.host}:{self.cfg.api.port}'}/pid{os.getpid()}"
+        # cached per URL: every answer names it (a hot path), and the URL is set once
+        url = self.url or f"{self.cfg.api.host}:{self.cfg.api.port}"
+        cached = self._worker_id
+        if cached is None or cached[0] != url:
+            cached = self._worker_id = (url, f"{url}/pid{os.getpid()}")
+        return cached[1]
 
 
 class _Listener(ConsumerRebalanceListener):
