@@ -91,6 +91,8 @@ SOURCE = web.RequestKey("source", Source)  # set by `owned_route` before the vie
 
 def consistency_param(request: web.Request) -> str:
     """``?consistency=any|owner`` (default any); 400 otherwise."""
+    if not request.query_string:  # most reads: no query to parse (a hot path)
+        return "any"
     value = request.query.get("consistency", "any")
     if value not in CONSISTENCY:
         raise ApiError(400, "consistency must be any or owner")
