@@ -142,19 +142,24 @@ class OwnerRouting:
         if self._session is not None:
             await self._session.close()
 
-    def standby_source(self, partition: int, replica: StandbyRead) -> Source:
+    def standby_source(self, partition: int, replica: StandbyRead) -> Source | None:
         """A read from the standby replica of `partition`: stale when it lags the changelog by
         more than `standby_max_lag_ms`, or its owner has not answered its probe for
         `OWNER_SILENT_S` (then `lag_ms` is at least the time since the owner last answered:
-        what it wrote after that may be missing here)."""
+        what it wrote after that may be missing here). None (ask the owner) while a replica
+        that has never reached its changelog's end since it opened has an owner that
+        answers: it may hold any prefix of the partition, however old."""
         lag_ms = replica.lag_ms
         owner = self.worker.owners.owner(partition)
         silent_ms = self._silent_ms(owner.worker_id) if owner is not None else None
         gone = owner is None or silent_ms is None or silent_ms > OWNER_SILENT_S * 1000
+        if not replica.caught_up and not gone:
+            return None
         if gone and silent_ms is not None:
             lag_ms = max(lag_ms, silent_ms)
         return Source(replica.view, standby=True,
-                      stale=gone or lag_ms > self.standby_max_lag_ms, lag_ms=lag_ms)
+                      stale=gone or not replica.caught_up or lag_ms > self.standby_max_lag_ms,
+                      lag_ms=lag_ms)
 
     def _silent_ms(self, worker_id: str) -> int | None:
         """ms since the worker's /healthz last said 200 (since probing began if never; None
@@ -312,9 +317,10 @@ def owned_route(served_here: Callable[[RoutedWorker, int], bool] = owned_here,
                 request[SOURCE] = Source(worker.pipelines.get(partition))
                 return await view(request, key, partition)
             replica = worker.standby(partition) if consistency == "any" else None
-            if replica is None:
+            source = None if replica is None else routing.standby_source(partition, replica)
+            if source is None:
                 return await routing.forward(request, partition)
-            request[SOURCE] = routing.standby_source(partition, replica)
+            request[SOURCE] = source
             return await view(request, key, partition)
         return handler
     return decorate

@@ -69,4 +69,5 @@ class StandbyRead(NamedTuple):
     view: ReplicaView
     lag_records: int  # changelog records past the replica's last applied batch (last fetch)
     lag_ms: int  # 0 while the replica was at the changelog's end at its last fetch; else the
-    # ms since it last was
+    # ms since it last was (since it opened, if never)
+    caught_up: bool = True  # it has reached the changelog's end at least once since it opened

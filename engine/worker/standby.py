@@ -53,6 +53,7 @@ class _Replica:
     caught_up_at: float | None = None  # monotonic s when a fetch last found it at the end
     behind: bool = True  # the last fetch found records past `next_offset`
     promoting: bool = False  # taken by the owner: no longer tailed, still read until `done`
+    opened_at: float = field(default_factory=time.monotonic)
 
 
 class StandbySet:
@@ -77,7 +78,6 @@ class StandbySet:
         self._consumer: AIOKafkaConsumer | None = None
         self._running = False
         self.changed = asyncio.Event()  # set when the wanted replicas may have changed
-        self._started = time.monotonic()
 
     @property
     def partitions(self) -> list[int]:
@@ -92,10 +92,10 @@ class StandbySet:
         lag_records = 0 if r.highwater is None else max(0, r.highwater - r.applied_to)
         if not r.behind and r.caught_up_at is not None:
             lag_ms = 0
-        else:  # behind, or never at the end yet: since it last was (or since it started)
-            since = r.caught_up_at if r.caught_up_at is not None else self._started
+        else:  # behind, or never at the end yet: since it last was (or since it opened)
+            since = r.caught_up_at if r.caught_up_at is not None else r.opened_at
             lag_ms = int((time.monotonic() - since) * 1000)
-        return StandbyRead(r.view, lag_records, lag_ms)
+        return StandbyRead(r.view, lag_records, lag_ms, r.caught_up_at is not None)
 
     def exclude(self, partition: int) -> None:
         """This worker is opening `partition` as its owner: never replicate it meanwhile."""
@@ -145,7 +145,6 @@ class StandbySet:
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Keep the wanted replicas current until `stopping`; closes their stores at the end."""
-        self._started = time.monotonic()
         consumer = new_consumer(self._kafka, enable_auto_commit=False,
                                 auto_offset_reset="earliest", fetch_max_wait_ms=50,
                                 max_partition_fetch_bytes=4 << 20)
@@ -237,7 +236,7 @@ class StandbySet:
             raise
         local = store.changelog_offset
         start = 0 if local is None else local + 1
-        return _Replica(store, view, start, start)
+        return _Replica(store, view, start, start, opened_at=time.monotonic())
 
     def _close(self, p: int) -> None:
         r = self._held.pop(p, None)
