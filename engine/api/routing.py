@@ -74,6 +74,9 @@ class Source:
     standby: bool = False
     stale: bool = False
     lag_ms: int = 0
+    # the replica held its changelog to the end at its last fetch: a key it lacks is unknown
+    # (else a lookup of a key it lacks asks the owner: the key may be newer than the replica)
+    at_end: bool = True
 
     def fields(self) -> dict[str, bool | int]:
         """The response fields that say where the answer came from."""
@@ -122,7 +125,7 @@ class OwnerRouting:
         self._session: aiohttp.ClientSession | None = None
         self._probes: asyncio.Task | None = None
         self._answered: dict[str, float] = {}  # worker id -> monotonic s of its last 200
-        self._watching = time.monotonic()
+        self._probed: dict[str, float] = {}  # worker id -> monotonic s of its first probe
 
     async def open(self) -> None:
         """The session forwarded requests go through, and the owners' health probes (on the
@@ -130,7 +133,6 @@ class OwnerRouting:
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT_S),
             connector=aiohttp.TCPConnector(limit=64))
-        self._watching = time.monotonic()
         self._probes = asyncio.create_task(self._probe_owners(), name="owner probes")
 
     async def close(self) -> None:
@@ -146,29 +148,32 @@ class OwnerRouting:
         """A read from the standby replica of `partition`: stale when it lags the changelog by
         more than `standby_max_lag_ms`, or its owner has not answered its probe for
         `OWNER_SILENT_S` (then `lag_ms` is at least the time since the owner last answered:
-        what it wrote after that may be missing here). None (ask the owner) while a replica
-        that has never reached its changelog's end since it opened has an owner that
-        answers: it may hold any prefix of the partition, however old."""
+        what it wrote after that may be missing here). None (ask the owner) while the replica
+        has not reached its changelog's end since it opened: it may hold any prefix of the
+        partition, however old."""
         lag_ms = replica.lag_ms
         owner = self.worker.owners.owner(partition)
         silent_ms = self._silent_ms(owner.worker_id) if owner is not None else None
-        gone = owner is None or silent_ms is None or silent_ms > OWNER_SILENT_S * 1000
-        if not replica.caught_up and not gone:
+        gone = owner is None or (silent_ms is not None and silent_ms > OWNER_SILENT_S * 1000)
+        if not replica.caught_up:  # it may miss any key: never a 404 or an old value from it
             return None
         if gone and silent_ms is not None:
             lag_ms = max(lag_ms, silent_ms)
         return Source(replica.view, standby=True,
-                      stale=gone or not replica.caught_up or lag_ms > self.standby_max_lag_ms,
-                      lag_ms=lag_ms)
+                      stale=gone or lag_ms > self.standby_max_lag_ms, lag_ms=lag_ms,
+                      at_end=replica.lag_ms == 0)
 
     def _silent_ms(self, worker_id: str) -> int | None:
-        """ms since the worker's /healthz last said 200 (since probing began if never; None
-        before the first round of probes could answer)."""
+        """ms since the worker's /healthz last said 200; None while it has not been probed
+        yet (unknown: it counts as up, so a replica that never caught up is not used). A
+        worker probed but never heard counts as silent for longer than `OWNER_SILENT_S`."""
         seen = self._answered.get(worker_id)
-        if seen is None:
-            since = time.monotonic() - self._watching
-            return None if since < OWNER_SILENT_S else int(since * 1000)
-        return int((time.monotonic() - seen) * 1000)
+        if seen is not None:
+            return int((time.monotonic() - seen) * 1000)
+        first = self._probed.get(worker_id)
+        if first is None:
+            return None
+        return int((time.monotonic() - first + OWNER_SILENT_S) * 1000)
 
     async def _probe_owners(self) -> None:
         """GET /healthz of every owner of a partition replicated here, every
@@ -184,6 +189,7 @@ class OwnerRouting:
                         self._answered[member.worker_id] = time.monotonic()
             except (aiohttp.ClientError, TimeoutError):
                 pass  # silent: its time since the last answer grows
+            self._probed.setdefault(member.worker_id, time.monotonic())
 
         while True:
             owners: dict[str, Member] = {}

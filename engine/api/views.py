@@ -205,6 +205,8 @@ async def table(request: web.Request, key: str, partition: int) -> web.Response:
     state = source.state
     view = None if state is None else table_view(state, name, key)
     if view is None:
+        if not source.at_end:  # a lagging replica may lack a new key: the owner says
+            return await request.app[ROUTING].forward(request, partition)
         raise ApiError(404, "unknown key")
     last_ts, windows = view
     return json_response({
@@ -228,6 +230,8 @@ async def features(request: web.Request, key: str, partition: int) -> web.Respon
     ctx = request.app[VIEWS]
     doc = ctx.features_of(key, partition, request[_SELECTION], request[SOURCE])
     if doc is None:
+        if not request[SOURCE].at_end:  # a lagging replica may lack a new key
+            return await request.app[ROUTING].forward(request, partition)
         raise ApiError(404, "unknown key")
     return json_response({**doc, "feature_set": ctx.worker.topology.features.versioned_name})
 
@@ -240,6 +244,8 @@ async def decision(request: web.Request, key: str, partition: int) -> web.Respon
     assert source.state is not None  # decisions are read where the partition is decided
     raw = last_decision(source.state, key)
     if raw is None:
+        if not source.at_end:  # a lagging replica may lack a new key
+            return await request.app[ROUTING].forward(request, partition)
         raise ApiError(404, "no decision for this key")
     return web.Response(body=raw, content_type="application/json",
                         headers={"X-Streamwise-Served-By": worker.worker_id,
@@ -282,12 +288,13 @@ async def features_many(request: web.Request) -> web.Response:
                 replica = worker.standby(p) if consistency == "any" else None
                 sources[p] = None if replica is None else routing.standby_source(p, replica)
         source = sources[p]
-        if source is not None:
-            doc = ctx.features_of(key, p, names, source)
-            results[i] = {**doc, "status": 200} if doc is not None else {
-                "key": key, "status": 404, "error": "unknown key", "partition": p,
-                "served_by": worker.worker_id}
-        else:
+        doc = None if source is None else ctx.features_of(key, p, names, source)
+        if doc is not None:
+            results[i] = {**doc, "status": 200}
+        elif source is not None and source.at_end:
+            results[i] = {"key": key, "status": 404, "error": "unknown key", "partition": p,
+                          "served_by": worker.worker_id}
+        else:  # owned elsewhere; or unknown to a lagging replica here: the owner says
             elsewhere.setdefault(p, []).append(i)
     if elsewhere:
         await routing.forward_keys(request, keys, names, elsewhere, results)
