@@ -141,6 +141,13 @@ class KafkaConfig(_Frozen):
 class StateConfig(_Frozen):
     data_dir: Path = Field(default=Path("data"),
                            description="RocksDB state directory (one per worker)")
+    standby_replicas: int = Field(
+        default=1, ge=0, le=8,
+        description="standby replicas of each partition kept by the other workers of the "
+                    "group (tails of its changelog; 0: none)")
+    standby_max_lag_ms: int = Field(
+        default=1000, ge=0, le=3_600_000,
+        description="a lookup answered from a standby replica says stale: true past this lag")
 
 
 class ApiConfig(_Frozen):

@@ -170,6 +170,8 @@ class WorkerSnapshot(NamedTuple):
     active_models: Mapping[str, str]  # model name → active version
     lag_records: Mapping[int, int]  # owned input partition → records behind its end
     agent_lag_records: Mapping[str, int] = {}  # agent topic → records behind, owned partitions
+    # partition replicated here → (changelog records behind, ms since it was at the end)
+    standby_lag: Mapping[int, tuple[int, int]] = {}
 
 
 class WorkerStateCollector(Collector):
@@ -212,6 +214,19 @@ class WorkerStateCollector(Collector):
         for topic, n in sorted(s.agent_lag_records.items()):
             agents.add_metric([t, topic], float(n))
         yield agents
+        records = GaugeMetricFamily("streamwise_standby_lag_records",
+                                    "Changelog records a standby replica kept here has not "
+                                    "applied (as of its last fetch)",
+                                    labels=["topology", "partition"])
+        seconds = GaugeMetricFamily("streamwise_standby_lag_seconds",
+                                    "Time since a standby replica kept here was last at its "
+                                    "changelog's end (0 while it is)",
+                                    labels=["topology", "partition"])
+        for p, (n, ms) in sorted(s.standby_lag.items()):
+            records.add_metric([t, str(p)], float(n))
+            seconds.add_metric([t, str(p)], ms / 1000)
+        yield records
+        yield seconds
 
     def describe(self):
         return []  # collected lazily: never called at registration

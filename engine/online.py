@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .partitioning import router
-from .pipeline import Decider, Preview, preview
+from .pipeline import Decider, Preview
+from .pipeline.preview import preview_many
 from .scoring.batching import MicroBatcher
 
 if TYPE_CHECKING:
@@ -61,8 +62,10 @@ class OnlineScorer:
         self._pending += 1
         try:
             item = _Item(self._route(key), event)
-            result = await asyncio.wait_for(self._batcher.submit(item, budget_ms),
-                                            budget_ms / 1000)
+            # a timeout scope, not wait_for: no task per request (Python 3.11's wait_for
+            # wraps the coroutine in one)
+            async with asyncio.timeout(budget_ms / 1000):
+                result = await self._batcher.submit(item, budget_ms)
         finally:
             self._pending -= 1
         if result is None:
@@ -73,19 +76,23 @@ class OnlineScorer:
         await self._batcher.close()
 
     def _score_many(self, items: list[_Item]) -> Sequence[Preview | None]:
-        """One batch (in a worker thread): a preview per partition, results in item order."""
+        """One batch (in a worker thread): previews of every partition's events with one
+        decider call for all, results in item order."""
         out: list[Preview | None] = [None] * len(items)
         by_partition: dict[int, list[int]] = {}
         for i, item in enumerate(items):
             by_partition.setdefault(item.partition, []).append(i)
-        for p, idx in by_partition.items():
-            with self._worker.state_lock:  # the partition's store stays open while we read
+        with self._worker.state_lock:  # the partitions' stores stay open while we read
+            batches = []
+            for p, idx in by_partition.items():
                 state = self._worker.pipelines.get(p)
-                if state is None:
-                    continue  # revoked meanwhile: NotOwned, the caller forwards
-                previews = preview(state, [items[i].event for i in idx], self._worker.profiles,
-                                   self._decider, self._worker.clock.now_ms())
-            for i, prev in zip(idx, previews, strict=True):
+                if state is not None:  # else revoked meanwhile: NotOwned, the caller forwards
+                    batches.append((state, idx))
+            previews = preview_many([(state, [items[i].event for i in idx])
+                                     for state, idx in batches], self._worker.profiles,
+                                    self._decider, self._worker.clock.now_ms())
+        for (_, idx), got in zip(batches, previews, strict=True):
+            for i, prev in zip(idx, got, strict=True):
                 out[i] = prev
         self._worker.metrics.observe_online_chain(self._worker.topology.name,
                                                   self._decider.drain_stats())

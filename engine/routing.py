@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import orjson
 
-__all__ = ["Member", "OwnerMap"]
+__all__ = ["Member", "OwnerMap", "standby_partitions"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,3 +75,34 @@ class OwnerMap:
                                                                   best.worker_id):
                     owners[p] = m
         self._owners = owners
+
+
+def standby_partitions(owners: OwnerMap, me: str, replicas: int, partitions: int,
+                       held: frozenset[int] = frozenset()) -> set[int]:
+    """The partitions worker `me` keeps a standby replica of.
+
+    The workers that own a partition now, and `me`, form a ring in worker-id order; a
+    partition's standbys are the `replicas` workers after its owner on that ring (so with two
+    workers and one replica each keeps the other's partitions; with `replicas` at least the
+    ring's size minus one, every worker keeps every partition it does not own). Every worker
+    computes the same placement from the members topic, and no two standbys of a partition
+    sit on one worker. A partition with no owner right now (a rebalance) keeps the replicas
+    already `held`: that is when they are needed. Never a partition `me` owns.
+    """
+    if replicas <= 0:
+        return set()
+    owner_of = {p: owners.owner(p) for p in range(partitions)}
+    ring = sorted({m.worker_id for m in owner_of.values() if m is not None} | {me})
+    out: set[int] = set()
+    for p, owner in owner_of.items():
+        if owner is None:
+            if p in held:
+                out.add(p)
+            continue
+        if owner.worker_id == me:
+            continue
+        i = ring.index(owner.worker_id)
+        after = [ring[(i + k) % len(ring)] for k in range(1, min(replicas, len(ring) - 1) + 1)]
+        if me in after:
+            out.add(p)
+    return out

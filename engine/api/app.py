@@ -35,7 +35,7 @@ def build_app(worker: ServedWorker, online: OnlineScorer | None = None,
     the bearer token `/v1/*` needs (none, or empty: open). A request body must arrive within
     `body_timeout_s`, a request head within `idle_timeout_s` (seconds)."""
     guard = Guard(worker.metrics, worker.topology.name, token)
-    routing = OwnerRouting(worker)
+    routing = OwnerRouting(worker, worker.cfg.state.standby_max_lag_ms)
 
     async def on_startup(app: web.Application) -> None:
         await routing.open()

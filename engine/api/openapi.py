@@ -111,6 +111,14 @@ window = {
         "value": {"type": "object", "additionalProperties": True},
     },
 }
+replica_fields = {
+    "lag_ms": {
+        "type": "integer",
+        "minimum": 0,
+        "description": "0 from the owner; from a standby replica, ms since it last held all of the partition's changelog (at least the time since the owner last answered, when it does not)",
+    },
+    "standby": {"type": "boolean", "description": "answered from a standby replica, not the owner"},
+}
 table_value = {
     "type": "object",
     "required": [
@@ -122,6 +130,8 @@ table_value = {
         "partition",
         "served_by",
         "stale",
+        "lag_ms",
+        "standby",
     ],
     "properties": {
         "table": {"type": "string"},
@@ -140,8 +150,9 @@ table_value = {
         "served_by": {"type": "string"},
         "stale": {
             "type": "boolean",
-            "description": "true when the value may be out of date (never from a non-owned partition without saying so)",
+            "description": "true when the value may be out of date: read from a standby replica that lags by more than --standby-max-lag-ms, or whose partition's owner does not answer",
         },
+        **replica_fields,
     },
 }
 features = {
@@ -155,6 +166,8 @@ features = {
         "partition",
         "served_by",
         "stale",
+        "lag_ms",
+        "standby",
     ],
     "properties": {
         "key": {"type": "string"},
@@ -172,6 +185,7 @@ features = {
         "partition": {"type": "integer"},
         "served_by": {"type": "string"},
         "stale": {"type": "boolean"},
+        **replica_fields,
     },
 }
 feature_result = {
@@ -191,6 +205,7 @@ feature_result = {
         "partition": {"type": "integer"},
         "served_by": {"type": "string"},
         "stale": {"type": "boolean"},
+        **replica_fields,
         "error": {"type": "string"},
     },
 }
@@ -285,6 +300,17 @@ ready = {
         "ready": {"type": "boolean"},
         "reason": {"type": "string"},
         "partitions": {"type": "array", "items": {"type": "integer"}},
+        "standbys": {
+            "type": "object",
+            "description": "the standby replicas kept here, by partition, with their lag",
+            "additionalProperties": {
+                "type": "object",
+                "properties": {
+                    "lag_records": {"type": "integer", "minimum": 0},
+                    "lag_ms": {"type": "integer", "minimum": 0},
+                },
+            },
+        },
     },
 }
 
@@ -321,6 +347,13 @@ def document(topo: Topology) -> dict:
     tables = ", ".join(t.name for t in topo.tables) + (
         f"; agents' tables (`value` is the row, `windows` empty): {', '.join(rows)}"
         if rows else "")
+
+    def consistency_param() -> dict:
+        return {"name": "consistency", "in": "query", "required": False,
+                "schema": {"type": "string", "enum": ["any", "owner"], "default": "any"},
+                "description": "any: a worker with a standby replica of the key's partition "
+                               "answers from it (with stale and lag_ms); owner: always the "
+                               "partition's owner (forwarded; 503 while it is gone)"}
 
     def key_param() -> dict:
         return {"name": "key", "in": "path", "required": True, "schema": KEY,
@@ -439,6 +472,7 @@ def document(topo: Topology) -> dict:
                             "description": f"a table of the topology: {tables}",
                         },
                         key_param(),
+                        consistency_param(),
                     ],
                     "responses": {"200": resp("the value", ref("TableValue")), "404": err, **common},
                 }
@@ -456,6 +490,7 @@ def document(topo: Topology) -> dict:
                             "schema": {"type": "string"},
                             "description": "comma-separated feature names (default: all)",
                         },
+                        consistency_param(),
                     ],
                     "responses": {
                         "200": resp("features (those needing an event are null)", ref("Features")),
@@ -468,6 +503,7 @@ def document(topo: Topology) -> dict:
                 "post": {
                     "summary": "The stored features of many keys, each answered by its owner",
                     "operationId": "getFeaturesMany",
+                    "parameters": [consistency_param()],
                     "requestBody": {
                         "required": True,
                         "content": {"application/json": {"schema": ref("FeaturesRequest")}},
@@ -486,7 +522,7 @@ def document(topo: Topology) -> dict:
                 "get": {
                     "summary": "The last decision for the key",
                     "operationId": "getDecision",
-                    "parameters": [key_param()],
+                    "parameters": [key_param(), consistency_param()],
                     "responses": {"200": resp("the decision", ref("Decision")), "404": err, **common},
                 }
             },

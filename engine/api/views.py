@@ -34,7 +34,15 @@ from .http import (
     read_body,
 )
 from .openapi import render as render_openapi
-from .routing import ROUTING, RoutedWorker, decided_here, owned_route
+from .routing import (
+    ROUTING,
+    SOURCE,
+    RoutedWorker,
+    Source,
+    consistency_param,
+    decided_here,
+    owned_route,
+)
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -111,11 +119,14 @@ class ViewContext:
                                 f"{', '.join(self.feature_names)}")
         return tuple(dict.fromkeys(names))
 
-    def features_of(self, key: str, partition: int, names: tuple[str, ...]) -> dict | None:
-        """The stored features of a key of a partition decided here (None: unknown key). An
-        age (ms) is null where its value is (no input), and never negative."""
+    def features_of(self, key: str, partition: int, names: tuple[str, ...],
+                    source: Source) -> dict | None:
+        """The stored features of a key as `source` holds them (the partition decided here,
+        or a standby replica of it; None: unknown key). An age (ms) is null where its value
+        is (no input), and never negative."""
         worker = self.worker
-        found = features_now(worker.pipelines[partition], key, worker.profiles)
+        assert source.state is not None  # features are read where the partition is decided
+        found = features_now(source.state, key, worker.profiles)
         if found is None:
             return None
         as_of, values, ages = found
@@ -123,7 +134,7 @@ class ViewContext:
                 "features": {n: values[n] for n in names},
                 "ages_ms": {n: None if values[n] is None or ages[n] is None
                             else max(0, ages[n]) for n in names},
-                "partition": partition, "served_by": worker.worker_id, "stale": False}
+                "partition": partition, "served_by": worker.worker_id, **source.fields()}
 
 
 VIEWS = web.AppKey("views", ViewContext)
@@ -142,11 +153,17 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """200 when ready, else 503; with the reason and the partitions decided here."""
+    """200 when ready, else 503; with the reason, the partitions decided here and the
+    standby replicas kept here (their lag in changelog records and ms)."""
     worker = request.app[VIEWS].worker
     ok, why = worker.ready
-    return json_response({"ready": ok, "reason": why, "partitions": sorted(worker.pipelines)},
-                         200 if ok else 503)
+    standbys = {}
+    for p in range(worker.partitions):
+        replica = worker.standby(p)
+        if replica is not None:
+            standbys[str(p)] = {"lag_records": replica.lag_records, "lag_ms": replica.lag_ms}
+    return json_response({"ready": ok, "reason": why, "partitions": sorted(worker.pipelines),
+                          "standbys": standbys}, 200 if ok else 503)
 
 
 async def prometheus(request: web.Request) -> web.Response:
@@ -188,17 +205,22 @@ async def table(request: web.Request, key: str, partition: int) -> web.Response:
     table: its JSON object (404: unknown key)."""
     worker = request.app[VIEWS].worker
     name = request.match_info["table"]
-    state = worker.pipelines.get(partition)
+    source = request[SOURCE]
+    state = source.state
     if worker.topology.agent_table(name) is not None:  # an agent's: one JSON object per key
         row = None if state is None else read_row(state.store, name, key)
         if row is None:
+            if not source.at_end:  # a lagging replica may lack a new key: the owner says
+                return await request.app[ROUTING].forward(request, partition)
             raise ApiError(404, "unknown key")
         return json_response({"table": name, "key": key, "value": row, "windows": [],
                               "watermark_ms": state.watermark.watermark_ms,
                               "partition": partition, "served_by": worker.worker_id,
-                              "stale": False})
+                              **source.fields()})
     view = None if state is None else table_view(state, name, key)
     if view is None:
+        if not source.at_end:  # a lagging replica may lack a new key: the owner says
+            return await request.app[ROUTING].forward(request, partition)
         raise ApiError(404, "unknown key")
     last_ts, windows = view
     return json_response({
@@ -207,7 +229,7 @@ async def table(request: web.Request, key: str, partition: int) -> web.Response:
                   "count": sum(w["value"]["count"] for w in windows)},
         "windows": windows,
         "watermark_ms": state.watermark.watermark_ms,
-        "partition": partition, "served_by": worker.worker_id, "stale": False,
+        "partition": partition, "served_by": worker.worker_id, **source.fields(),
     })
 
 
@@ -220,8 +242,10 @@ def _query_selection(request: web.Request) -> None:
 async def features(request: web.Request, key: str, partition: int) -> web.Response:
     """A key's stored features, all or those the `features` parameter names (404: unknown)."""
     ctx = request.app[VIEWS]
-    doc = ctx.features_of(key, partition, request[_SELECTION])
+    doc = ctx.features_of(key, partition, request[_SELECTION], request[SOURCE])
     if doc is None:
+        if not request[SOURCE].at_end:  # a lagging replica may lack a new key
+            return await request.app[ROUTING].forward(request, partition)
         raise ApiError(404, "unknown key")
     return json_response({**doc, "feature_set": ctx.worker.topology.features.versioned_name})
 
@@ -230,11 +254,16 @@ async def features(request: web.Request, key: str, partition: int) -> web.Respon
 async def decision(request: web.Request, key: str, partition: int) -> web.Response:
     """The entity's last decision as stored (404: never decided)."""
     worker = request.app[VIEWS].worker
-    raw = last_decision(worker.pipelines[partition], key)
+    source = request[SOURCE]
+    assert source.state is not None  # decisions are read where the partition is decided
+    raw = last_decision(source.state, key)
     if raw is None:
+        if not source.at_end:  # a lagging replica may lack a new key
+            return await request.app[ROUTING].forward(request, partition)
         raise ApiError(404, "no decision for this key")
     return web.Response(body=raw, content_type="application/json",
-                        headers={"X-Streamwise-Served-By": worker.worker_id})
+                        headers={"X-Streamwise-Served-By": worker.worker_id,
+                                 **source.headers()})
 
 
 async def features_many(request: web.Request) -> web.Response:
@@ -260,16 +289,26 @@ async def features_many(request: web.Request) -> web.Response:
     if not isinstance(body.get("features", []), list):
         raise ApiError(400, "features must be a list of feature names")
     names = ctx.selection(body.get("features"))
+    consistency = consistency_param(request)
     results: dict[int, dict] = {}
     elsewhere: dict[int, list[int]] = {}  # partition -> positions of its keys
+    sources: dict[int, Source | None] = {}  # partition -> where its keys are read here
     for i, key in enumerate(keys):
         p = routing.partition_of(key.encode())
-        if decided_here(worker, p):
-            doc = ctx.features_of(key, p, names)
-            results[i] = {**doc, "status": 200} if doc is not None else {
-                "key": key, "status": 404, "error": "unknown key", "partition": p,
-                "served_by": worker.worker_id}
-        else:
+        if p not in sources:
+            if decided_here(worker, p):
+                sources[p] = Source(worker.pipelines[p])
+            else:
+                replica = worker.standby(p) if consistency == "any" else None
+                sources[p] = None if replica is None else routing.standby_source(p, replica)
+        source = sources[p]
+        doc = None if source is None else ctx.features_of(key, p, names, source)
+        if doc is not None:
+            results[i] = {**doc, "status": 200}
+        elif source is not None and source.at_end:
+            results[i] = {"key": key, "status": 404, "error": "unknown key", "partition": p,
+                          "served_by": worker.worker_id}
+        else:  # owned elsewhere; or unknown to a lagging replica here: the owner says
             elsewhere.setdefault(p, []).append(i)
     if elsewhere:
         await routing.forward_keys(request, keys, names, elsewhere, results)
@@ -325,11 +364,21 @@ async def score(request: web.Request) -> web.Response:
         preview = Preview(decision=abstain_decision(
             topo, event, topo.features.versioned_name, "budget_exceeded",
             int(time.time() * 1000)))
-    doc = orjson.loads(preview.decision)
-    doc["duplicate"] = preview.duplicate
-    doc["served_by"] = worker.worker_id
-    doc["budget_ms"] = budget_ms
+    extra: dict[str, object] = {"duplicate": preview.duplicate,
+                                "served_by": worker.worker_id, "budget_ms": budget_ms}
     if update and not preview.duplicate:
         await worker.submit_event(kb, body)
-        doc["queued"] = True  # the stream decides it too, with the same decision_id
-    return json_response(doc)
+        extra["queued"] = True  # the stream decides it too, with the same decision_id
+    return web.Response(body=_with_fields(preview.decision, extra),
+                        content_type="application/json")
+
+
+def _with_fields(doc: bytes, extra: dict[str, object]) -> bytes:
+    """A JSON object's bytes with `extra`'s fields added, encoded once: the decision (as
+    stored or as just encoded) is never decoded and encoded again. Decisions have none of
+    these fields."""
+    doc = doc.rstrip()
+    tail = orjson.dumps(extra)
+    if len(doc) < 3 or doc[-1:] != b"}":  # not a non-empty object: the slow, safe way
+        return orjson.dumps({**orjson.loads(doc), **extra})
+    return doc[:-1] + b"," + tail[1:]

@@ -27,7 +27,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="open-loop phase per system, at --latency-share of its events/s")
     p.add_argument("--latency-share", type=float, default=0.5)
     p.add_argument("--online", action="store_true",
-                   help="also lookups and POST /v1/score at 32 concurrent clients")
+                   help="also lookups and POST /v1/score: 32 Python clients on an idle "
+                        "stream; then, with vegeta (scripts/load-tools.sh), each open loop "
+                        "at 2,000/s for 30 s and closed loop at 32 clients for 10 s while "
+                        "the stream runs at 50%% of its measured rate")
     p.add_argument("--only", action="append", default=[],
                    choices=[s.key for s in SYSTEMS],
                    help="run only these rows (repeatable; the replay row comes with "

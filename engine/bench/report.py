@@ -84,7 +84,16 @@ def render(report: dict[str, Any]) -> str:
     online = report.get("online")
     if online:
         for name, res in online.items():
-            if isinstance(res, dict):
+            if isinstance(res, dict) and "mode" in res:  # vegeta, with the stream running
+                load = (f"open loop at {res['rate_per_s']:,}/s" if res["mode"] == "open"
+                        else f"closed loop, {res['clients']} clients")
+                lines.append(f"online {name}: {load}, stream at {res['stream_share']:.0%} "
+                             f"({_f(res['stream_events_per_s'], ',.0f')} events/s): "
+                             f"{_f(res['requests_per_s'], ',.0f')} req/s, p50 "
+                             f"{_f(res['p50_ms'], '.2f')} ms, p99 {_f(res['p99_ms'], '.2f')} "
+                             f"ms, max {_f(res['max_ms'], '.1f')} ms, {res['errors']} errors; "
+                             f"vegeta used {res['loadgen_cores']} cores")
+            elif isinstance(res, dict):
                 lines.append(f"online {name}: {res['concurrency']} clients, "
                              f"{_f(res['requests_per_s'], ',.0f')} req/s, p50 "
                              f"{_f(res['p50_ms'], '.2f')} ms, p99 {_f(res['p99_ms'], '.2f')} ms, "

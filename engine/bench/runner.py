@@ -57,6 +57,12 @@ class BenchOptions:
     online: bool = False
     online_s: float = 5.0
     online_concurrency: int = 32
+    # the open-loop rows (vegeta): this many requests per second for this long, each while
+    # the stream runs at online_stream_share of the worker's measured events/s
+    online_rate: int = 2_000
+    online_open_s: float = 30.0
+    online_closed_s: float = 10.0
+    online_stream_share: float = 0.5
     seed: int = 7
     phase_timeout_s: float = 240.0
     systems: tuple[str, ...] = field(default_factory=lambda: tuple(s.key for s in SYSTEMS))
@@ -202,7 +208,7 @@ async def _one(o: BenchOptions, sysm: System, ds: workload.DataSet, run_prefix: 
                 k: result[k] for k in ("p50_ms", "p99_ms", "open_loop_rate_per_s",
                                        "latency_parts_ms") if k in result}
         if online and sysm.key == "streamwise":
-            result["online"] = await _online(o, port, ds)
+            result["online"] = await _online(o, port, ds, t, eps, start_ms)
         result["peak_rss_mb"] = _r(measure.peak_rss_mb(proc.popen.pid))
         if sysm.key == "streamwise":
             proc.stop()  # the replay gets the cores the live worker had
@@ -277,7 +283,12 @@ async def _delete_topics(bootstrap: str, prefix: str) -> None:
         await admin.close()
 
 
-async def _online(o: BenchOptions, port: int, ds: workload.DataSet) -> dict[str, Any]:
+async def _online(o: BenchOptions, port: int, ds: workload.DataSet, t: TopicNames,
+                  eps: float, start_ms: int | None) -> dict[str, Any]:
+    """Lookups and scores: closed loops of Python clients on an idle stream (the rows the
+    issues' baselines were measured with), then, with vegeta, each kind open loop at
+    `online_rate` and closed loop at `online_concurrency` clients while the stream runs at
+    `online_stream_share` of the worker's measured events/s."""
     base = f"http://127.0.0.1:{port}"
     table = workload.topology().tables[0].name
     keys = list(dict.fromkeys(k.decode() for _, k, _ in ds.events))[:2000]
@@ -285,15 +296,47 @@ async def _online(o: BenchOptions, port: int, ds: workload.DataSet) -> dict[str,
     out: dict[str, Any] = {"lookup": await online_load.closed_loop(
         base, lookups, o.online_concurrency, o.online_s)}
     _say(f"online lookups: {out['lookup']}")
-    fresh = workload.open_loop_events(ds, 2000, o.seed + 5000)
+    fresh = workload.open_loop_events(ds, 2000, o.seed + 5000, start_ms)
+    start_ms = workload.newest_event_ms(fresh) + 10_000
     scores = [("POST", "/v1/score", value) for _, _, value in fresh]
     status = await online_load.probe(base, *scores[0])
     if status in (0, 404, 405):
         out["score"] = f"not available (POST /v1/score answered {status or 'nothing'})"
+        scores = []
     else:
         out["score"] = await online_load.closed_loop(base, scores, o.online_concurrency,
                                                      o.online_s)
     _say(f"online score: {out['score']}")
+    binary = online_load.find_vegeta()
+    if binary is None:
+        out["open_loop"] = "not measured: vegeta not found (scripts/load-tools.sh installs it)"
+        return out
+    rate = max(1.0, min(eps * o.online_stream_share, o.max_open_loop_rate))
+    rows = [("lookup_open", lookups, o.online_open_s, {"rate_per_s": o.online_rate}),
+            ("lookup_closed", lookups, o.online_closed_s, {"clients": o.online_concurrency})]
+    if scores:
+        rows += [("score_open", scores, o.online_open_s, {"rate_per_s": o.online_rate}),
+                 ("score_closed", scores, o.online_closed_s,
+                  {"clients": o.online_concurrency})]
+    for i, (name, requests, duration_s, load) in enumerate(rows):
+        # the stream's load: fresh events at the share of its rate, from a second before the
+        # requests start to their end
+        events = workload.open_loop_events(
+            ds, min(int(rate * (duration_s + 2)), _MAX_OPEN_LOOP_EVENTS),
+            o.seed + 6000 + i, start_ms)
+        start_ms = workload.newest_event_ms(events) + 10_000
+        stream = asyncio.create_task(workload.open_loop(o.broker, t.events, events, rate,
+                                                        duration_s + 2))
+        await asyncio.sleep(1.0)
+        try:
+            res = await asyncio.to_thread(online_load.vegeta, binary, base, requests,
+                                          duration_s, **load)
+        finally:
+            sent, send_s = await stream
+        res["stream_events_per_s"] = round(sent / max(send_s, 1e-3), 1)
+        res["stream_share"] = o.online_stream_share
+        out[name] = res
+        _say(f"online {name}: {res}")
     return out
 
 

@@ -23,8 +23,11 @@ from .decide import Decider, decision_doc, scoring_rows
 from .fold import FeatureColumns, fold
 from .partition import PartitionState, Row
 from .records import Record
+from .replica import ReplicaView
 
-__all__ = ["Preview", "features_now", "preview"]
+_Readable = PartitionState | ReplicaView  # what the online reads read: owned, or a replica
+
+__all__ = ["Preview", "features_now", "preview", "preview_many"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +41,7 @@ class Preview:
 class _Private:
     """The partition's tables as stored, in kernels of their own (a preview's fold target)."""
 
-    def __init__(self, state: PartitionState) -> None:
+    def __init__(self, state: _Readable) -> None:
         self.topology = state.topology
         self._state = state
         self.tables = [(tb, prefix, type(kernel)(tb.tile_ms, kernel.windows,
@@ -66,59 +69,74 @@ def preview(state: PartitionState, events: Sequence[Any],
     decision with ``duplicate=True``), lateness against the current watermark, features over
     the entity's stored tiles with the event folded in, then one `decider` call for all.
     """
+    return preview_many([(state, events)], profiles, decider, now_ms)[0]
+
+
+def preview_many(batches: Sequence[tuple[PartitionState, Sequence[Any]]],
+                 profiles: Mapping[str, Mapping[str, Any]], decider: Decider,
+                 now_ms: int) -> list[list[Preview]]:
+    """`preview` of several partitions' events at once, with one `decider` call for all of
+    them (one model call per online micro-batch, whatever partitions its events fall in);
+    one list of previews per batch, in its events' order."""
     t0 = time.perf_counter()
-    topo = state.topology
-    plan = state.plan
-    wm = state.watermark
-    out: list[Preview] = []
-    rows: list[tuple[int, Row]] = []
-    for i, ev in enumerate(events):
-        eid = getattr(ev, topo.event_id_field)
-        stored = state.store.get(layout.seen_key(eid))
-        if stored is not None:
-            seen = layout.unpack_seen(stored)
-            if seen.decision and not state.dedup.expired(seen.ts_ms, wm.watermark_ms):
-                out.append(Preview(decision=seen.decision, duplicate=True))
-                continue
-        ts = getattr(ev, topo.time_field)
-        row = Row(Record("", state.partition, -1, None, None, 0), ev,
-                  getattr(ev, topo.key_field), eid, ts, wm.verdict(ts) is Lateness.LATE)
-        if row.late:
-            row.notes, row.horizon_ms = ("late_event",), state.tile_horizon()
-        out.append(Preview())
-        rows.append((i, row))
+    out: list[list[Preview]] = []
+    rows: list[tuple[int, int, Row]] = []  # (batch, position in it, row)
+    states: dict[int, PartitionState] = {}
+    for b, (state, events) in enumerate(batches):
+        topo = state.topology
+        wm = state.watermark
+        states[state.partition] = state
+        previews: list[Preview] = []
+        for i, ev in enumerate(events):
+            eid = getattr(ev, topo.event_id_field)
+            stored = state.store.get(layout.seen_key(eid))
+            if stored is not None:
+                seen = layout.unpack_seen(stored)
+                if seen.decision and not state.dedup.expired(seen.ts_ms, wm.watermark_ms):
+                    previews.append(Preview(decision=seen.decision, duplicate=True))
+                    continue
+            ts = getattr(ev, topo.time_field)
+            row = Row(Record("", state.partition, -1, None, None, 0), ev,
+                      getattr(ev, topo.key_field), eid, ts, wm.verdict(ts) is Lateness.LATE)
+            if row.late:
+                row.notes, row.horizon_ms = ("late_event",), state.tile_horizon()
+            previews.append(Preview())
+            rows.append((b, i, row))
+        out.append(previews)
     if not rows:
         return out
+    plan = batches[rows[0][0]][0].plan
     n = len(rows)
     columns = FeatureColumns(plan, np.empty((n, len(plan.names))),
                              [[None] * n for _ in plan.functions])
-    for j, (_, row) in enumerate(rows):  # each event alone over the stored state
+    for j, (b, _, row) in enumerate(rows):  # each event alone over the stored state
         one = FeatureColumns(plan, columns.matrix[j:j + 1], [[None] for _ in plan.functions])
-        fold([(_Private(state), 0, 1)], plan, [row], profiles, one.matrix, one.values)
+        fold([(_Private(batches[b][0]), 0, 1)], plan, [row], profiles, one.matrix, one.values)
         for k, column in enumerate(one.values):
             columns.values[k][j] = column[0]
     t1 = time.perf_counter()
-    scored = [r for _, r in rows]
-    verdicts = decider.decide(scoring_rows(scored, columns, lambda key: _last(state, key[1])))
+    scored = [r for _, _, r in rows]
+    verdicts = decider.decide(scoring_rows(scored, columns,
+                                           lambda key: _last(states[key[0]], key[1])))
     stage = {"validate_dedup_features": round((t1 - t0) * 1000, 3),
              "inference": round((time.perf_counter() - t1) * 1000, 3)}
-    for j, ((i, row), v) in enumerate(zip(rows, verdicts, strict=True)):
-        out[i] = Preview(decision=orjson.dumps(
+    for j, ((b, i, row), v) in enumerate(zip(rows, verdicts, strict=True)):
+        out[b][i] = Preview(decision=orjson.dumps(
             decision_doc(row, v, columns.vector(j), decider.feature_set, stage, now_ms)))
     return out
 
 
-def _last(state: PartitionState, key: str) -> bytes | None:
+def _last(state: _Readable, key: str) -> bytes | None:
     raw = state.store.get(layout.entity_key(key.encode()))
     return None if raw is None else layout.unpack_entity(raw)[1] or None
 
 
-def last_decision(state: PartitionState, key: str) -> bytes | None:
+def last_decision(state: _Readable, key: str) -> bytes | None:
     """The entity's last decision as stored (None: never decided)."""
     return _last(state, key)
 
 
-def features_now(state: PartitionState, key: str, profiles: Mapping[str, Mapping[str, Any]]
+def features_now(state: _Readable, key: str, profiles: Mapping[str, Mapping[str, Any]]
                  ) -> tuple[int | None, dict[str, Any], dict[str, int | None]] | None:
     """The stored features of `key` as of the newest event time its partition has seen
     (`as_of_ms`, None before any event): window features and the time since the entity's
@@ -153,7 +171,7 @@ def features_now(state: PartitionState, key: str, profiles: Mapping[str, Mapping
     return as_of, values, ages
 
 
-def table_view(state: PartitionState, table: str, key: str
+def table_view(state: _Readable, table: str, key: str
                ) -> tuple[int | None, list[dict[str, Any]]] | None:
     """An entity of a windowed table as stored: its newest event time and every stored tile as
     ``{start_ms, end_ms, value: {count, sum, min, max, mean, last, distinct_count}}``, oldest

@@ -4,14 +4,15 @@ brought up to its end (restore)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client import Counter, Gauge
 
 from ..kafka_io import KafkaTarget, OutRecord, read_to_end
 from ..state import RocksStore, layout
 
-__all__ = ["changelog_records", "restore"]
+__all__ = ["apply_whole_batches", "changelog_records", "restore"]
 
 log = logging.getLogger("streamwise.worker")
 
@@ -45,19 +46,31 @@ async def restore(kafka: KafkaTarget, topic: str, partition: int, store: RocksSt
     restoring.inc()
     try:
         async for chunk in read_to_end(kafka, topic, [partition], start_offsets=start):
-            for m in chunk:
-                group[m.key] = m.value
-                if END_OF_BATCH in m.headers:
-                    if FORMAT not in m.headers:
-                        layout.check_format(dict(m.headers).get(layout.FORMAT_HEADER, b"1"),
-                                            f"changelog {topic}")
-                    store.apply(group, changelog_offset=m.offset)
-                    applied += len(group)
-                    restored.inc(len(group))
-                    group = {}
+            n = apply_whole_batches(chunk, group, store, topic)
+            applied += n
+            restored.inc(n)
     finally:
         restoring.dec()
     if group:
         log.warning("partition %d: dropped %d changelog records of an unfinished batch",
                     partition, len(group))
+    return applied
+
+
+def apply_whole_batches(records: Iterable[Any], group: dict[bytes, bytes | None],
+                        store: RocksStore, topic: str) -> int:
+    """Add changelog `records` (in offset order) to the unfinished batch `group`, writing each
+    batch to `store` in one write once its end marker is read, with the marker's offset;
+    returns the records written. What follows the last marker stays in `group` (emptied of
+    what was written). A batch of another state format raises StateError."""
+    applied = 0
+    for m in records:
+        group[m.key] = m.value
+        if END_OF_BATCH in m.headers:
+            if FORMAT not in m.headers:
+                layout.check_format(dict(m.headers).get(layout.FORMAT_HEADER, b"1"),
+                                    f"changelog {topic}")
+            store.apply(group, changelog_offset=m.offset)
+            applied += len(group)
+            group.clear()
     return applied

@@ -70,7 +70,7 @@ from ..metrics import (
     register_runtime_collectors,
 )
 from ..partitioning import router
-from ..pipeline import Decider, PartitionState, Pipeline, PollResult, Record
+from ..pipeline import Decider, PartitionState, Pipeline, PollResult, Record, StandbyRead
 from ..pipeline.records import forwarded_position
 from ..routing import Member
 from ..sinks.kafka import queue_outputs
@@ -79,6 +79,7 @@ from ..topology import TopicNames, Topology
 from .agents import AgentError, AgentFeeds
 from .changelog import changelog_records, restore
 from .shared import SharedState
+from .standby import StandbySet
 
 if TYPE_CHECKING:
     from ..scoring.registry import ModelRegistry
@@ -157,6 +158,7 @@ class Worker:
         self._last_full_gc = time.monotonic()
         self.decided = 0
         self.url: str | None = None  # where this worker's HTTP API answers; set before start()
+        self._worker_id: tuple[str, str] | None = None  # (url, worker id) of `worker_id`
         # the rollout state's tail (engine/worker/control.py), when the decider rolls out
         # model versions (a RolloutDecider); the owner of input partition 0 advances ramps
         self.control: Any = None
@@ -170,6 +172,12 @@ class Worker:
         # its group and exits; /healthz and /readyz say so meanwhile.
         self.failure: str | None = None
         self._broker_seen = time.monotonic()  # last time a broker answered (see _watch_broker)
+        # read-only replicas of partitions other workers own (engine/worker/standby.py)
+        replicas = cfg.state.standby_replicas
+        self.standbys: StandbySet | None = None if replicas <= 0 else StandbySet(
+            cfg.kafka, topology, self.topics.changelog, self.partitions, self.state_dir,
+            self.checkpoints, replicas, self.owners, lambda: self.worker_id)
+        self._standby_task: asyncio.Task | None = None
 
     @property
     def profiles(self) -> Mapping[str, Mapping[str, Any]]:
@@ -222,6 +230,9 @@ class Worker:
             self._tasks.append(asyncio.create_task(self.control.run(self._stopping),
                                                    name="rollout"))
         self._tasks.append(asyncio.create_task(self._track_lag(), name="lag"))
+        if self.standbys is not None:
+            self._standby_task = asyncio.create_task(self.standbys.run(self._stopping),
+                                                     name="standbys")
         self._tasks.append(asyncio.create_task(self._watch_state(), name="state"))
         self._tasks.append(asyncio.create_task(self._watch_broker(), name="broker"))
 
@@ -252,6 +263,15 @@ class Worker:
         """Leave the group, flush the producer, close the stores. Safe to call twice."""
         for task in self._tasks:
             task.cancel()
+        if self._standby_task is not None:  # awaited: its stores close cleanly (flushed)
+            self._standby_task.cancel()
+            try:
+                await self._standby_task
+            except asyncio.CancelledError:
+                pass
+            except Exception:
+                log.exception("standby replicas failed")
+            self._standby_task = None
         try:
             await self._drain()  # the last poll's state, outputs and commit
         except StateError as exc:  # said once already, where it happened
@@ -515,7 +535,12 @@ class Worker:
             n: s.active.ref.partition(":")[2] for n, s in list(self.models.slots.items())
             if s.active is not None}
         lag = {p: n for p, n in self._lag.items() if p in self.pipelines}
-        return WorkerSnapshot(self.ready[0], usable, active, lag, self._agent_lag)
+        standby_lag = {}
+        for p in range(self.partitions):
+            replica = self.standby(p)
+            if replica is not None:
+                standby_lag[p] = (replica.lag_records, replica.lag_ms)
+        return WorkerSnapshot(self.ready[0], usable, active, lag, self._agent_lag, standby_lag)
 
     async def _track_lag(self, every_s: float = 1.0) -> None:
         """Consumer lag per owned partition: its end offset (asked of the broker, so the lag
@@ -631,32 +656,52 @@ class Worker:
         self.owners.apply(self.worker_id, value)
 
     async def _open_partition(self, p: int) -> None:
-        store = RocksStore(self.state_dir / f"p{p:04d}", self.checkpoints)
+        # A standby replica of p here is promoted as it is (its store, open): the restore
+        # reads only the changelog past its offset, and lookups keep being answered from it
+        # until the owned state is up.
+        t0 = time.monotonic()
+        store = None if self.standbys is None else await self.standbys.take(p)
+        promoted_from = None if store is None else store.changelog_offset
+        if store is None:
+            store = RocksStore(self.state_dir / f"p{p:04d}", self.checkpoints)
         name = self.topology.name
         try:
             restored = await restore(self.cfg.kafka, self.topics.changelog, p, store,
                                      self.metrics.restored_records.labels(name),
                                      self.metrics.restoring_partitions.labels(name))
+            self.stores[p] = staged = StagedStore(store)
+            self.pipeline.open(p, staged)
         except BaseException:
+            self.stores.pop(p, None)
             try:
                 store.close()
             except StateError as exc:
                 log.warning("partition %d: %s", p, exc)
             raise
-        self.stores[p] = staged = StagedStore(store)
-        self.pipeline.open(p, staged)
+        finally:
+            if self.standbys is not None:
+                self.standbys.done(p)  # the replica's reads end here: the owner answers
+        if promoted_from is not None:
+            log.info("partition %d: promoted from its standby replica at changelog offset %d "
+                     "in %d ms", p, promoted_from, int((time.monotonic() - t0) * 1000))
         log.info("partition %d ready (%d changelog records restored)", p, restored)
 
     def _close_partition(self, p: int) -> None:
         self.pipeline.close(p)
         self._committed.pop(p, None)  # another worker commits there now
         store = self.stores.pop(p, None)
+        standbys = self.standbys
+        if store is not None and standbys is not None and not store.staged and \
+                isinstance(store.inner, RocksStore) and standbys.adopt(p, store.inner):
+            return  # now a standby replica: lookups of p keep an answer through a rebalance
         if store is not None:
             with self.state_lock:
                 try:
                     store.close()
                 except StateError as exc:  # its changes are in the changelog: nothing lost
                     log.warning("partition %d: %s", p, exc)
+        if standbys is not None:
+            standbys.include(p)
 
     # -- models ----------------------------------------------------------------------------
 
@@ -691,10 +736,22 @@ class Worker:
     def owns(self, partition: int) -> bool:
         return partition in self.stores
 
+    def standby(self, partition: int) -> StandbyRead | None:
+        """The standby replica of a partition owned elsewhere, with its lag; None when this
+        worker keeps none (or owns the partition)."""
+        if self.standbys is None or partition in self.stores:
+            return None
+        return self.standbys.read(partition)
+
     @property
     def worker_id(self) -> str:
         """Unique per process: the API's URL and the process id."""
-        return f"{self.url or f'{self.cfg.api.host}:{self.cfg.api.port}'}/pid{os.getpid()}"
+        # cached per URL: every answer names it (a hot path), and the URL is set once
+        url = self.url or f"{self.cfg.api.host}:{self.cfg.api.port}"
+        cached = self._worker_id
+        if cached is None or cached[0] != url:
+            cached = self._worker_id = (url, f"{url}/pid{os.getpid()}")
+        return cached[1]
 
 
 class _Listener(ConsumerRebalanceListener):

@@ -389,7 +389,8 @@ async def check_tables(rep: Report, expected: Expected, urls: list[str],
     sem = asyncio.Semaphore(16)
 
     async def one(http: aiohttp.ClientSession, i: int, card: str) -> None:
-        url = f"{urls[i % len(urls)]}/v1/tables/velocity/{card}"
+        # the owner's answer (forwarded), never a standby replica's: this is the exact check
+        url = f"{urls[i % len(urls)]}/v1/tables/velocity/{card}?consistency=owner"
         async with sem:
             for _ in range(20):  # bounded: a rebalance answers 503 with Retry-After
                 async with http.get(url) as resp:

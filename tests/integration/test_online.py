@@ -1,8 +1,9 @@
 """Online serving on two real workers of the fraud topology (one broker, 8 partitions).
 
 * lookups: for 1,000 random cards, GET /v1/tables/velocity/{card} answers the same on either
-  worker, equal to the oracle once the stream has drained; keys owned by the other worker are
-  forwarded (the answer says who served it);
+  worker, equal to the oracle once the stream has drained: with ?consistency=owner keys owned
+  by the other worker are forwarded (the answer says who served it); by default each worker
+  answers them from its standby replica, once caught up with the owner's values, not stale;
 * scoring: POST /v1/score on either worker gives the owner's decision; read-only unless
   ?update=true, which the stream then decides with the same decision_id;
 * security and limits: 401 without or with a wrong token (open endpoints stay open), 413 on an
@@ -125,33 +126,83 @@ def pair(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory):
         wp.stop()
 
 
+_META = ("served_by", "stale", "lag_ms", "standby", "request_id")  # who and how, not what
+
+
+def _values(answers: dict[str, tuple[int, object]], suffix: str = "") -> dict:
+    """path -> (status, body without the fields that say who served it and how fresh)."""
+    return {path.removesuffix(suffix): (status, {k: v for k, v in body.items()
+                                                 if k not in _META}
+                                        if isinstance(body, dict) else body)
+            for path, (status, body) in answers.items()}
+
+
+async def _wait_replicas_caught_up(pair: Pair, timeout_s: float = 60.0) -> None:
+    """Until each worker holds a standby replica of every partition the other owns, with
+    nothing of its changelog left to apply."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ready = [(await fetch_json(w.url, ["/readyz"]))["/readyz"][1] for w in (pair.a, pair.b)]
+        if all(set(map(int, r["standbys"])) == set(o["partitions"]) and
+               all(s["lag_records"] == 0 for s in r["standbys"].values())
+               for r, o in ((ready[0], ready[1]), (ready[1], ready[0]))):
+            return
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"standby replicas not caught up: {ready}")
+
+
 async def test_lookups_agree_on_both_workers_and_with_the_oracle(pair: Pair):
     cards = sorted(pair.oracle.card_partition)
     sample = random.Random(11).sample(cards, min(LOOKUP_CARDS, len(cards)))
     paths = [f"/v1/tables/velocity/{c}" for c in sample]
-    on_a = await fetch_json(pair.a.url, paths, headers=AUTH)
-    on_b = await fetch_json(pair.b.url, paths, headers=AUTH)
+    owner = "?consistency=owner"
+    on_a = await fetch_json(pair.a.url, [p + owner for p in paths], headers=AUTH)
+    on_b = await fetch_json(pair.b.url, [p + owner for p in paths], headers=AUTH)
     assert on_a == on_b  # same status, same body (served_by included: the owner served both)
     served = {body["served_by"] for status, body in on_a.values() if status == 200}
     assert len(served) == 2, served  # both owners appear: half of each side was forwarded
     assert sum(s == 200 for s, _ in on_a.values()) > 0.9 * len(sample)
+    assert all(not b["standby"] and b["lag_ms"] == 0 for s, b in on_a.values() if s == 200)
+    # By default each worker answers the other's keys from its standby replica: once the
+    # replicas have caught up, the owner's values, fresh, each said to be a replica's.
+    await _wait_replicas_caught_up(pair)
+    owners = _values(on_a, owner)
+    for wp in (pair.a, pair.b):
+        local = await fetch_json(wp.url, paths, headers=AUTH)
+        assert _values(local) == owners
+        ok = [b for s, b in local.values() if s == 200]
+        assert {b["served_by"] for b in ok} == {ok[0]["served_by"]}  # nothing forwarded
+        assert not any(b["stale"] for b in ok)
+        assert 0.2 * len(ok) < sum(b["standby"] for b in ok) < 0.8 * len(ok)
     assert_clean(await check_tables(pair.oracle, pair.a.url, sample, AUTH),
                  await check_tables(pair.oracle, pair.b.url, sample, AUTH))
-    # features and last decisions route the same way
+    # features and last decisions route the same way, owner or replica
     feats = [f"/v1/features/{c}" for c in sample[:100]]
-    fa, fb = (await fetch_json(pair.a.url, feats, headers=AUTH),
-              await fetch_json(pair.b.url, feats, headers=AUTH))
+    fa, fb = (await fetch_json(pair.a.url, [f + owner for f in feats], headers=AUTH),
+              await fetch_json(pair.b.url, [f + owner for f in feats], headers=AUTH))
     assert fa == fb and all(s == 200 for s, _ in fa.values())
+    for wp in (pair.a, pair.b):
+        assert _values(await fetch_json(wp.url, feats, headers=AUTH)) == _values(fa, owner)
+    many = orjson.dumps({"keys": sample[:100]})
+    for wp in (pair.a, pair.b):
+        status, doc = await _post(wp.url, many, path="/v1/features")
+        assert status == 200
+        assert [{k: v for k, v in r.items() if k not in _META} for r in doc["results"]] == \
+            [{**{k: v for k, v in _values(fa, owner)[f][1].items() if k != "feature_set"},
+              "status": 200} for f in feats]
     decs = [f"/v1/decisions/{c}" for c in sample[:100]]
-    assert await fetch_json(pair.a.url, decs, headers=AUTH) == \
-        await fetch_json(pair.b.url, decs, headers=AUTH)
+    da = await fetch_json(pair.a.url, [d + owner for d in decs], headers=AUTH)
+    assert _values(da, owner) == _values(await fetch_json(pair.b.url, decs, headers=AUTH))
+    assert da == await fetch_json(pair.b.url, [d + owner for d in decs], headers=AUTH)
+    bad = await fetch_json(pair.a.url, [paths[0] + "?consistency=eventual"], headers=AUTH)
+    assert bad[paths[0] + "?consistency=eventual"][0] == 400
 
 
 async def _post(url: str, body: bytes, headers: dict[str, str] | None = None,
-                query: str = "") -> tuple[int, dict]:
+                query: str = "", path: str = "/v1/score") -> tuple[int, dict]:
     hdrs = {"Content-Type": "application/json", **AUTH, **(headers or {})}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http, \
-            http.post(f"{url}/v1/score{query}", data=body, headers=hdrs) as resp:
+            http.post(f"{url}{path}{query}", data=body, headers=hdrs) as resp:
         return resp.status, orjson.loads(await resp.read())
 
 

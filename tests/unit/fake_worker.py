@@ -41,6 +41,9 @@ class FakeServedWorker:
     def owns(self, partition: int) -> bool:
         return True
 
+    def standby(self, partition: int) -> None:
+        return None  # no standby replicas: every partition is owned
+
     async def submit_event(self, key: bytes, value: bytes) -> None:
         raise AssertionError("no test appends to the input topic")
 

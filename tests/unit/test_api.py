@@ -281,3 +281,14 @@ async def test_an_online_event_from_the_far_future_is_refused_and_never_scored()
                                   headers=JSON)).status == 200
     finally:
         await client.close()
+
+
+def test_a_score_answer_is_the_decision_with_its_fields_spliced_in() -> None:
+    from engine.api.views import _with_fields
+
+    extra = {"duplicate": False, "served_by": "w1", "budget_ms": 50}
+    stored = orjson.dumps({"decision_id": "d1", "features": {"a": 1.5}, "reasons": []})
+    assert orjson.loads(_with_fields(stored, extra)) == {**orjson.loads(stored), **extra}
+    assert orjson.loads(_with_fields(stored + b"\n", extra)) == {**orjson.loads(stored),
+                                                                 **extra}
+    assert orjson.loads(_with_fields(b"{}", extra)) == extra  # no fields: no stray comma

@@ -90,3 +90,28 @@ def test_an_id_past_its_ttl_is_decided_again_not_answered_from_the_store() -> No
     (again,) = pipe.preview([DECODER.decode(_payment("e1", "c1", T0))], {}, Recording())
     assert not again.duplicate
     assert orjson.loads(again.decision)["reasons"][0] == "late_event"
+
+
+def test_previews_of_several_partitions_make_one_decider_call() -> None:
+    from engine.pipeline.preview import preview, preview_many
+
+    stores = [MemoryStore(), MemoryStore()]
+    pipes = [_stream(stores[0], [_payment("e1", "c1", T0)]),
+             _stream(stores[1], [_payment("e2", "c2", T0 + 1_000)])]
+    pipes[1].state.partition = 1  # the same topology's second partition
+    asked = [[DECODER.decode(_payment("e1", "c1", T0)),                # a duplicate
+              DECODER.decode(_payment("e3", "c1", T0 + 5_000))],
+             [DECODER.decode(_payment("e4", "c2", T0 + 6_000))]]
+    decider = Recording()
+    many = preview_many([(p.state, ev) for p, ev in zip(pipes, asked, strict=True)], {},
+                        decider, NOW)
+    (call,) = decider.calls  # one call for both partitions' fresh events
+    assert [row[0] for row in call] == [(0, "c1"), (1, "c2")]
+    assert many[0][0].duplicate and not many[0][1].duplicate and not many[1][0].duplicate
+    # the same decisions as one preview per partition
+    alone = [preview(p.state, ev, {}, Recording(), NOW) for p, ev in zip(pipes, asked,
+                                                                         strict=True)]
+    strip = [[{k: v for k, v in orjson.loads(x.decision).items() if k != "stage_ms"}
+              for x in got] for got in many]
+    assert strip == [[{k: v for k, v in orjson.loads(x.decision).items() if k != "stage_ms"}
+                      for x in got] for got in alone]

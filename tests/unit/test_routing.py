@@ -27,3 +27,27 @@ def test_garbage_records_are_ignored() -> None:
     m.apply("a", b"not json")
     m.apply_all([(None, b"{}"), (b"c", b'{"url": 1}')])
     assert m.owner(0).url == "http://a"
+
+
+def test_standby_placement_is_the_next_workers_on_the_ring_of_owners() -> None:
+    from engine.routing import standby_partitions
+    m = OwnerMap()
+    _ann(m, "a", {0, 1, 2}, 1)
+    _ann(m, "b", {3, 4, 5}, 1)
+    # two workers, one replica: each keeps exactly the other's partitions
+    assert standby_partitions(m, "a", 1, 6) == {3, 4, 5}
+    assert standby_partitions(m, "b", 1, 6) == {0, 1, 2}
+    assert standby_partitions(m, "a", 0, 6) == set()
+    _ann(m, "c", {5}, 2)  # three owners: ring a -> b -> c -> a
+    _ann(m, "b", {3, 4}, 2)
+    assert standby_partitions(m, "a", 1, 6) == {5}  # c's
+    assert standby_partitions(m, "b", 1, 6) == {0, 1, 2}  # a's
+    assert standby_partitions(m, "c", 1, 6) == {3, 4}  # b's
+    # as many replicas as other workers: every partition not owned, never one owned
+    assert standby_partitions(m, "a", 2, 6) == {3, 4, 5}
+    assert standby_partitions(m, "a", 8, 6) == {3, 4, 5}
+    # a worker that owns nothing yet is on the ring too
+    assert standby_partitions(m, "d", 1, 6) == {5}  # after c: d, then a
+    _ann(m, "c", set(), 3)  # c between assignments: 5 has no owner; a keeps what it holds
+    assert standby_partitions(m, "a", 1, 6, held=frozenset({5})) == {3, 4, 5}
+    assert 5 not in standby_partitions(m, "a", 1, 6)
