@@ -159,7 +159,7 @@ def test_produce_creates_the_topics_says_so_and_replays_of_empty_ranges_fail(
                 "--events", "10", "--side", "refunds")
     assert proc.returncode == 2 and proc.stderr.strip() == (
         "streamwise: topology fraud has no agent reading 'refunds' (its agents read: "
-        "decisions, outcomes)"), proc.stderr
+        "outcomes)"), proc.stderr
 
 
 def test_a_worker_given_the_input_topic_flag_creates_it(kafka_bootstrap, tmp_path,

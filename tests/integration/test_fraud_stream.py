@@ -69,6 +69,7 @@ from topologies.fraud.workload import bad_records, generate
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
 PARTITIONS = 4
+WITH_CARD_RISK = "topologies.fraud:WITH_CARD_RISK"  # fraud with its opt-in card_risk agent
 DLQ_HEADERS = ("streamwise.reason", "streamwise.detail", "streamwise.topic",
                "streamwise.partition", "streamwise.offset", "streamwise.received_at_ms")
 
@@ -81,9 +82,10 @@ def workers(tmp_path: Path, kafka_bootstrap: str):
     """Factory of worker processes; every one is SIGKILLed by PID at teardown if still alive."""
     made: list[WorkerProcess] = []
 
-    def make(prefix: str, name: str = "w1") -> WorkerProcess:
+    def make(prefix: str, name: str = "w1", topology: str = "fraud") -> WorkerProcess:
         w = WorkerProcess(kafka_bootstrap, prefix, tmp_path / f"data-{name}",
-                          tmp_path / f"worker-{name}.log", partitions=PARTITIONS)
+                          tmp_path / f"worker-{name}.log", partitions=PARTITIONS,
+                          topology=topology)
         made.append(w)
         return w
 
@@ -425,7 +427,7 @@ async def test_worker_matches_the_oracle(kafka_bootstrap: str, unique_prefix: st
     w = generate(20_000, seed=7)
     topics = await _prepare(kafka_bootstrap, unique_prefix, w.profiles)
     stream = _stream(w.events, _spread_bad_records(len(w.events)))
-    worker = workers(unique_prefix)
+    worker = workers(unique_prefix, topology=WITH_CARD_RISK)
     worker.start()
     await worker.wait_ready()  # it has made the outcomes topic
     await produce(kafka_bootstrap, topics.events, stream)
@@ -456,7 +458,7 @@ async def test_crashes_and_lost_state_change_nothing(kafka_bootstrap: str, uniqu
     topics = await _prepare(kafka_bootstrap, unique_prefix, w.profiles)
     stream = _stream(w.events, _spread_bad_records(len(w.events)))
     chunks = [stream[k * 5_000:(k + 1) * 5_000] for k in range(3)] + [stream[15_000:]]
-    worker = workers(unique_prefix)
+    worker = workers(unique_prefix, topology=WITH_CARD_RISK)
     worker.start()
     await worker.wait_ready()
     outcomes = w.side["outcomes"]  # reported while the worker is killed three times

@@ -14,6 +14,7 @@ from engine.errors import TopologyError
 from engine.partitioning import router
 from engine.state import MemoryStore, layout
 from topologies.fraud import TOPOLOGY as FRAUD
+from topologies.fraud import WITH_CARD_RISK
 from topologies.fraud.anomaly import RECENT_IDS, card_decisions, card_outcomes
 
 PARTITIONS = 4
@@ -157,7 +158,7 @@ def _decision(card: str, n: int, decision: str, score: float, decided_at_ms: int
 
 
 def test_card_risk_counts_each_decision_once_and_flags_the_card() -> None:
-    agent = next(a for a in FRAUD.agents if a.fn is card_decisions)
+    agent = next(a for a in WITH_CARD_RISK.agents if a.fn is card_decisions)
     (card,) = _key_on(0, 1)
     store = MemoryStore()
     docs = [_decision(card, 1, "approve", 0.05), _decision(card, 2, "approve", 0.1),
@@ -198,7 +199,7 @@ def test_card_outcomes_counts_reports_once_and_marks_the_card_compromised() -> N
 def test_an_old_decision_re_emitted_after_the_card_s_recent_ids_is_not_counted() -> None:
     """A duplicate payment long after its original gets the original's bytes, first decided
     more than a minute before the card's newest decision: not a new decision."""
-    agent = next(a for a in FRAUD.agents if a.fn is card_decisions)
+    agent = next(a for a in WITH_CARD_RISK.agents if a.fn is card_decisions)
     (card,) = _key_on(0, 1)
     store = MemoryStore()
     first = _decision(card, 0, "review", 0.6, decided_at_ms=1_000)
