@@ -154,7 +154,7 @@ def read_row(store: TableReader, table: str, key: str) -> Any:
     return None if raw is None else orjson.loads(raw)
 
 
-def decode_record(offset: int, key: bytes | None, value: bytes | None,
+def _decode_record(offset: int, key: bytes | None, value: bytes | None,
                   timestamp_ms: int | None) -> AgentRecord:
     """An agent record; a value that is not a JSON document is given as None (and `raw`)."""
     doc = None
@@ -182,7 +182,7 @@ async def run_agent(agent: Agent, partition: int, store: TableReader,
     marker = layout.agent_position_key(agent.name)
     stored = store.get(marker)
     done = int(stored) if stored is not None else -1  # offsets below this are applied
-    fresh = [decode_record(o, k, v, t) for o, k, v, t in records if o >= done]
+    fresh = [_decode_record(o, k, v, t) for o, k, v, t in records if o >= done]
     end = records[-1][0] + 1
     if fresh:
         tables = {name: AgentTable(name, partition, store, changes, route)

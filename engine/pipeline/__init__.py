@@ -10,6 +10,6 @@ from .replica import ReplicaView, StandbyRead
 from .single import PartitionPipeline
 
 __all__ = ["STAGES", "BatchResult", "Decider", "InputRecord", "PartitionPipeline",
-           "PartitionState", "Pipeline",
-           "PollResult", "Preview", "Record", "ReplicaView", "SideRecord", "StandbyRead", "Store", "abstain_decision",
-           "features_now", "last_decision", "preview", "table_view"]
+           "PartitionState", "Pipeline", "PollResult", "Preview", "Record", "ReplicaView",
+           "SideRecord", "StandbyRead", "Store", "abstain_decision", "features_now",
+           "last_decision", "preview", "table_view"]
