@@ -6,6 +6,7 @@ from .features import (
     FeatureVector,
     ProfileFeature,
     SinceLastFeature,
+    TableFeature,
     WindowFeature,
 )
 from .policy import Rules, Thresholds, Verdict
@@ -31,6 +32,7 @@ __all__ = [
     "SinceLastFeature",
     "Sliding",
     "StageBudget",
+    "TableFeature",
     "Thresholds",
     "TileTable",
     "TimeSettings",

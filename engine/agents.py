@@ -16,7 +16,21 @@ input offsets are committed at least once after).
 
 Keys are routed like entities: a table key lives on the partition the topology's partitioner
 gives it, and an agent writes only keys of its own partition (`OwnershipError` otherwise), so
-``GET /v1/tables/{table}/{key}`` finds a key at its owner. Values are JSON objects.
+``GET /v1/tables/{table}/{key}`` finds a key at its owner. A *local* table
+(``local_tables=``) is the exception: each partition keeps its own row for any key (e.g. a
+merchant's statistics over the payments of the cards that partition decides), so a decision
+reads it without leaving its partition; over HTTP a key's row is the one its owner keeps.
+Values are JSON objects.
+
+An agent on the topology's own ``"decisions"`` is fed in process, not from Kafka: after each
+poll, with the decisions the poll made (each once, in order; a duplicate's re-emitted copy is
+not one), in the same change set as those decisions (`run_decision_agents`). Its records have
+the input record's position as `offset` and no timestamp.
+
+Table features (`engine.features.TableFeature`) read agent rows when a poll starts, so a
+decision depends on which agent records had been applied by then. The worker writes that
+down per poll (`progress_doc`, to ``T.progress``) and replay re-applies the agents at the
+same input positions (`ProgressHistory`).
 
 Pure: no Kafka, no RocksDB; the worker (`engine.worker.agents`) feeds it.
 """
@@ -24,7 +38,7 @@ Pure: no Kafka, no RocksDB; the worker (`engine.worker.agents`) feeds it.
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -32,8 +46,11 @@ import orjson
 
 from .state import layout
 
-__all__ = ["Agent", "AgentBatch", "AgentRecord", "AgentTable", "OwnershipError", "TableReader",
-           "read_row", "run_agent"]
+__all__ = ["DECISIONS", "Agent", "AgentBatch", "AgentRecord", "AgentTable", "OwnershipError",
+           "ProgressHistory", "TableReader", "drive", "positions", "progress_doc", "read_row",
+           "run_agent", "run_decision_agents"]
+
+DECISIONS = "decisions"  # the topic of an agent fed in process with the poll's decisions
 
 TOPIC_RE = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 TABLE_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
@@ -69,6 +86,20 @@ class Agent:
     topic: str  # relative to the topology: "decisions" -> "<prefix><topology>.decisions"
     fn: Callable[[AgentBatch], Awaitable[None]]
     tables: tuple[str, ...] = ()
+    local_tables: tuple[str, ...] = ()  # one row per key in every partition, not routed
+
+    @property
+    def in_process(self) -> bool:
+        """Fed with the poll's own decisions, not read from Kafka."""
+        return self.topic == DECISIONS
+
+    def open_tables(self, partition: int, store: TableReader, changes: dict[bytes, bytes | None],
+                    route: Callable[[bytes], int] | None) -> dict[str, AgentTable]:
+        tables = {name: AgentTable(name, partition, store, changes, route)
+                  for name in self.tables}
+        tables.update((name, AgentTable(name, partition, store, changes, None))
+                      for name in self.local_tables)
+        return tables
 
 
 class AgentTable:
@@ -185,8 +216,81 @@ async def run_agent(agent: Agent, partition: int, store: TableReader,
     fresh = [_decode_record(o, k, v, t) for o, k, v, t in records if o >= done]
     end = records[-1][0] + 1
     if fresh:
-        tables = {name: AgentTable(name, partition, store, changes, route)
-                  for name in agent.tables}
-        await agent.fn(AgentBatch(partition, fresh, tables))
+        await agent.fn(AgentBatch(partition, fresh,
+                                  agent.open_tables(partition, store, changes, route)))
         changes[marker] = str(end).encode()
     return changes, end
+
+
+def run_decision_agents(agents: Sequence[Agent], partition: int, store: TableReader,
+                        changes: dict[bytes, bytes | None],
+                        made: Sequence[tuple[int, bytes, bytes]],
+                        route: Callable[[bytes], int] | None = None) -> None:
+    """Feed the decisions a poll made on `partition` (``(input position, key, decision)``, in
+    order) to the in-process `agents`, writing their tables' changes into `changes` (the
+    poll's change set: reads see it over the store). Runs without an event loop: such an
+    agent must not wait on I/O (an agent that suspends raises RuntimeError)."""
+    if not made:
+        return
+    records = [AgentRecord(pos, key.decode(errors="replace"), orjson.loads(body), None, body)
+               for pos, key, body in made]
+    for agent in agents:
+        drive(agent.fn(AgentBatch(partition, records,
+                                  agent.open_tables(partition, store, changes, route))),
+              agent.name)
+
+
+def drive(coro: Coroutine[Any, Any, Any], name: str) -> Any:
+    """Run an agent's coroutine to its end without an event loop (inside a poll, in replay,
+    in `engine.testing`); RuntimeError when it suspends, i.e. waits on I/O."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise RuntimeError(f"agent {name} waited on I/O: an agent run inside a poll or a replay "
+                       "must finish without awaiting")
+
+
+def positions(store: TableReader, agents: Sequence[Agent]) -> dict[str, int]:
+    """Where each agent read from Kafka has applied its topic up to in this store (the next
+    offset; 0: nothing yet)."""
+    out = {}
+    for a in agents:
+        raw = store.get(layout.agent_position_key(a.name))
+        out[a.name] = int(raw) if raw is not None else 0
+    return out
+
+
+def progress_doc(at: int, agents: dict[str, int]) -> bytes:
+    """The progress record of one partition's poll: its input starts at offset `at`, and its
+    table features read agent rows with each Kafka-fed agent applied up to `agents[name]`."""
+    return orjson.dumps({"at": at, "agents": agents})
+
+
+class ProgressHistory:
+    """One partition's progress records, as they end up mattering: a worker that restarted
+    wrote a record for an offset again, and what it wrote then (and after) replaces what the
+    earlier run wrote from that offset on."""
+
+    def __init__(self) -> None:
+        self.at: list[int] = []
+        self.agents: list[dict[str, int]] = []
+
+    def add(self, raw: bytes | None) -> None:
+        try:
+            doc = orjson.loads(raw) if raw is not None else None
+        except orjson.JSONDecodeError:
+            doc = None
+        if not isinstance(doc, dict) or not isinstance(doc.get("at"), int):
+            return
+        at = doc["at"]
+        while self.at and self.at[-1] >= at:  # a restart re-decided from `at` on
+            self.at.pop()
+            self.agents.pop()
+        self.at.append(at)
+        self.agents.append({k: v for k, v in (doc.get("agents") or {}).items()
+                            if isinstance(v, int)})
+
+    def __len__(self) -> int:
+        return len(self.at)

@@ -16,6 +16,7 @@ __all__ = [
     "FeatureVector",
     "ProfileFeature",
     "SinceLastFeature",
+    "TableFeature",
     "WindowFeature",
 ]
 
@@ -61,7 +62,37 @@ class EventFeature:
     compute: Callable[[Any], float | int | None]
 
 
-Feature = WindowFeature | SinceLastFeature | ProfileFeature | EventFeature
+@dataclass(frozen=True)
+class TableFeature:
+    """A value from rows of agent tables (`engine.agents`), looked up by one of the event's
+    fields: ``compute(event, row, ...)``, one row per table of `tables` (None: no row, or a
+    stale one).
+
+    Rows are read as the partition's store holds them when the event's poll starts (an
+    agent's updates of a poll are seen from the next one; replay re-applies them at the same
+    input positions). `max_age_ms`: a row whose `as_of_field` (an epoch-ms event time the
+    agent writes) is more than this before the event's time is stale, and the decision notes
+    ``stale_<table>``; rows without that field, and all rows when it is None, never go stale.
+    `compute` must return a number for None rows too when the feature is not critical: a
+    model gets no missing values.
+    """
+
+    name: str
+    tables: tuple[str, ...]
+    key_field: str
+    compute: Callable[..., float | int | None]
+    max_age_ms: int | None = None
+    as_of_field: str = "as_of_ms"
+
+    def fresh(self, row: Mapping[str, Any] | None, ts_ms: int) -> Mapping[str, Any] | None:
+        """`row` unless it is stale at event time `ts_ms`."""
+        if row is None or self.max_age_ms is None:
+            return row
+        as_of = row.get(self.as_of_field)
+        return row if not isinstance(as_of, int) or ts_ms - as_of <= self.max_age_ms else None
+
+
+Feature = WindowFeature | SinceLastFeature | ProfileFeature | EventFeature | TableFeature
 
 
 @dataclass(frozen=True)
@@ -90,6 +121,10 @@ class FeatureSet:
 
     def tables_used(self) -> set[str]:
         return {f.table for f in self.features if isinstance(f, WindowFeature | SinceLastFeature)}
+
+    def agent_tables_read(self) -> set[str]:
+        """The agent tables that table features read."""
+        return {t for f in self.features if isinstance(f, TableFeature) for t in f.tables}
 
     def profile_is_stale(self, profile: Mapping[str, Any] | None, ts_ms: int) -> bool:
         """True when `profile` carries a record time (``_ts_ms``) older than the max age."""

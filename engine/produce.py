@@ -54,7 +54,7 @@ async def produce(cfg: EngineConfig, topology: Topology, req: ProduceRequest) ->
         raise ConfigError(f"no such input file: {req.file}")
     if req.file is None and topology.workload is None:
         raise ConfigError(f"topology {topology.name} has no reference workload: give --file")
-    agent_topics = sorted({a.topic for a in topology.agents})
+    agent_topics = sorted({a.topic for a in topology.agents if not a.in_process})
     for side in req.side:
         if side not in agent_topics:
             raise ConfigError(f"topology {topology.name} has no agent reading {side!r} (its "
@@ -65,8 +65,8 @@ async def produce(cfg: EngineConfig, topology: Topology, req: ProduceRequest) ->
     topics = topology.topics(k.topic_prefix)
     partitions = k.partitions or topology.default_partitions
     created = await ensure_topics(k, topic_specs(topics, partitions, [
-        topology.agent_topic(a.topic, k.topic_prefix) for a in topology.agents]),
-        k.replication_factor)
+        topology.agent_topic(a.topic, k.topic_prefix) for a in topology.agents],
+        topology.reads_agent_tables), k.replication_factor)
     release_held_logs()  # the start-up checks passed
     if created:
         print(f"created {len(created)} topics with {partitions} partitions: "

@@ -49,6 +49,7 @@ from .partitioning import router
 from .pipeline import Decider, Record
 from .profiles import apply_profile_records
 from .progress import Bar
+from .replay_agents import read_schedules, warn_unrecorded
 from .replay_routing import RoutingSpool
 from .replay_runner import (
     BATCH,
@@ -262,9 +263,10 @@ async def replay_kafka(kafka: KafkaTarget, topology: Topology, decider: Decider,
                         progress.advance(len(chunk))
                     spool.finish()
         summary.routed = spool.routed
+        schedules = await read_schedules(kafka, topology, prefix, partitions)
         with Bar("replay", total) as progress:
             runner = _Runner(topology, decider, profiles, workdir, summary, progress,
-                             topics.events)
+                             topics.events, schedules)
             for p in spool.partitions():
                 streams[p] = runner.decisions(p, _aiter(spool.batches(p, BATCH)))
             await _write_in_order(streams, sink, _merges(topology))
@@ -321,6 +323,8 @@ async def replay_file(path: Path, topology: Topology, decider: Decider, profiles
     n = sum(len(v) for v in by_partition.values())
     _not_empty(n, f"input file {path}", allow_empty)
     release_held_logs()
+    if topology.reads_agent_tables:  # a file has no record of the agents' progress
+        warn_unrecorded(topology)
     prov = _Provenance(topology, models or {}, {"file": path.name, "records": n,
                                                 "partitions": partitions}, labels)
     summary = ReplaySummary(partitions=sorted(by_partition))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -18,6 +18,7 @@ from .clock import ManualClock
 from .pipeline import Decider, Pipeline, Record
 from .pipeline.records import origin
 from .progress import Bar
+from .replay_agents import AgentSchedule
 from .sinks.files import Sink
 from .state import RocksStore
 from .topology import Topology
@@ -67,8 +68,10 @@ class _Runner:
     """Runs one partition's records through a fresh pipeline, batch by batch."""
 
     def __init__(self, topology: Topology, decider: Decider, profiles: dict, workdir: Path,
-                 summary: ReplaySummary, progress: Bar, topic: str) -> None:
+                 summary: ReplaySummary, progress: Bar, topic: str,
+                 schedules: Mapping[int, AgentSchedule] | None = None) -> None:
         self.topic = topic  # named in dead-letter and late records
+        self.schedules = schedules or {}  # agents' progress per partition (`replay_agents`)
         self.topology = topology
         self.decider = decider
         self.profiles = profiles
@@ -87,25 +90,42 @@ class _Runner:
         pipe = Pipeline(self.topology, self.decider, clock, topic=self.topic)
         pipe.open(partition, store)
         origins = _Origins(self.topology, self.topic)
+        schedule = self.schedules.get(partition)
+        if schedule is not None and not schedule.recorded:
+            schedule = None  # agents on the decisions are fed after every batch
+        feed_each = schedule is None and self.topology.reads_agent_tables
         emitted = False
         try:
             async for warm, part in batches:
                 # decided_at = newest event time seen: deterministic, unlike the wall clock
                 clock.advance(origins.add(part) - clock.now_ms())
-                result = pipe.process({partition: part}, self.profiles).partitions[partition]
-                store.apply(result.changes)
-                origins.drop(result)
-                decided = origins.match(result.decisions)
+                decided: list[Decided] = []
+                # agents' tables change only at the live worker's poll boundaries
+                for piece in schedule.cut(part) if schedule is not None else (part,):
+                    if schedule is not None:
+                        schedule.reach(piece, pipe, store)
+                    result = pipe.process({partition: piece},
+                                          self.profiles).partitions[partition]
+                    store.apply(result.changes)
+                    if schedule is not None:
+                        schedule.made(result.made)
+                    elif feed_each:
+                        changes: dict[bytes, bytes | None] = {}
+                        pipe.feed_agents(partition, result.made, changes)
+                        store.apply(changes)
+                    origins.drop(result)
+                    decided += origins.match(result.decisions)
+                    if not warm:
+                        self.summary.duplicates += result.duplicates
+                        self.summary.late += len(result.late)
+                        self.summary.dlq += len(result.dlq)
+                        self.summary.decisions += len(result.decisions)
                 self.progress.advance(len(part))
                 if warm:
                     self.summary.warmup_events += len(part)
                     continue
                 emitted = True
                 self.summary.events += len(part)
-                self.summary.decisions += len(result.decisions)
-                self.summary.duplicates += result.duplicates
-                self.summary.late += len(result.late)
-                self.summary.dlq += len(result.dlq)
                 if decided:
                     yield decided
             # End of the range: events an event_time reorder buffer still holds are decided

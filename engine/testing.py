@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from .agents import drive, run_agent
 from .clock import Clock, ManualClock
 from .partitioning import router
 from .pipeline import Decider, InputRecord, Pipeline, PollResult, Record, SideRecord
@@ -48,6 +49,8 @@ class FeedResult:
     """table -> partition -> entity key -> row (an entity is split over partitions when
     producers key its events differently)."""
     duplicates: int = 0
+    agent_tables: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
+    """agent table -> partition -> key -> row."""
 
 
 def records_of(topology: Topology, events: Iterable[Mapping[str, Any]],
@@ -73,7 +76,9 @@ def feed(topology: Topology, records: Iterable[InputRecord], *,
          profiles: Mapping[str, Mapping[str, Any]] | None = None,
          decider: Decider | None = None, clock: Clock | None = None,
          poll_records: int = 1000, kernel: type | None = None,
-         topic: str = "", partitions: int | None = None) -> FeedResult:
+         topic: str = "", partitions: int | None = None,
+         side: Mapping[str, Iterable[Mapping[str, Any]]] | None = None,
+         agents_every: int | None = None) -> FeedResult:
     """Run `records` (each with its partition and offset) through `topology`.
 
     With `partitions` (the input's partition count), a record whose entity belongs to another
@@ -86,8 +91,16 @@ def feed(topology: Topology, records: Iterable[InputRecord], *,
     `received_at_ms`) to a `ManualClock` at 0; `kernel` to the engine's tile kernel. Tiles that
     the final watermark has expired are left out of `tables`, whether or not a sweep has
     deleted them yet.
+
+    `side`: documents of agent topics (relative names, e.g. ``"outcomes"``), each keyed by
+    its `key_field` value, applied by their agents before the first poll of their partition.
+    Agents on the decisions are fed each poll's decisions after it; with `agents_every`,
+    only after every `agents_every` input records instead (polls are cut there too), as a
+    replay feeds them at the live worker's poll boundaries: the output then no longer depends
+    on `poll_records`. `agent_tables` holds the agents' rows at the end.
     """
     decider = decider or RulesOnly(topology.rules, topology.features.versioned_name)
+    side_records = _side_records(topology, side or {}, partitions or 1)
     pipeline = Pipeline(topology, decider, clock or ManualClock(0), kernel=kernel,
                         topic=topic or topology.topics().events)
     profiles = profiles or {}
@@ -118,18 +131,71 @@ def feed(topology: Topology, records: Iterable[InputRecord], *,
             if p not in stores:
                 stores[p] = MemoryStore()
                 pipeline.open(p, stores[p])
-        collect(pipeline.process(by_partition, profiles))
+                _apply_side(topology, p, stores[p], side_records.get(p, {}))
+        result = pipeline.process(by_partition, profiles)
+        if agents_every is None:
+            pipeline.feed_poll(result)  # agents on the decisions: seen from the next poll on
+        else:
+            for p, r in result.partitions.items():
+                made.setdefault(p, []).extend(r.made)
+        collect(result)
 
+    def feed_agents() -> None:
+        for p, decisions in made.items():
+            changes: dict[bytes, bytes | None] = {}
+            pipeline.feed_agents(p, decisions, changes)
+            stores[p].apply(changes)
+        made.clear()
+
+    made: dict[int, list[tuple[int, bytes, bytes]]] = {}
     poll: list[InputRecord] = []
-    for rec in records:
+    for i, rec in enumerate(records, 1):
         poll.append(rec)
-        if len(poll) >= poll_records:
+        at_cut = agents_every is not None and i % agents_every == 0
+        if len(poll) >= poll_records or at_cut:
             run(poll)
             poll = []
+        if at_cut:
+            feed_agents()
     if poll:
         run(poll)
     collect(pipeline.flush(profiles))  # what an event_time reorder buffer still holds
     out.tables = _tables(topology, stores, pipeline)
+    out.agent_tables = _agent_tables(topology, stores)
+    return out
+
+
+def _side_records(topology: Topology, side: Mapping[str, Iterable[Mapping[str, Any]]],
+                  partitions: int) -> dict[int, dict[str, list[tuple[int, bytes, bytes, None]]]]:
+    """partition -> agent topic -> its records ``(offset, key, value, timestamp)``."""
+    place = router(partitions, topology.partitioner)
+    out: dict[int, dict[str, list]] = {}
+    for topic, docs in side.items():
+        for doc in docs:
+            key = str(doc[topology.key_field]).encode()
+            records = out.setdefault(place(key), {}).setdefault(topic, [])
+            records.append((len(records), key, orjson.dumps(doc), None))
+    return out
+
+
+def _apply_side(topology: Topology, partition: int, store: MemoryStore,
+                records: Mapping[str, list]) -> None:
+    for agent in topology.agents:
+        if records.get(agent.topic) and not agent.in_process:
+            changes, _ = drive(run_agent(agent, partition, store, records[agent.topic]),
+                               agent.name)
+            store.apply(changes)
+
+
+def _agent_tables(topology: Topology, stores: Mapping[int, MemoryStore]
+                  ) -> dict[str, dict[int, dict[str, Any]]]:
+    out: dict[str, dict[int, dict[str, Any]]] = {}
+    for agent in topology.agents:
+        for name in (*agent.tables, *agent.local_tables):
+            prefix = layout.agent_key(name, b"")
+            out[name] = {p: {k[len(prefix):].decode(): orjson.loads(v)
+                             for k, v in store.items_between(prefix, prefix + b"\xff")}
+                         for p, store in stores.items()}
     return out
 
 

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from .agents import TABLE_RE, TOPIC_RE, Agent, AgentBatch
 from .errors import TopologyError
-from .features import FeatureSet, SinceLastFeature, WindowFeature
+from .features import FeatureSet, SinceLastFeature, TableFeature, WindowFeature
 from .partitioning import PARTITIONERS, Partitioner
 from .policy import Rules
 from .rollout.settings import RolloutSettings
@@ -78,6 +78,7 @@ class TopicNames:
     changelog: str
     members: str
     repartition: str
+    progress: str
     group: str
 
     @classmethod
@@ -86,7 +87,7 @@ class TopicNames:
         return cls(events=f"{base}.events", decisions=f"{base}.decisions", dlq=f"{base}.dlq",
                    late=f"{base}.late", profiles=f"{base}.profiles", control=f"{base}.control",
                    changelog=f"{base}.changelog", members=f"{base}.members",
-                   repartition=f"{base}.repartition",
+                   repartition=f"{base}.repartition", progress=f"{base}.progress",
                    group=f"{prefix}streamwise-{name}")
 
 
@@ -111,6 +112,8 @@ class Topology:
     None: ``produce`` needs ``--file``.
     `agents`: Faust-style agents over side topics (`engine.agents`); `agent` adds one with a
     decorator once the topology exists.
+    `decision_context`: event fields copied into every decision, under ``context`` (what a
+    consumer of the decisions, an agent among them, needs of the event beyond its features).
     """
 
     name: str
@@ -136,6 +139,7 @@ class Topology:
     description: str = ""
     workload: Callable[..., ReferenceWorkload] | None = None
     agents: tuple[Agent, ...] = ()
+    decision_context: tuple[str, ...] = ()
     _tables_by_name: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -148,15 +152,18 @@ class Topology:
     def topics(self, prefix: str = "") -> TopicNames:
         return TopicNames.of(self.name, prefix)
 
-    def agent(self, topic: str, tables: tuple[str, ...] = ()
+    def agent(self, topic: str, tables: tuple[str, ...] = (), local_tables: tuple[str, ...] = ()
               ) -> Callable[[Callable[[AgentBatch], Awaitable[None]]],
                             Callable[[AgentBatch], Awaitable[None]]]:
         """Declare the decorated ``async def fn(batch: AgentBatch)`` an agent over `topic`
-        (relative to the topology: ``"decisions"`` is ``<prefix><name>.decisions``) owning
-        `tables`. Raises TopologyError on a bad name or a table declared twice."""
+        (relative to the topology: ``"outcomes"`` is ``<prefix><name>.outcomes``; the
+        topology's own ``"decisions"`` are fed in process) owning `tables` (rows on their
+        key's partition) and `local_tables` (rows in every partition). Raises TopologyError
+        on a bad name or a table declared twice."""
         def register(fn: Callable[[AgentBatch], Awaitable[None]]
                      ) -> Callable[[AgentBatch], Awaitable[None]]:
-            agents = (*self.agents, Agent(fn.__name__, topic, fn, tuple(tables)))
+            agents = (*self.agents, Agent(fn.__name__, topic, fn, tuple(tables),
+                                          tuple(local_tables)))
             self._validate_agents(agents)
             object.__setattr__(self, "agents", agents)  # declared once, at import
             return fn
@@ -168,7 +175,23 @@ class Topology:
 
     def agent_table(self, name: str) -> Agent | None:
         """The agent owning table `name`, or None."""
-        return next((a for a in self.agents if name in a.tables), None)
+        return next((a for a in self.agents if name in a.tables or name in a.local_tables),
+                    None)
+
+    @property
+    def reads_agent_tables(self) -> bool:
+        """Whether decisions depend on agents (table features): the worker then records its
+        agents' progress per poll, for replay."""
+        return bool(self.features.agent_tables_read())
+
+    def check_table_features(self) -> None:
+        """Raise TopologyError unless every table feature reads a declared agent table: run
+        once the module declaring the topology (and its agents) is imported."""
+        for f in self.features.features:
+            for table in f.tables if isinstance(f, TableFeature) else ():
+                if self.agent_table(table) is None:
+                    raise TopologyError(f"topology {self.name!r}: feature {f.name} reads "
+                                        f"table {table!r}, which no agent declares")
 
     def _validate(self) -> None:
         def fail(msg: str) -> None:
@@ -211,6 +234,11 @@ class Topology:
             seen.add(f.name)
             if isinstance(f, WindowFeature | SinceLastFeature) and f.table not in tables:
                 fail(f"feature {f.name}: unknown table {f.table!r}")
+            if isinstance(f, TableFeature):
+                if not f.tables or isinstance(f.tables, str):
+                    fail(f"feature {f.name}: tables must be a tuple of agent table names")
+                if f.key_field not in fields:
+                    fail(f"feature {f.name}: {f.key_field!r} is not a field of the schema")
             if isinstance(f, WindowFeature):
                 tb = tables[f.table]
                 w = f.window
@@ -221,6 +249,9 @@ class Topology:
                 if isinstance(w, Sliding | Tumbling | Hopping) and w.duration_ms > tb.retain_ms:
                     fail(f"feature {f.name}: window {w.duration_ms} ms is longer than table "
                          f"{tb.name}'s retain_ms {tb.retain_ms}")
+        for f in self.decision_context:
+            if f not in fields:
+                fail(f"decision_context: {f!r} is not a field of the schema")
         for stage, b in self.budgets.items():
             if stage not in STAGES:
                 fail(f"budget for unknown stage {stage!r}; stages are {', '.join(STAGES)}")
@@ -245,7 +276,7 @@ class Topology:
             if a.name in names:
                 fail(f"agent {a.name} declared twice")
             names.add(a.name)
-            for tb in a.tables:
+            for tb in (*a.tables, *a.local_tables):
                 if not TABLE_RE.fullmatch(tb):
                     fail(f"agent {a.name}: table name {tb!r} must match {TABLE_RE.pattern}")
                 if tb in tables:

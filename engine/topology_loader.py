@@ -105,4 +105,5 @@ def _import(module: str) -> object:
 def _checked(obj: object) -> Topology:
     if not isinstance(obj, Topology):
         raise _NotFound(f"names an object of type {type(obj).__name__}, not an engine.Topology")
+    obj.check_table_features()  # their agents are declared after the topology, at import
     return obj

@@ -66,6 +66,11 @@ decision = {
                 "reason": {"type": "string"},
             },
         },
+        "context": {
+            "type": "object",
+            "description": "the event's fields the topology's decision_context names (fraud: "
+            "merchant_id); only when it names some",
+        },
         "stage_ms": {"type": "object", "additionalProperties": {"type": "number"}},
         "event_ts_ms": {"type": "integer"},
         "decided_at_ms": {"type": "integer"},
@@ -343,7 +348,7 @@ def document(topo: Topology) -> dict:
                             f"stream validates")
     if example is not None:
         event["examples"] = [example]
-    rows = [name for a in topo.agents for name in a.tables]
+    rows = [name for a in topo.agents for name in (*a.tables, *a.local_tables)]
     tables = ", ".join(t.name for t in topo.tables) + (
         f"; agents' tables (`value` is the row, `windows` empty): {', '.join(rows)}"
         if rows else "")

@@ -135,7 +135,7 @@ async def _agents_caught_up(o: BenchOptions, prefix: str, group: str, proc: _Pro
     """Seconds until the worker's group has committed the end of every agent topic (the
     benched topology's side streams, paused while the backlog drained); None: no agents."""
     topo = workload.topology()
-    topics = sorted({topo.agent_topic(a.topic, prefix) for a in topo.agents})
+    topics = sorted({topo.agent_topic(a.topic, prefix) for a in topo.agents if not a.in_process})
     if not topics:
         return None
     start = time.monotonic()

@@ -284,7 +284,7 @@ def encode_decisions(list eids, list keys, const long long[::1] ts_ms, list scor
                      tuple names, const double[:, ::1] matrix, bytes kinds, list objects,
                      str feature_set, bytes stage_json, int64_t now_ms,
                      const long long[::1] partitions, const long long[::1] offsets, list late,
-                     const long long[::1] last_ts, list shadows=None):
+                     const long long[::1] last_ts, list shadows=None, list contexts=None):
     """(decisions, seen values, entity values): the decision JSON of each row, its dedup entry
     and its entity record.
 
@@ -295,6 +295,7 @@ def encode_decisions(list eids, list keys, const long long[::1] ts_ms, list scor
     written by orjson (shortest text that reads back as the same double), one call a batch.
     `shadows[i]` (when given and not None) is the row's rollout shadow, a dict written as the
     ``shadow`` field after ``features``; without it the document has no such field.
+    `contexts[i]` (when given) is the row's ``context`` field, already JSON, written next.
     """
     cdef Py_ssize_t n = len(eids), f = len(names), i, j, a, b, k
     cdef _Out o
@@ -355,6 +356,9 @@ def encode_decisions(list eids, list keys, const long long[::1] ts_ms, list scor
             if shadows is not None and shadows[i] is not None:
                 _put(&o, b',"shadow":', 10)
                 _putb(&o, orjson.dumps(shadows[i]))
+            if contexts is not None:
+                _put(&o, b',"context":', 11)
+                _putb(&o, contexts[i])
             _put(&o, b',"stage_ms":', 12)
             _putb(&o, stage_json)
             _put(&o, b',"event_ts_ms":', 15)

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..agents import positions, progress_doc, run_decision_agents
 from ..clock import Clock
 from ..kernel import TileState
 from ..policy import Verdict
@@ -50,6 +51,11 @@ class Pipeline:
         self.decoder = EventDecoder(topology.schema, (topology.key_field, topology.event_id_field),
                                     topology.max_record_bytes)
         self.partitions: dict[int, PartitionState] = {}
+        # What a poll records for replay when decisions read agent tables: the agents
+        # read from Kafka (their positions); the decisions' agents are fed after each poll.
+        self._progress = [a for a in topology.agents if not a.in_process] \
+            if topology.reads_agent_tables else None
+        self.decision_agents = [a for a in topology.agents if a.in_process]
 
     # -- partitions -----------------------------------------------------------------------
 
@@ -61,6 +67,21 @@ class Pipeline:
 
     def close(self, partition: int) -> None:
         self.partitions.pop(partition, None)
+
+    def feed_agents(self, partition: int, made: Sequence[tuple[int, bytes, bytes]],
+                    changes: dict[bytes, bytes | None]) -> None:
+        """Feed decisions `made` on `partition` (a poll's `BatchResult.made`) to the
+        topology's in-process agents; their changes go into `changes`, which must be written
+        to the store before the next poll (whose table features then see them)."""
+        if self.decision_agents and made:
+            run_decision_agents(self.decision_agents, partition,
+                                self.partitions[partition].store, changes, made, self.route)
+
+    def feed_poll(self, result: PollResult) -> None:
+        """`feed_agents` for each partition of a poll, into the poll's own change sets."""
+        for p, out in result.partitions.items():
+            if out.made and p in self.partitions:
+                self.feed_agents(p, out.made, out.changes)
 
     # -- the batch ------------------------------------------------------------------------
 
@@ -82,6 +103,11 @@ class Pipeline:
         now_ms = self.clock.now_ms
         for p, events in decoded.items():
             out = result.partitions[p] = BatchResult()
+            if self._progress is not None:
+                at = next((r.offset for r in batches[p] if r.offset < FORWARDED), None)
+                if at is not None:
+                    out.progress = progress_doc(
+                        at, positions(self.partitions[p].store, self._progress))
             admitted[p] = admit(self.partitions[p], batches[p], events, self.topic, now_ms, out,
                                 self.route)
         t2 = clock()
@@ -172,7 +198,8 @@ class Pipeline:
         stage["policy"] = _ms(t5 - t4)
         stage["total"] = _ms(t5 - t0)
         result.stage_ms = stage
-        encode_rows(rows, verdicts, columns, fs, stage, now_ms, last_ts, changes)
+        encode_rows(rows, verdicts, columns, fs, stage, now_ms, last_ts, changes,
+                    self.topology.decision_context)
 
         for p, adm in admitted.items():
             state = self.partitions[p]
@@ -184,11 +211,15 @@ class Pipeline:
 
     def _emit(self, adm: Admitted, out: BatchResult) -> None:
         """The partition's decisions in output order (input order; release order for
-        event_time), duplicates re-emitting their original's bytes."""
+        event_time), duplicates re-emitting their original's bytes; the ones made now go to
+        `out.made` too when agents are fed them."""
         decisions = out.decisions
+        made = out.made if self.decision_agents else None
         for e in adm.emits:  # input order (event_time mode: release order)
             if type(e) is Row:
                 decisions.append((e.kb, e.decision))
+                if made is not None:
+                    made.append((e.offset, e.kb, e.decision))
                 # duplicates that arrived while this event sat in the reorder buffer
                 decisions.extend((e.kb, e.decision) for _ in range(e.waiting_duplicates))
             else:

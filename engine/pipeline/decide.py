@@ -40,9 +40,12 @@ class Decider(Protocol):
 
 
 def decision_doc(row: Row, v: Verdict, features: dict[str, Any], feature_set: str,
-                 stage: dict[str, float], now_ms: int) -> dict[str, Any]:
+                 stage: dict[str, float], now_ms: int,
+                 context: tuple[str, ...] = ()) -> dict[str, Any]:
     """A decision message (DESIGN.md §3); field order is the message's. `shadow` only when
-    a rollout shadows a candidate on the event."""
+    a rollout shadows a candidate on the event; `context` (the event's fields named by the
+    topology's `decision_context`) only when it names some."""
+    context = {f: getattr(row.event, f) for f in context} if context else None
     doc = {
         "decision_id": decision_id(row.eid, v.model, feature_set),
         "event_id": row.eid, "key": row.key, "score": v.score,
@@ -51,16 +54,20 @@ def decision_doc(row: Row, v: Verdict, features: dict[str, Any], feature_set: st
     }
     if v.shadow is not None:
         doc["shadow"] = v.shadow
+    if context is not None:
+        doc["context"] = context
     doc.update(stage_ms=stage, event_ts_ms=row.ts_ms, decided_at_ms=now_ms)
     return doc
 
 
 def encode_rows(rows: Sequence[Row], verdicts: Sequence[Verdict], columns: FeatureColumns,
                 feature_set: str, stage: dict[str, float], now_ms: int,
-                last_ts: Sequence[int], changes: Sequence[dict[bytes, bytes | None]]) -> None:
+                last_ts: Sequence[int], changes: Sequence[dict[bytes, bytes | None]],
+                context: tuple[str, ...] = ()) -> None:
     """Encode each row's decision (set as `row.decision`, the compiled `encode_decisions`)
     and write its dedup entry and its entity record (newest event time `last_ts[i]`, NO_TS
-    for none; last decision) to its partition's change set `changes[i]`."""
+    for none; last decision) to its partition's change set `changes[i]`. `context`: the
+    event fields each decision carries under ``context``."""
     n = len(rows)
     if not n:
         return
@@ -82,7 +89,9 @@ def encode_rows(rows: Sequence[Row], verdicts: Sequence[Verdict], columns: Featu
         plan.names, np.ascontiguousarray(columns.matrix), bytes(kinds), objects, feature_set,
         orjson.dumps(stage), now_ms, np.fromiter((r.partition for r in rows), np.int64, n),
         np.fromiter((r.offset for r in rows), np.int64, n), [r.late for r in rows],
-        np.asarray(last_ts, dtype=np.int64), shadows if shadows.count(None) < n else None)
+        np.asarray(last_ts, dtype=np.int64), shadows if shadows.count(None) < n else None,
+        [orjson.dumps({f: getattr(r.event, f) for f in context}) for r in rows]
+        if context else None)
     seen_key, entity_key = layout.seen_key, layout.entity_key
     for i, row in enumerate(rows):
         row.decision = bodies[i]
@@ -106,7 +115,7 @@ def abstain_decision(topology: Topology, event: Any, feature_set: str, reason: s
     row = Row(Record("", -1, -1, None, None, 0), event, getattr(event, t.key_field),
               getattr(event, t.event_id_field), getattr(event, t.time_field), False)
     return orjson.dumps(decision_doc(row, abstain((reason,)), dict.fromkeys(t.features.names),
-                                     feature_set, {}, now_ms))
+                                     feature_set, {}, now_ms, t.decision_context))
 
 
 def scoring_rows(rows: Sequence[Row], columns: FeatureColumns,

@@ -16,11 +16,13 @@ from typing import Any
 
 import numpy as np
 
+from ..agents import read_row
 from ..features import (
     FeatureSet,
     FeatureVector,
     ProfileFeature,
     SinceLastFeature,
+    TableFeature,
     WindowFeature,
 )
 from ..kernel import AGGREGATES, NO_TS
@@ -148,15 +150,55 @@ def fold(spans: Sequence[tuple[Any, int, int]], plan: FeaturePlan, rows: Sequenc
         for col in plan.since_last:
             matrix[:, col] = since
     profile_of = [_profile(fs, r, profiles) for r in rows]  # notes stale profiles too
+    agent_rows: dict[tuple[str, str], list[Any]] = {}
     for j, (col, f) in enumerate(plan.functions):
         if isinstance(f, ProfileFeature):
             compute = f.compute
             column = [None if p is None else compute(e, p)
                       for e, p in zip(events, profile_of, strict=True)]
+        elif isinstance(f, TableFeature):
+            column = _table_feature(f, spans, rows, agent_rows)
         else:
             column = [f.compute(e) for e in events]
         values[j][:] = column
         matrix[:, col] = [np.nan if v is None else v for v in column]
+
+
+def _table_feature(f: TableFeature, spans: Sequence[tuple[Any, int, int]], rows: Sequence[Row],
+                   cache: dict[tuple[str, str], list[Any]]) -> list[Any]:
+    """Feature `f` of each row, from its tables' rows (read once per table and key field,
+    whatever the features reading them); a stale row is given as None and noted."""
+    stored = []
+    for table in f.tables:
+        if (table, f.key_field) not in cache:
+            cache[table, f.key_field] = _agent_rows(spans, rows, table, f.key_field)
+        stored.append(cache[table, f.key_field])
+    column = []
+    for i, r in enumerate(rows):
+        given = []
+        for table, docs in zip(f.tables, stored, strict=True):
+            doc = docs[i]
+            fresh = f.fresh(doc, r.ts_ms)
+            if fresh is None and doc is not None and f"stale_{table}" not in r.notes:
+                r.notes = (*r.notes, f"stale_{table}")
+            given.append(fresh)
+        column.append(f.compute(r.event, *given))
+    return column
+
+
+def _agent_rows(spans: Sequence[tuple[Any, int, int]], rows: Sequence[Row], table: str,
+                key_field: str) -> list[Any]:
+    """Each row's agent-table row (None: none), keyed by the event's `key_field`, as its
+    partition's store holds it; read once per key and partition."""
+    out: list[Any] = [None] * len(rows)
+    for state, lo, hi in spans:
+        store, cache = state.store, {}
+        for i in range(lo, hi):
+            key = str(getattr(rows[i].event, key_field))
+            if key not in cache:
+                cache[key] = read_row(store, table, key)
+            out[i] = cache[key]
+    return out
 
 
 def _profile(fs: FeatureSet, r: Row, profiles: Mapping[str, Mapping[str, Any]]

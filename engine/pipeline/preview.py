@@ -16,7 +16,13 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ..features import PROFILE_TS_FIELD, ProfileFeature, SinceLastFeature, WindowFeature
+from ..features import (
+    PROFILE_TS_FIELD,
+    ProfileFeature,
+    SinceLastFeature,
+    TableFeature,
+    WindowFeature,
+)
 from ..ordering import Lateness
 from ..state import layout
 from .decide import Decider, decision_doc, scoring_rows
@@ -47,6 +53,10 @@ class _Private:
         self.tables = [(tb, prefix, type(kernel)(tb.tile_ms, kernel.windows,
                                                  tb.distinct_field is not None))
                        for tb, prefix, kernel in state.tables]
+
+    @property
+    def store(self):
+        return self._state.store
 
     def hold(self, entities: Sequence[str]) -> None:
         store = self._state.store
@@ -122,7 +132,8 @@ def preview_many(batches: Sequence[tuple[PartitionState, Sequence[Any]]],
              "inference": round((time.perf_counter() - t1) * 1000, 3)}
     for j, ((b, i, row), v) in enumerate(zip(rows, verdicts, strict=True)):
         out[b][i] = Preview(decision=orjson.dumps(
-            decision_doc(row, v, columns.vector(j), decider.feature_set, stage, now_ms)))
+            decision_doc(row, v, columns.vector(j), decider.feature_set, stage, now_ms,
+                         batches[b][0].topology.decision_context)))
     return out
 
 
@@ -166,6 +177,8 @@ def features_now(state: _Readable, key: str, profiles: Mapping[str, Mapping[str,
             ages[f.name] = None if last is None else seen_from - last
         elif isinstance(f, ProfileFeature):
             ages[f.name] = None if written is None else seen_from - written
+        elif isinstance(f, TableFeature):  # keyed by an event field: needs the event
+            ages[f.name] = None
         else:
             ages[f.name] = 0
     return as_of, values, ages

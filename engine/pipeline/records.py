@@ -84,6 +84,9 @@ class BatchResult:
     duplicates: int = 0
     dlq_reasons: list[str] = field(default_factory=list)
     reemitted: list[bytes] = field(default_factory=list)  # duplicates' original decisions
+    made: list[tuple[int, bytes, bytes]] = field(default_factory=list)  # (position, key,
+    # decision) of the decisions made now, for the topology's in-process agents
+    progress: bytes | None = None  # `engine.agents.progress_doc` of this poll, for replay
 
 
 @dataclass

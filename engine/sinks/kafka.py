@@ -24,9 +24,9 @@ __all__ = ["TopicSink", "queue_outputs"]
 
 async def queue_outputs(producer: AIOKafkaProducer, topics: TopicNames, poll: PollResult,
                         route: Callable[[bytes], int]) -> list[tuple[asyncio.Future, int]]:
-    """Queue a poll's decisions, dead-letter and late records, and its records to forward
-    (to the repartition topic's partition `route` gives their entity key); returns the
-    acknowledgement futures (one per batch, with its record count)."""
+    """Queue a poll's decisions, dead-letter and late records, its agents' progress, and its
+    records to forward (to the repartition topic's partition `route` gives their entity key);
+    returns the acknowledgement futures (one per batch, with its record count)."""
     futures: list[tuple[asyncio.Future, int]] = []
     forward: dict[int, list[tuple[bytes, InputRecord]]] = defaultdict(list)
     for r in poll.partitions.values():
@@ -43,6 +43,9 @@ async def queue_outputs(producer: AIOKafkaProducer, topics: TopicNames, poll: Po
         if r.late:
             futures += await send_records(producer, topics.late, p,
                                           ((d.key, d.value, d.headers) for d in r.late))
+        if r.progress is not None:
+            futures += await send_records(producer, topics.progress, p,
+                                          [(None, r.progress, [])])
     return futures
 
 

@@ -21,11 +21,14 @@ class AgentError(RuntimeError):
 
 
 class AgentFeeds:
-    """The agents of a topology by the topic they read (topic prefix applied)."""
+    """The agents of a topology that read Kafka, by the topic they read (topic prefix
+    applied); those on the topology's own decisions are fed by the pipeline."""
 
     def __init__(self, topology: Topology, prefix: str, route) -> None:
         self.by_topic: dict[str, list[Agent]] = {}
         for a in topology.agents:
+            if a.in_process:
+                continue
             self.by_topic.setdefault(topology.agent_topic(a.topic, prefix), []).append(a)
         self._route = route
 

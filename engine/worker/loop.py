@@ -93,10 +93,11 @@ _MAX_POLLS_IN_FLIGHT = 4  # polls whose writes may be under way while the next o
 SESSION_TIMEOUT_MS = 10_000  # the consumer group's; /readyz fails once the broker is silent longer
 
 
-def topic_specs(t: TopicNames, partitions: int, agent_topics: Sequence[str] = ()
-                ) -> list[TopicSpec]:
-    """Every topic of a topology (with its agents' topics). Outputs, changelog and agent
-    topics are co-partitioned with the input."""
+def topic_specs(t: TopicNames, partitions: int, agent_topics: Sequence[str] = (),
+                progress: bool = False) -> list[TopicSpec]:
+    """Every topic of a topology (with its agents' topics, and the agents' progress when
+    decisions read agent tables). Outputs, changelog and agent topics are co-partitioned
+    with the input."""
     big = {"max.message.bytes": str(8 << 20)}  # oversized input must reach us to be DLQ'd
     compact = {"cleanup.policy": "compact"}
     n = partitions
@@ -104,7 +105,8 @@ def topic_specs(t: TopicNames, partitions: int, agent_topics: Sequence[str] = ()
             TopicSpec(t.late, n, {}), TopicSpec(t.profiles, n, compact),
             TopicSpec(t.control, 1, compact), TopicSpec(t.changelog, n, compact),
             TopicSpec(t.members, 1, compact), TopicSpec(t.repartition, n, big),
-            *(TopicSpec(a, n, {}) for a in agent_topics if a != t.decisions)]
+            *(TopicSpec(a, n, {}) for a in agent_topics if a != t.decisions),
+            *([TopicSpec(t.progress, n, {})] if progress else [])]
 
 
 class Worker:
@@ -197,7 +199,8 @@ class Worker:
     async def start(self) -> None:
         k = self.cfg.kafka
         # The input is never created by accident (a mistyped prefix): only when asked to.
-        await ensure_topics(k, topic_specs(self.topics, self.partitions, self.agents.topics),
+        await ensure_topics(k, topic_specs(self.topics, self.partitions, self.agents.topics,
+                                           self.topology.reads_agent_tables),
                             k.replication_factor,
                             must_exist=() if k.create_input_topic else [self.topics.events])
         self._producer = new_producer(
@@ -320,7 +323,11 @@ class Worker:
         self.metrics.records_in.labels(self.topology.name, self.topics.events).inc(n)
         t0 = time.perf_counter()
         # (also with no input: the thread first writes what earlier polls staged, agents' too)
-        poll = await asyncio.to_thread(self._run_pipeline, batches)
+        try:
+            poll = await asyncio.to_thread(self._run_pipeline, batches)
+        except AgentError as exc:
+            self.fail(str(exc))
+            return
         if n:
             self._adapt(n, time.perf_counter() - t0)
         else:  # an agents-only poll: no stage of the pipeline ran
@@ -370,7 +377,12 @@ class Worker:
                     Record(m.topic, m.partition, forwarded_position(m.partition, m.offset),
                            m.key, m.value, m.timestamp) for m in msgs
                 ] + inputs.get(tp.partition, [])
-        return self.pipeline.process(inputs, self.profiles)
+        poll = self.pipeline.process(inputs, self.profiles)
+        try:
+            self.pipeline.feed_poll(poll)
+        except Exception as exc:  # skipping the decisions would lose their updates
+            raise AgentError(f"an agent on the decisions failed: {exc!r}") from exc
+        return poll
 
     def _pace_agents(self, batches: Mapping[TopicPartition, list]) -> None:
         """Agents yield to the input: a full poll of input (a backlog) pauses their topics,

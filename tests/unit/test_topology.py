@@ -45,7 +45,7 @@ def check(match: str, **changes) -> TopologyError:
 def test_fraud_topology_is_valid() -> None:
     assert TOPOLOGY.schema is CardPayment
     assert TOPOLOGY.table("velocity").tile_ms == MINUTE
-    assert TOPOLOGY.features.versioned_name == "fraud:v1"
+    assert TOPOLOGY.features.versioned_name == "fraud:v2"
     assert TOPOLOGY.time.ordering == "arrival"
     assert issubclass(TopologyError, ConfigError)
 
@@ -56,6 +56,7 @@ def test_topic_names() -> None:
                            dlq="x.fraud.dlq", late="x.fraud.late", profiles="x.fraud.profiles",
                            control="x.fraud.control", changelog="x.fraud.changelog",
                            members="x.fraud.members", repartition="x.fraud.repartition",
+                           progress="x.fraud.progress",
                            group="x.streamwise-fraud")
     assert TOPOLOGY.topics().events == "fraud.events"
 
@@ -169,7 +170,8 @@ def test_a_second_topology_does_not_change_the_first_ones_features() -> None:
         table = TileTable("t", tile_ms, "amount", HOUR)
         # out-of-orderness of an hour: every event below is on time
         return dataclasses.replace(TOPOLOGY, name="alias", schema=Ev, key_field="key",
-                                   tables=(table,), features=fs, time=TimeSettings(HOUR, 0))
+                                   tables=(table,), features=fs, time=TimeSettings(HOUR, 0),
+                                   decision_context=(), agents=())
 
     t0 = 472_222 * HOUR  # hour aligned
     events = [(t0 - 3 * MINUTE, 1.0), (t0 + 8 * MINUTE, 100.0), (t0 + 5 * MINUTE, 0.0)]
@@ -216,11 +218,16 @@ def test_the_fraud_topology_ships_these_settings() -> None:
         "validate": (5, 10), "dedup": (5, 10), "features": (15, 30), "inference": (10, 30),
         "policy": (5, 10), "total": (40, 80)}
     fs = t.features
-    assert (fs.name, fs.version, fs.profile_max_age_ms) == ("fraud", 1, 691_200_000)
+    assert (fs.name, fs.version, fs.profile_max_age_ms) == ("fraud", 2, 691_200_000)
     assert fs.critical == ("count_10m", "count_1h", "amount_over_avg", "is_foreign")
     assert fs.names == ("count_10m", "sum_10m", "max_10m", "count_1h", "sum_1h", "mean_1h",
                         "distinct_merchants_1h", "secs_since_last", "amount_over_avg",
-                        "is_foreign", "amount", "hour_of_day")
+                        "is_foreign", "amount", "hour_of_day", "merchant_amount_z",
+                        "merchant_risk")
+    assert t.decision_context == ("merchant_id",)
+    assert [(a.name, a.topic, a.tables, a.local_tables) for a in t.agents] == [
+        ("card_outcomes", "outcomes", ("card_outcomes",), ("merchant_reports",)),
+        ("merchant_decisions", "decisions", (), ("merchant_stats",))]
     windows = {f.name: (f.table, f.agg, f.window) for f in fs.features
                if isinstance(f, WindowFeature)}
     assert windows == {
