@@ -29,7 +29,7 @@ def feature_rows(n: int) -> np.ndarray:
     topo = topologies.get("fraud")
     w = generate(n * 2, seed=7)
     store = MemoryStore()
-    pipe = PartitionPipeline(topo, 0, store, RulesOnly(topo.rules, "fraud:v1"), ManualClock(0))
+    pipe = PartitionPipeline(topo, 0, store, RulesOnly(topo.rules, topo.features.versioned_name), ManualClock(0))
     rows = []
     recs = [Record("t", 0, i, e["card_id"].encode(), orjson.dumps(e), 0)
             for i, e in enumerate(w.events)]

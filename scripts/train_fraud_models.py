@@ -2,7 +2,7 @@
 """Train the fraud topology's two models, seeded and reproducible, and write them as ONNX.
 
 The training rows are computed by the engine itself: the workload generator's events go through
-`PartitionPipeline` (validate → dedup → windows → features) exactly as the live worker computes
+the pipeline (validate → dedup → windows → features, agents) exactly as the live worker computes
 them, and each distinct event's feature vector is read back from its decision. Rows with a missing
 feature never reach a model in production (the fallback chain takes them), so they are dropped
 here too. The split is by event time: the first 80% trains, the last 20% is held out.
@@ -16,7 +16,6 @@ The models (150 trees of depth 4 as the primary), what it writes and why not see
 from __future__ import annotations
 
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,10 +33,8 @@ from model_training import HOLDOUT_SHARE, thresholds  # noqa: E402, F401
 
 import topologies  # noqa: E402
 from engine import Topology  # noqa: E402
-from engine.clock import ManualClock  # noqa: E402
-from engine.pipeline import PartitionPipeline, Record  # noqa: E402
-from engine.policy import RulesOnly  # noqa: E402
-from engine.state import RocksStore  # noqa: E402
+from engine.pipeline import Record  # noqa: E402
+from engine.testing import feed  # noqa: E402
 from topologies.fraud.workload import Workload, generate  # noqa: E402
 
 SCRIPT = "scripts/train_fraud_models.py"
@@ -53,22 +50,14 @@ def feature_rows(n_events: int, seed: int) -> dict:
 
 
 def _decisions(topo: Topology, w: Workload) -> Iterator[bytes]:
-    """Every decision record, in order, of one partition's pipeline over the whole workload."""
+    """Every decision record, in order, of one partition's pipeline over the whole workload
+    (`engine.testing.feed`: the live worker's polls and agents, the reported outcomes
+    applied first; the merchant features count only reports made before a payment)."""
     records = [Record("fraud.payments", 0, i, e["card_id"].encode(), orjson.dumps(e), e["ts_ms"])
                for i, e in enumerate(w.events)]
-    with tempfile.TemporaryDirectory(prefix="train-fraud-") as tmp:
-        store = RocksStore(Path(tmp))
-        try:
-            pipe = PartitionPipeline(topo, 0, store,
-                                     RulesOnly(topo.rules, topo.features.versioned_name),
-                                     ManualClock(0))
-            for i in range(0, len(records), CHUNK):
-                result = pipe.process(records[i:i + CHUNK], w.profiles)
-                store.apply(result.changes)
-                for _key, body in result.decisions:
-                    yield body
-        finally:
-            store.close()
+    result = feed(topo, records, profiles=w.profiles, poll_records=CHUNK,
+                  side={"outcomes": w.side.get("outcomes", [])})
+    yield from result.decisions.get(0, [])
 
 
 def main(argv: list[str] | None = None) -> int:

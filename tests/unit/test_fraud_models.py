@@ -21,12 +21,13 @@ VERSIONS = [("primary", "1"), ("backup", "1")]
 # One quiet payment: second of the hour at a usual merchant, home country, usual amount.
 NORMAL = {"count_10m": 1, "sum_10m": 32.0, "max_10m": 32.0, "count_1h": 2, "sum_1h": 61.5,
           "mean_1h": 30.75, "distinct_merchants_1h": 2, "secs_since_last": 1_900.0,
-          "amount_over_avg": 1.05, "is_foreign": 0, "amount": 32.0, "hour_of_day": 14}
+          "amount_over_avg": 1.05, "is_foreign": 0, "amount": 32.0, "hour_of_day": 14,
+          "merchant_amount_z": 0.1, "merchant_risk": 0.0}
 # A burst on a compromised card: many payments in minutes, abroad, far above the usual amount.
 RISKY = {"count_10m": 6, "sum_10m": 2_400.0, "max_10m": 900.0, "count_1h": 6,
          "sum_1h": 2_400.0, "mean_1h": 400.0, "distinct_merchants_1h": 6,
          "secs_since_last": 35.0, "amount_over_avg": 18.0, "is_foreign": 1, "amount": 900.0,
-         "hour_of_day": 3}
+         "hour_of_day": 3, "merchant_amount_z": 2.5, "merchant_risk": 0.05}
 # Corners of the feature space: first ever payment, a tiny card test, a huge one.
 EDGES = [
     {**NORMAL, "count_10m": 1, "count_1h": 1, "distinct_merchants_1h": 1,

@@ -16,6 +16,7 @@ from engine import (
     SinceLastFeature,
     Sliding,
     StageBudget,
+    TableFeature,
     Thresholds,
     TileTable,
     TimeSettings,
@@ -25,7 +26,13 @@ from engine import (
 )
 from engine.agents import Agent
 
-from .anomaly import card_decisions, card_outcomes
+from .anomaly import (
+    card_decisions,
+    card_outcomes,
+    merchant_amount_z,
+    merchant_decisions,
+    merchant_risk,
+)
 from .rules import evaluate_rules
 from .schema import CardPayment
 from .workload import generate
@@ -42,7 +49,7 @@ _10M, _1H = Sliding(10 * MINUTE_MS), Sliding(HOUR_MS)
 
 FEATURES = FeatureSet(
     name="fraud",
-    version=1,
+    version=2,
     features=(
         WindowFeature("count_10m", "velocity", "count", _10M),
         WindowFeature("sum_10m", "velocity", "sum", _10M),
@@ -58,6 +65,11 @@ FEATURES = FeatureSet(
                        if p.get("home_country") else None),
         EventFeature("amount", lambda e: e.amount),
         EventFeature("hour_of_day", lambda e: (e.ts_ms // HOUR_MS) % 24),
+        # post-transaction anomaly updates (anomaly.py): a day-old merchant row is stale
+        TableFeature("merchant_amount_z", ("merchant_stats",), "merchant_id",
+                     merchant_amount_z, max_age_ms=24 * HOUR_MS),
+        TableFeature("merchant_risk", ("merchant_stats", "merchant_reports"), "merchant_id",
+                     merchant_risk),
     ),
     critical=("count_10m", "count_1h", "amount_over_avg", "is_foreign"),
     profile_max_age_ms=8 * 24 * HOUR_MS,  # profiles are recomputed nightly; a week late is stale
@@ -98,6 +110,7 @@ TOPOLOGY = Topology(
              "features": StageBudget(15, 30), "inference": StageBudget(10, 30),
              "policy": StageBudget(5, 10), "total": StageBudget(40, 80)},
     score_late=True,
+    decision_context=("merchant_id",),  # what the merchant agent folds a decision under
     # Canary against serving over 30 s: 5 points of decline-share difference that is also 4
     # standard errors apart is a different policy, not noise.
     rollout=RolloutSettings(
@@ -111,8 +124,11 @@ TOPOLOGY = Topology(
 )
 
 # Post-transaction anomaly updates (topologies/fraud/anomaly.py): per-card rows readable at
-# GET /v1/tables/card_outcomes/{card} (and card_risk/{card} with WITH_CARD_RISK).
-TOPOLOGY.agent("outcomes", tables=("card_outcomes",))(card_outcomes)
+# GET /v1/tables/card_outcomes/{card} (and card_risk/{card} with WITH_CARD_RISK); per-merchant
+# rows of each partition, read by the merchant features.
+TOPOLOGY.agent("outcomes", tables=("card_outcomes",), local_tables=("merchant_reports",))(
+    card_outcomes)
+TOPOLOGY.agent("decisions", local_tables=("merchant_stats",))(merchant_decisions)
 
 WITH_CARD_RISK = replace(TOPOLOGY, agents=(
     *TOPOLOGY.agents, Agent("card_decisions", "decisions", card_decisions, ("card_risk",))))
