@@ -42,6 +42,7 @@ import aiohttp
 import orjson
 
 from tests.integration.fraud_oracle import (
+    AGENT_FEATURES,
     FEATURE_NAMES,
     TILE_MS,
     OracleResult,
@@ -190,9 +191,10 @@ class Report:
 
 
 def _features_differ(expected: Mapping, got: object) -> list[str]:
-    if not isinstance(got, dict) or set(got) != set(FEATURE_NAMES):
+    if not isinstance(got, dict) or set(got) != {*FEATURE_NAMES, *AGENT_FEATURES}:
         return [f"feature names {sorted(got) if isinstance(got, dict) else got!r}"]
-    out = []
+    out = [f"{name}: {got[name]!r} is not a finite number" for name in AGENT_FEATURES
+           if not (type(got[name]) in (int, float) and math.isfinite(got[name]))]
     for name in FEATURE_NAMES:
         e, g = expected[name], got[name]
         if e is None:

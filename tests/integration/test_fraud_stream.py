@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import math
 import shutil
+import subprocess
+import sys
 import zlib
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -19,6 +21,7 @@ import pytest
 
 try:  # tests/ as a package, or rootdir-relative imports
     from .fraud_oracle import (
+        AGENT_FEATURES,
         FEATURE_NAMES,
         TILE_MS,
         OracleResult,
@@ -30,6 +33,7 @@ try:  # tests/ as a package, or rootdir-relative imports
     from .worker_checks import DECISION_FIELDS, DLQ_TRUNCATE, assert_clean
     from .worker_harness import (
         INPUT_MAX_MESSAGE_BYTES,
+        REPO,
         FraudTopics,
         WorkerProcess,
         committed_offsets,
@@ -42,6 +46,7 @@ try:  # tests/ as a package, or rootdir-relative imports
     )
 except ImportError:
     from fraud_oracle import (
+        AGENT_FEATURES,
         FEATURE_NAMES,
         TILE_MS,
         OracleResult,
@@ -53,6 +58,7 @@ except ImportError:
     from worker_checks import DECISION_FIELDS, DLQ_TRUNCATE, assert_clean
     from worker_harness import (
         INPUT_MAX_MESSAGE_BYTES,
+        REPO,
         FraudTopics,
         WorkerProcess,
         committed_offsets,
@@ -137,9 +143,13 @@ def _feature_problems(expected: dict, got: object) -> list[str]:
     if not isinstance(got, dict):
         return [f"features is {type(got).__name__}, not an object"]
     out = []
-    if set(got) != set(FEATURE_NAMES):
-        out.append(f"feature names differ: missing {sorted(set(FEATURE_NAMES) - set(got))}, "
-                   f"extra {sorted(set(got) - set(FEATURE_NAMES))}")
+    names = {*FEATURE_NAMES, *AGENT_FEATURES}
+    if set(got) != names:
+        out.append(f"feature names differ: missing {sorted(names - set(got))}, "
+                   f"extra {sorted(set(got) - names)}")
+    out += [f"{name}: {got[name]!r} is not a finite number" for name in AGENT_FEATURES
+            if name in got and not (type(got[name]) in (int, float)
+                                    and math.isfinite(got[name]))]
     for name in FEATURE_NAMES:
         if name not in got:
             continue
@@ -361,28 +371,47 @@ def _outcome_records(outcomes: list[dict]) -> list[tuple[bytes, bytes]]:
 
 async def check_agent_tables(decisions: list, outcomes: list[dict], base_url: str,
                              timeout_s: float = 120.0) -> dict[str, list[str]]:
-    """The anomaly agents' per-card rows, recomputed here from what reached their topics:
-    each distinct decision counted once per card by its outcome, and each distinct report once
-    by its kind. The agents read the decisions after they are written, so this waits (bounded)
-    until every row checked agrees, then reports what still differs."""
+    """The anomaly agents' rows, recomputed here from what reached their topics: per card,
+    each distinct decision counted once by its outcome and each distinct report once by its
+    kind; per merchant and partition (HTTP serves the row of the partition the merchant's key
+    routes to), each event decided there counted once, and the times of the distinct reports
+    of that partition's cards. Agents on Kafka topics apply them after the decisions are
+    written, so this waits (bounded) until every row checked agrees, then reports what still
+    differs."""
     by_card: dict[str, dict[str, str]] = defaultdict(dict)
+    merchant_events: dict[tuple[int, str], set[str]] = defaultdict(set)
     for r in decisions:
         d = orjson.loads(r.value)
         by_card[d["key"]][d["decision_id"]] = d["decision"]
+        merchant_events[r.partition, d["context"]["merchant_id"]].add(d["event_id"])
     want_risk = {card: Counter(ids.values()) for card, ids in by_card.items()}
     reports: dict[str, set[tuple[str, str]]] = defaultdict(set)
+    merchant_reports: dict[tuple[int, str], dict[tuple[str, str], int]] = defaultdict(dict)
     for o in outcomes:
         reports[o["card_id"]].add((o["kind"], o["event_id"]))
+        merchant_reports[card_partition(o["card_id"], PARTITIONS), o["merchant_id"]][
+            o["kind"], o["event_id"]] = o["reported_ms"]
     want_outcomes = {card: Counter(kind for kind, _ in seen) for card, seen in reports.items()}
-    # the busiest cards, every 7th card, and every card with a report
+    # the busiest cards and merchants, every 7th, and every card and merchant with a report
     cards = sorted(want_risk, key=lambda c: (-sum(want_risk[c].values()), c))
     checked = sorted(set(cards[:100]) | set(cards[::7]))
+    want_payments = {m: len(merchant_events[card_partition(m, PARTITIONS), m])
+                     for m in {m for _, m in merchant_events}}
+    merchants = sorted(want_payments, key=lambda m: (-want_payments[m], m))
+    checked_merchants = sorted(set(merchants[:100]) | set(merchants[::7]))
+    want_times = {m: sorted(merchant_reports.get((card_partition(m, PARTITIONS), m), {})
+                            .values())
+                  for m in {m for _, m in merchant_reports}}
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while True:
-        problems: dict[str, list[str]] = {"agent card_risk": [], "agent card_outcomes": []}
+        problems: dict[str, list[str]] = {"agent card_risk": [], "agent card_outcomes": [],
+                                          "agent merchant_stats": [],
+                                          "agent merchant_reports": []}
         paths = [f"/v1/tables/card_risk/{c}" for c in checked] + \
-            [f"/v1/tables/card_outcomes/{c}" for c in sorted(want_outcomes)]
+            [f"/v1/tables/card_outcomes/{c}" for c in sorted(want_outcomes)] + \
+            [f"/v1/tables/merchant_stats/{m}" for m in checked_merchants] + \
+            [f"/v1/tables/merchant_reports/{m}" for m in sorted(want_times)]
         got = await fetch_json(base_url, paths)
         for c in checked:
             status, body = got[f"/v1/tables/card_risk/{c}"]
@@ -406,11 +435,25 @@ async def check_agent_tables(decisions: list, outcomes: list[dict], base_url: st
             if have != {k: want.get(k, 0) for k in have} or \
                     row["compromised"] != (want.get("confirmed_fraud", 0) > 0):
                 problems["agent card_outcomes"].append(f"{c}: row {row} vs {dict(want)}")
+        for m in checked_merchants:
+            status, body = got[f"/v1/tables/merchant_stats/{m}"]
+            want_n = want_payments[m]
+            have_n = body["value"]["payments"] if status == 200 else 0
+            if have_n != want_n and not (status == 404 and want_n == 0):
+                problems["agent merchant_stats"].append(
+                    f"{m}: HTTP {status}, {have_n} payments counted vs {want_n} decided")
+        for m, times in want_times.items():
+            status, body = got[f"/v1/tables/merchant_reports/{m}"]
+            have_t = body["value"]["reports"] if status == 200 else []
+            if have_t != times:
+                problems["agent merchant_reports"].append(
+                    f"{m}: HTTP {status}, report times {have_t} vs {times}")
         if not any(problems.values()) or loop.time() > deadline:
-            print(f"agent tables: {len(checked)} card_risk and {len(want_outcomes)} "
-                  "card_outcomes rows checked")
+            print(f"agent tables: {len(checked)} card_risk, {len(want_outcomes)} "
+                  f"card_outcomes, {len(checked_merchants)} merchant_stats and "
+                  f"{len(want_times)} merchant_reports rows checked")
             return {k: v for k, v in problems.items() if v}
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(0.5)
 
 
 def _summary(oracle: OracleResult) -> str:
@@ -498,6 +541,84 @@ async def test_crashes_and_lost_state_change_nothing(kafka_bootstrap: str, uniqu
         await check_tables(oracle, worker.url),
         await check_agent_tables(decisions, outcomes, worker.url),
     )
+
+
+async def _wait_committed(broker: str, group: str, topic: str, worker: WorkerProcess,
+                          timeout_s: float = 120.0) -> None:
+    """Until the worker's group has committed every record of `topic` (bounded)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        worker.check_alive(f"while it reads {topic}")
+        ends = await end_offsets(broker, topic)
+        done = await committed_offsets(broker, group, topic)
+        if all(done.get(p, 0) >= end for p, end in ends.items()):
+            return
+        assert asyncio.get_running_loop().time() < deadline, (topic, done, ends)
+        await asyncio.sleep(0.2)
+
+
+async def test_replay_reproduces_the_decisions_that_read_the_agents_tables(
+        kafka_bootstrap: str, unique_prefix: str, workers, tmp_path: Path) -> None:
+    """#17: the merchant features are read from the agents' tables, which change where the
+    worker's polls end and as reports arrive. A replay from the beginning decides every event
+    byte for byte as the worker did (scores, features, paths), from its progress records."""
+    w = generate(30_000, seed=41, mean_gap_ms=200.0)  # 100 minutes: reports come 5-60 min in
+    topics = await _prepare(kafka_bootstrap, unique_prefix, w.profiles)
+    stream = _stream(w.events)
+    worker = workers(unique_prefix)
+    worker.start()
+    await worker.wait_ready()  # it has made the outcomes and progress topics
+    # Payments in six bursts; before each, the reports made by then (by event time), so the
+    # outcomes agent applies them between bursts, mid-stream (agents wait while the input has
+    # a backlog: each burst is decided, and the reports read, before the next).
+    reports = sorted(w.side["outcomes"], key=lambda o: o["reported_ms"])
+    cut = len(stream) // 6 + 1
+    sent = 0
+    for k in range(6):
+        burst = stream[k * cut:(k + 1) * cut]
+        newest = max(orjson.loads(v)["ts_ms"] for _, v in stream[:k * cut]) if k else 0
+        due = [o for o in reports[sent:] if o["reported_ms"] <= newest]
+        await produce(kafka_bootstrap, topics.outcomes, _outcome_records(due))
+        sent += len(due)
+        await _wait_committed(kafka_bootstrap, topics.group, topics.outcomes, worker)
+        await produce(kafka_bootstrap, topics.events, burst, rate_eps=20_000)
+        await _wait_committed(kafka_bootstrap, topics.group, topics.events, worker)
+    ids = {e["event_id"] for e in w.events}
+    decisions = await wait_drained(kafka_bootstrap, topics, ids, worker, timeout_s=240)
+    assert worker.stop() == 0, worker.log_tail()
+
+    out = tmp_path / "replay.jsonl"
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine", "replay", "fraud", "--broker", kafka_bootstrap,
+         "--topic-prefix", unique_prefix, "--partitions", str(PARTITIONS), "--from-beginning",
+         "--output", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300,
+        check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "no agent progress recorded" not in proc.stderr, proc.stderr[-4000:]
+
+    def same(d: dict) -> bytes:  # what replay must reproduce: all but the wall-clock times
+        return orjson.dumps({k: v for k, v in d.items()
+                             if k not in ("stage_ms", "decided_at_ms", "partition")},
+                            option=orjson.OPT_SORT_KEYS)
+
+    live: dict[str, dict] = {}
+    for r in decisions:  # no crash: each event decided once, duplicates re-emit it
+        d = orjson.loads(r.value)
+        live.setdefault(d["event_id"], d)
+    replayed: dict[str, dict] = {}
+    for line in out.read_bytes().splitlines():
+        d = orjson.loads(line)
+        replayed.setdefault(d["event_id"], d)
+    assert set(replayed) == set(live) == ids
+    differ = [eid for eid in ids if same(live[eid]) != same(replayed[eid])]
+    examples = [(same(live[e]), same(replayed[e])) for e in differ[:2]]
+    assert not differ, f"{len(differ)} of {len(ids)} decisions differ, e.g. {examples}"
+    # ... and the features replayed were the agents': reports counted, amounts compared
+    risky = sum(d["features"]["merchant_risk"] > 0 for d in live.values())
+    unusual = sum(d["features"]["merchant_amount_z"] != 0 for d in live.values())
+    print(f"{len(ids)} decisions replayed byte for byte; merchant_risk > 0 in {risky}, "
+          f"merchant_amount_z != 0 in {unusual}; {sent} reports")
+    assert risky > 20 and unusual > len(ids) // 3, (risky, unusual)
 
 
 # -- producers that do not key by card (#13 item 2) -------------------------------------------
