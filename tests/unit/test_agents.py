@@ -9,10 +9,23 @@ import dataclasses
 import orjson
 import pytest
 
-from engine.agents import Agent, AgentBatch, OwnershipError, read_row, run_agent
+from engine.agents import (
+    DECISIONS,
+    Agent,
+    AgentBatch,
+    OwnershipError,
+    ProgressHistory,
+    progress_doc,
+    read_row,
+    run_agent,
+    run_decision_agents,
+)
 from engine.errors import TopologyError
 from engine.partitioning import router
+from engine.pipeline import Record
+from engine.replay_agents import AgentSchedule
 from engine.state import MemoryStore, layout
+from engine.testing import feed, records_of
 from topologies.fraud import TOPOLOGY as FRAUD
 from topologies.fraud import WITH_CARD_RISK
 from topologies.fraud.anomaly import RECENT_IDS, card_decisions, card_outcomes
@@ -212,3 +225,67 @@ def test_an_old_decision_re_emitted_after_the_card_s_recent_ids_is_not_counted()
     row = read_row(store, "card_risk", card)
     assert (row["decisions"], row["review"], row["approve"]) == (RECENT_IDS + 3, 1,
                                                                 RECENT_IDS + 2)
+
+
+# -- agents on the decisions, table features, progress records (#17 item 3) -------------------
+
+
+def test_progress_records_keep_what_a_restarted_worker_wrote_last() -> None:
+    """A restart re-reads from its committed offset and writes records for those offsets
+    again: they replace what the earlier run wrote from there on."""
+    h = ProgressHistory()
+    for at, pos in [(0, 0), (100, 2), (250, 5), (400, 5), (250, 4), (330, 6)]:
+        h.add(progress_doc(at, {"card_outcomes": pos}))
+    h.add(b"not json")
+    h.add(orjson.dumps({"agents": {}}))  # no offset: ignored
+    assert h.at == [0, 100, 250, 330]
+    assert [a["card_outcomes"] for a in h.agents] == [0, 2, 4, 6]
+
+
+def test_an_agent_on_the_decisions_must_not_wait_on_io() -> None:
+    async def waits(batch: AgentBatch) -> None:
+        await asyncio.sleep(0)
+
+    agent = Agent("waits", DECISIONS, waits, (), ("t",))
+    body = orjson.dumps({"key": "k", "decision": "approve"})
+    with pytest.raises(RuntimeError, match="waited on I/O"):
+        run_decision_agents([agent], 0, MemoryStore(), {}, [(0, b"k", body)])
+
+
+def _merchant_events(n: int) -> list[dict]:
+    """Payments of four cards at one merchant, 10 s apart: amounts 10, 20, 30, 40, ..."""
+    return [{"event_id": f"e{i}", "card_id": f"c{i % 4}", "merchant_id": "m1",
+             "amount": 10.0 * (1 + i % 4), "currency": "EUR", "country": "FR",
+             "ts_ms": 1_767_225_600_000 + 10_000 * i} for i in range(n)]
+
+
+def test_table_features_see_an_agents_rows_from_the_next_poll_and_only_fresh_ones() -> None:
+    """The merchant agent folds each poll's decisions after it: the first poll's payments read
+    no merchant row; later ones read the row as the previous polls left it. A row a day old is
+    stale: the feature gets None (0.0 for merchant_amount_z) and the decision says so."""
+    events = _merchant_events(12)
+    late = {**events[-1], "event_id": "late", "ts_ms": events[-1]["ts_ms"] + 25 * 3_600_000}
+    out = feed(FRAUD, records_of(FRAUD, [*events, late]), poll_records=6)
+    docs = [orjson.loads(b) for b in out.decisions[0]]
+    stats = out.agent_tables["merchant_stats"][0]["m1"]
+    assert stats["payments"] == 13
+    z = [d["features"]["merchant_amount_z"] for d in docs]
+    assert z[:6] == [0.0] * 6  # no row yet
+    assert all(v != 0.0 for v in z[6:12])  # six payments folded before the second poll
+    assert z[12] == 0.0 and "stale_merchant_stats" in docs[12]["reasons"]
+    assert not any("stale" in r for d in docs[:12] for r in d["reasons"])
+    # the same stream cut into other polls, the agent fed where the first run's polls ended
+    again = feed(FRAUD, records_of(FRAUD, [*events, late]), poll_records=4, agents_every=6)
+    timed = [{k: v for k, v in orjson.loads(b).items() if k != "stage_ms"}
+             for b in again.decisions[0]]
+    assert timed == [{k: v for k, v in d.items() if k != "stage_ms"} for d in docs]
+
+
+def test_a_replay_schedule_cuts_where_the_workers_polls_started() -> None:
+    """Replay batches are cut at the recorded offsets (forwarded records never cut)."""
+    s = AgentSchedule(0)
+    for at in (0, 5, 7):
+        s.history.add(progress_doc(at, {}))
+    recs = [Record("t", 0, o, None, None, None) for o in range(10)]
+    assert [[r.offset for r in piece] for piece in s.cut(recs)] == [
+        [0, 1, 2, 3, 4], [5, 6], [7, 8, 9]]
