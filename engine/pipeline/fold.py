@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
-from ..agents import read_row
 from ..features import (
     FeatureSet,
     FeatureVector,
@@ -27,6 +27,7 @@ from ..features import (
 )
 from ..kernel import AGGREGATES, NO_TS
 from ..kernel.specs import window_of
+from ..state import layout
 from .partition import Row
 
 __all__ = ["FeatureColumns", "FeaturePlan", "fold"]
@@ -173,6 +174,9 @@ def _table_feature(f: TableFeature, spans: Sequence[tuple[Any, int, int]], rows:
         if (table, f.key_field) not in cache:
             cache[table, f.key_field] = _agent_rows(spans, rows, table, f.key_field)
         stored.append(cache[table, f.key_field])
+    compute = f.compute
+    if f.max_age_ms is None:  # nothing goes stale
+        return [compute(r.event, *(docs[i] for docs in stored)) for i, r in enumerate(rows)]
     column = []
     for i, r in enumerate(rows):
         given = []
@@ -182,7 +186,7 @@ def _table_feature(f: TableFeature, spans: Sequence[tuple[Any, int, int]], rows:
             if fresh is None and doc is not None and f"stale_{table}" not in r.notes:
                 r.notes = (*r.notes, f"stale_{table}")
             given.append(fresh)
-        column.append(f.compute(r.event, *given))
+        column.append(compute(r.event, *given))
     return column
 
 
@@ -191,12 +195,15 @@ def _agent_rows(spans: Sequence[tuple[Any, int, int]], rows: Sequence[Row], tabl
     """Each row's agent-table row (None: none), keyed by the event's `key_field`, as its
     partition's store holds it; read once per key and partition."""
     out: list[Any] = [None] * len(rows)
+    prefix = layout.agent_key(table, b"")
+    loads = orjson.loads
     for state, lo, hi in spans:
-        store, cache = state.store, {}
+        get, cache = state.store.get, {}
         for i in range(lo, hi):
-            key = str(getattr(rows[i].event, key_field))
+            key = getattr(rows[i].event, key_field)
             if key not in cache:
-                cache[key] = read_row(store, table, key)
+                raw = get(prefix + str(key).encode())
+                cache[key] = None if raw is None else loads(raw)
             out[i] = cache[key]
     return out
 
