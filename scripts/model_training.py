@@ -80,7 +80,7 @@ def parse_args(ap: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
     return args
 
 
-def arg_parser(doc: str, *, events: int, out: Path) -> argparse.ArgumentParser:
+def arg_parser(doc: str, *, events: int, out: Path | None) -> argparse.ArgumentParser:
     """--events, --seed and --out, with this script's defaults; the first paragraph of `doc`
     describes it."""
     ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])

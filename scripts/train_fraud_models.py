@@ -8,6 +8,7 @@ feature never reach a model in production (the fallback chain takes them), so th
 here too. The split is by event time: the first 80% trains, the last 20% is held out.
 
     .venv/bin/python scripts/train_fraud_models.py [--events 200000] [--seed 11] [--out DIR]
+        [--topology topologies.fraud:WITH_MERCHANT_RISK]
 
 The models (150 trees of depth 4 as the primary), what it writes and why not seed 7: see
 `model_training`. `--no-bench` skips the inference benchmark.
@@ -41,9 +42,9 @@ SCRIPT = "scripts/train_fraud_models.py"
 CHUNK = 2_000
 
 
-def feature_rows(n_events: int, seed: int) -> dict:
+def feature_rows(n_events: int, seed: int, topology: str = "fraud") -> dict:
     """Run the workload through the engine's pipeline; one complete feature row per event."""
-    topo = topologies.get("fraud")
+    topo = topologies.get(topology)
     w = generate(n_events, seed)
     return training.rows_from_decisions(_decisions(topo, w), topo.features.names, w.labels,
                                         topo.features.versioned_name)
@@ -61,13 +62,18 @@ def _decisions(topo: Topology, w: Workload) -> Iterator[bytes]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = training.arg_parser(__doc__, events=200_000,
-                             out=ROOT / "topologies" / "fraud" / "models")
+    ap = training.arg_parser(__doc__, events=200_000, out=None)
     ap.add_argument("--no-bench", action="store_true", help="skip the inference benchmark")
+    ap.add_argument("--topology", default="fraud",
+                    help="the fraud topology to train for (default fraud; "
+                         "topologies.fraud:WITH_MERCHANT_RISK: with the merchant features); "
+                         "--out defaults to its models folder")
     args = training.parse_args(ap, argv)
+    if args.out is None:
+        args.out = topologies.get(args.topology).models_dir
 
     t0 = time.perf_counter()
-    data = feature_rows(args.events, args.seed)
+    data = feature_rows(args.events, args.seed, args.topology)
     rows = training.split(data, t0)
     recorded = {"seed": args.seed, "n_events": args.events, "script": SCRIPT}
     summary = []

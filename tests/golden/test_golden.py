@@ -35,11 +35,9 @@ def test_the_golden_output_does_not_depend_on_how_the_stream_is_cut_into_polls(v
         records = records[:variant.records]
     chain = golden.decider(variant.without)
     try:
-        # The merchant agent's rows change where the golden run's polls end: its updates are
-        # applied there still (as replay applies them where the live worker's polls ended).
         result = golden.feed(golden.TOPOLOGY, records, profiles=profiles, decider=chain,
                              clock=golden.ManualClock(golden.NOW_MS), poll_records=137,
-                             partitions=golden.PARTITIONS, agents_every=golden.POLL_RECORDS)
+                             partitions=golden.PARTITIONS)
     finally:
         chain.close()
     assert golden.canonical(result) == golden.read_golden(variant)

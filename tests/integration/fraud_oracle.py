@@ -55,7 +55,6 @@ __all__ = [
     "parse",
     "run_in_decided_order",
     "run_oracle",
-    "without_agent_timing",
 ]
 
 TILE_MS = 60_000
@@ -66,22 +65,13 @@ HOUR_MS = 3_600_000
 FEATURE_NAMES = ("count_10m", "sum_10m", "max_10m", "count_1h", "sum_1h", "mean_1h",
                  "distinct_merchants_1h", "secs_since_last", "amount_over_avg", "is_foreign",
                  "amount", "hour_of_day")
-# Read from the merchant agents' tables: they depend on where the worker's polls ended, which
-# no oracle of the input alone can know. Replay reproduces them from the worker's progress
-# records (test_replay, test_merchant_features); here they are only checked to be numbers.
+# With topologies.fraud:WITH_MERCHANT_RISK: read from the merchant agents' tables, they depend
+# on where the worker's polls ended, which no oracle of the input alone can know. Replay
+# reproduces them from the worker's progress records
+# (test_replay_reproduces_the_decisions_that_read_the_agents_tables); here they are only
+# checked to be numbers.
 AGENT_FEATURES = ("merchant_amount_z", "merchant_risk")
 
-
-def without_agent_timing(decision: dict) -> dict:
-    """`decision` without what depends on when the worker's agents applied their records:
-    the features read from agent tables, a stale agent row's note, and the score and decision
-    those features lead to. Two live runs of one input agree on the rest (a replay from the
-    worker's progress records agrees on everything)."""
-    d = {k: v for k, v in decision.items() if k not in ("score", "decision")}
-    d["features"] = {k: v for k, v in (decision.get("features") or {}).items()
-                     if k not in AGENT_FEATURES}
-    d["reasons"] = [r for r in decision.get("reasons", ()) if not r.startswith("stale_merchant")]
-    return d
 _STR_LEN = {"event_id": (1, 128), "card_id": (1, 128), "merchant_id": (1, 128),
             "currency": (3, 3), "country": (2, 2)}
 

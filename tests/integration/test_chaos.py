@@ -54,7 +54,6 @@ from tests.integration.chaos_verifier import (
     valid_event_ids,
     verify,
 )
-from tests.integration.fraud_oracle import without_agent_timing
 from tests.integration.worker_harness import (
     INPUT_MAX_MESSAGE_BYTES,
     FraudTopics,
@@ -551,34 +550,20 @@ def _timeout_only(rows: list[list[tuple]]) -> bool:
     return True
 
 
-def _agent_timing_only(rows: list[list[tuple]]) -> bool:
-    """Whether the runs' decision rows of one event differ only in what depends on when the
-    worker's merchant agent applied its records (`without_agent_timing`)."""
-    if len({len(r) for r in rows}) != 1:
-        return False
-    return all(len({(row[:2], orjson.dumps(without_agent_timing(orjson.loads(row[2])),
-                                           option=orjson.OPT_SORT_KEYS))
-                    for row in same_row}) == 1
-               for same_row in zip(*rows, strict=True))
-
-
-def _differing_decisions(runs: list[list[tuple]], same: set[str]) -> tuple[list[str], int, int]:
+def _differing_decisions(runs: list[list[tuple]], same: set[str]) -> tuple[list[str], int]:
     """Examples of events decided from the same history whose decision rows differ between
-    the runs, how many such events differ only because a model call timed out, and how many
-    only in the merchant agent's features (and the score and decision they lead to)."""
+    the runs, and how many such events differ only because a model call timed out."""
     groups = [_by_event(rows) for rows in runs]
-    differing, timed_out, agent_timed = [], 0, 0
+    differing, timed_out = [], 0
     for eid in sorted(same):
         rows = [g.get(eid, []) for g in groups]
         if all(r == rows[0] for r in rows):
             continue
         if _timeout_only(rows):
             timed_out += 1
-        elif _agent_timing_only(rows):
-            agent_timed += 1
         else:
             differing.append(f"decision of {eid}: {[r[0][2][:160] for r in rows if r]}")
-    return differing, timed_out, agent_timed
+    return differing, timed_out
 
 
 async def test_poison_and_three_identical_runs(kafka_bootstrap: str, unique_prefix: str,
@@ -588,8 +573,7 @@ async def test_poison_and_three_identical_runs(kafka_bootstrap: str, unique_pref
     place among its card partition's records depends on timing, so the runs are compared event
     by event: the DLQ records byte for byte, and the decisions and late records of every
     event decided from the same history in all three runs (`_same_history`) byte for byte too
-    (timings aside, and the merchant agent's features, which change where polls end, with the
-    score and decision they lead to)."""
+    (timings aside)."""
     size = SIZES["replays"]
     stream, profiles = _stream(size, 137)
     topics = await prepare_topics(kafka_bootstrap, unique_prefix + "r0.", PARTITIONS, profiles)
@@ -619,13 +603,12 @@ async def test_poison_and_three_identical_runs(kafka_bootstrap: str, unique_pref
     late = [_by_event(run[2]) for run in runs]
     differing += [f"late record of {eid}" for eid in sorted(same)
                   if not late[0].get(eid) == late[1].get(eid) == late[2].get(eid)]
-    decisions, timed_out, agent_timed = _differing_decisions([run[0] for run in runs], same)
+    decisions, timed_out = _differing_decisions([run[0] for run in runs], same)
     differing += decisions
     rep.extra["three_runs_identical"] = not differing
     rep.extra["events_compared"] = len(same)
     rep.extra["events_order_dependent"] = len(expectations[0].valid) - len(same)
     rep.extra["rows_a_timeout_changed"] = timed_out
-    rep.extra["rows_agent_timing_changed"] = agent_timed
     for other in others:
         rep.extra[other.scenario] = "ok" if other.ok else other.row()
     _record(rep)

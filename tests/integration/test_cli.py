@@ -113,12 +113,11 @@ def test_produce_creates_the_topics_says_so_and_replays_of_empty_ranges_fail(
                 "--partitions", "2", "--events", "200", "--no-profiles")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.splitlines()
-    assert lines[0] == (f"created 11 topics with 2 partitions: {prefix}fraud.events, "
+    assert lines[0] == (f"created 10 topics with 2 partitions: {prefix}fraud.events, "
                         f"{prefix}fraud.decisions, {prefix}fraud.dlq, {prefix}fraud.late, "
                         f"{prefix}fraud.profiles, {prefix}fraud.control, "
                         f"{prefix}fraud.changelog, {prefix}fraud.members, "
-                        f"{prefix}fraud.repartition, {prefix}fraud.outcomes, "
-                        f"{prefix}fraud.progress")
+                        f"{prefix}fraud.repartition, {prefix}fraud.outcomes")
     # not a terminal: no progress bar, only the summary line
     assert lines[1].startswith(f"produced 200 events to {prefix}fraud.events in ")
     assert len(lines) == 2 and "\x1b" not in proc.stderr and "\r" not in proc.stderr

@@ -86,7 +86,7 @@ def test_validate_passes_the_shipped_primary_and_refuses_bad_models(tmp_path, ho
     shutil.copytree(TOPO.models_dir, models)
     primary = models / "primary" / "1"
     names = list(TOPO.features.names)
-    # other inputs: a real model of 5 features under a manifest of 14 (checksum updated)
+    # other inputs: a real model of 5 features under a manifest of 12 (checksum updated)
     _version(primary, models / "primary" / "4", "4")
     blob = linear_model_bytes(5)
     (models / "primary" / "4" / "model.onnx").write_bytes(blob)

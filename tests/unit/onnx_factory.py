@@ -39,7 +39,7 @@ def linear_model_bytes(n_features: int, weights: Sequence[float] | None = None,
 
 
 def write_model(root: Path, name: str, version: str, features: Sequence[str],
-                blob: bytes | None = None, feature_set: str = "fraud:v2",
+                blob: bytes | None = None, feature_set: str = "fraud:v1",
                 sha256: str | None = None, thresholds: tuple[float, float] = (0.5, 0.9)) -> Path:
     """A registry folder root/name/version with model.onnx and a matching model.json."""
     folder = root / name / version

@@ -23,7 +23,5 @@ def test_an_abstain_decision_is_review_with_no_features_and_the_reason() -> None
         "reasons": ["budget_exhausted"],  # no late_event: an online request is never late
         "features": dict.fromkeys(["count_10m", "sum_10m", "max_10m", "count_1h", "sum_1h",
                                    "mean_1h", "distinct_merchants_1h", "secs_since_last",
-                                   "amount_over_avg", "is_foreign", "amount", "hour_of_day",
-                                   "merchant_amount_z", "merchant_risk"]),
-        "context": {"merchant_id": "m1"},  # the topology's decision_context
+                                   "amount_over_avg", "is_foreign", "amount", "hour_of_day"]),
         "stage_ms": {}, "event_ts_ms": 1_767_225_600_000, "decided_at_ms": 1_800_000_000_123}

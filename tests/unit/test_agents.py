@@ -27,7 +27,7 @@ from engine.replay_agents import AgentSchedule
 from engine.state import MemoryStore, layout
 from engine.testing import feed, records_of
 from topologies.fraud import TOPOLOGY as FRAUD
-from topologies.fraud import WITH_CARD_RISK
+from topologies.fraud import WITH_CARD_RISK, WITH_MERCHANT_RISK
 from topologies.fraud.anomaly import RECENT_IDS, card_decisions, card_outcomes
 
 PARTITIONS = 4
@@ -265,7 +265,8 @@ def test_table_features_see_an_agents_rows_from_the_next_poll_and_only_fresh_one
     stale: the feature gets None (0.0 for merchant_amount_z) and the decision says so."""
     events = _merchant_events(12)
     late = {**events[-1], "event_id": "late", "ts_ms": events[-1]["ts_ms"] + 25 * 3_600_000}
-    out = feed(FRAUD, records_of(FRAUD, [*events, late]), poll_records=6)
+    m = WITH_MERCHANT_RISK
+    out = feed(m, records_of(m, [*events, late]), poll_records=6)
     docs = [orjson.loads(b) for b in out.decisions[0]]
     stats = out.agent_tables["merchant_stats"][0]["m1"]
     assert stats["payments"] == 13
@@ -275,7 +276,7 @@ def test_table_features_see_an_agents_rows_from_the_next_poll_and_only_fresh_one
     assert z[12] == 0.0 and "stale_merchant_stats" in docs[12]["reasons"]
     assert not any("stale" in r for d in docs[:12] for r in d["reasons"])
     # the same stream cut into other polls, the agent fed where the first run's polls ended
-    again = feed(FRAUD, records_of(FRAUD, [*events, late]), poll_records=4, agents_every=6)
+    again = feed(m, records_of(m, [*events, late]), poll_records=4, agents_every=6)
     timed = [{k: v for k, v in orjson.loads(b).items() if k != "stage_ms"}
              for b in again.decisions[0]]
     assert timed == [{k: v for k, v in d.items() if k != "stage_ms"} for d in docs]

@@ -14,7 +14,7 @@ from engine.pipeline import Record
 from engine.testing import feed
 from engine.topology import StageBudget, TimeSettings, TopicNames, Topology
 from engine.windows import Hopping, Sliding, TileTable, Tumbling
-from topologies.fraud import TOPOLOGY
+from topologies.fraud import TOPOLOGY, WITH_MERCHANT_RISK
 from topologies.fraud.schema import CardPayment
 
 MINUTE = 60_000
@@ -45,7 +45,7 @@ def check(match: str, **changes) -> TopologyError:
 def test_fraud_topology_is_valid() -> None:
     assert TOPOLOGY.schema is CardPayment
     assert TOPOLOGY.table("velocity").tile_ms == MINUTE
-    assert TOPOLOGY.features.versioned_name == "fraud:v2"
+    assert TOPOLOGY.features.versioned_name == "fraud:v1"
     assert TOPOLOGY.time.ordering == "arrival"
     assert issubclass(TopologyError, ConfigError)
 
@@ -171,7 +171,7 @@ def test_a_second_topology_does_not_change_the_first_ones_features() -> None:
         # out-of-orderness of an hour: every event below is on time
         return dataclasses.replace(TOPOLOGY, name="alias", schema=Ev, key_field="key",
                                    tables=(table,), features=fs, time=TimeSettings(HOUR, 0),
-                                   decision_context=(), agents=())
+                                   agents=())
 
     t0 = 472_222 * HOUR  # hour aligned
     events = [(t0 - 3 * MINUTE, 1.0), (t0 + 8 * MINUTE, 100.0), (t0 + 5 * MINUTE, 0.0)]
@@ -218,16 +218,22 @@ def test_the_fraud_topology_ships_these_settings() -> None:
         "validate": (5, 10), "dedup": (5, 10), "features": (15, 30), "inference": (10, 30),
         "policy": (5, 10), "total": (40, 80)}
     fs = t.features
-    assert (fs.name, fs.version, fs.profile_max_age_ms) == ("fraud", 2, 691_200_000)
+    assert (fs.name, fs.version, fs.profile_max_age_ms) == ("fraud", 1, 691_200_000)
     assert fs.critical == ("count_10m", "count_1h", "amount_over_avg", "is_foreign")
     assert fs.names == ("count_10m", "sum_10m", "max_10m", "count_1h", "sum_1h", "mean_1h",
                         "distinct_merchants_1h", "secs_since_last", "amount_over_avg",
-                        "is_foreign", "amount", "hour_of_day", "merchant_amount_z",
-                        "merchant_risk")
-    assert t.decision_context == ("merchant_id",)
+                        "is_foreign", "amount", "hour_of_day")
+    assert t.decision_context == () and not t.reads_agent_tables
     assert [(a.name, a.topic, a.tables, a.local_tables) for a in t.agents] == [
-        ("card_outcomes", "outcomes", ("card_outcomes",), ("merchant_reports",)),
-        ("merchant_decisions", "decisions", (), ("merchant_stats",))]
+        ("card_outcomes", "outcomes", ("card_outcomes",), ("merchant_reports",))]
+    # the merchant features, opt-in: the same stream, two more features, their own models
+    m = WITH_MERCHANT_RISK
+    assert m.features.versioned_name == "fraud:v2" and m.reads_agent_tables
+    assert m.features.names == (*fs.names, "merchant_amount_z", "merchant_risk")
+    assert m.decision_context == ("merchant_id",) and m.models_dir.name == "models_merchant_risk"
+    assert [(a.name, a.topic, a.local_tables) for a in m.agents[1:]] == [
+        ("merchant_decisions", "decisions", ("merchant_stats",))]
+    assert (m.name, m.tables, m.time, m.scoring) == (t.name, t.tables, t.time, t.scoring)
     windows = {f.name: (f.table, f.agg, f.window) for f in fs.features
                if isinstance(f, WindowFeature)}
     assert windows == {
