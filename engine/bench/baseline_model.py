@@ -43,8 +43,7 @@ class FraudModel:
 
 
 def features_1h(count: float, total: float, amount: float, ts_ms: int) -> list[float]:
-    """The model's 14 features from a 1 h window's count and sum; 0 for what the baselines
-    do not keep (10 min window, since-last, profile ratios, the merchant agents' tables)."""
+    """The model's 12 features from a 1 h window's count and sum; 0 for what the baselines
+    do not keep (10 min window, since-last, profile ratios)."""
     hour = (ts_ms // 3_600_000) % 24
-    return [0.0, 0.0, 0.0, count, total, total / count, 0.0, 0.0, 0.0, 0.0, amount, hour,
-            0.0, 0.0]
+    return [0.0, 0.0, 0.0, count, total, total / count, 0.0, 0.0, 0.0, 0.0, amount, hour]

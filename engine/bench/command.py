@@ -36,10 +36,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run only these rows (repeatable; the replay row comes with "
                         "streamwise)")
     p.add_argument("--json", metavar="OUT.json", help="write the report as JSON")
+    p.add_argument("--topology", default="fraud", metavar="SPEC",
+                   help="the fraud topology of the Streamwise rows, e.g. "
+                        "topologies.fraud:WITH_MERCHANT_RISK (the baselines do not change)")
 
 
 def run_command(args: argparse.Namespace) -> int:
     # Imported here: building the CLI parser should not load Kafka clients and numpy.
+    from ..errors import EngineError
+    from . import workload
     from .broker import LocalBroker
     from .report import render
     from .runner import BenchError, BenchOptions, dumps, run
@@ -51,6 +56,11 @@ def run_command(args: argparse.Namespace) -> int:
     if not 0 < args.latency_share <= 1 or args.latency_s <= 0:
         print("streamwise: --latency-share must be in (0, 1] and --latency-s > 0",
               file=sys.stderr)
+        return 2
+    try:
+        workload.use(args.topology)
+    except (ValueError, EngineError) as exc:
+        print(f"streamwise: {exc}", file=sys.stderr)
         return 2
     chosen = [s for s in SYSTEMS if not args.only or s.key in args.only]
     if any(importlib.util.find_spec(m) is None for s in chosen for m in s.needs):

@@ -6,8 +6,8 @@ one onnxruntime call for that one event with the primary fraud model, one `topic
 decision. Offsets are acked per event and committed by Faust (every `commit_interval`).
 
 What it does *not* do, in its favour: no dedup, no lateness, no card profiles and no 10 min
-window. The 14-feature vector carries count_1h, sum_1h, mean_1h, amount and hour_of_day;
-the other 9 features are 0. Windows follow the message's broker timestamp (what `.current()`
+window. The 12-feature vector carries count_1h, sum_1h, mean_1h, amount and hour_of_day;
+the other 7 features are 0. Windows follow the message's broker timestamp (what `.current()`
 uses), not the event's `ts_ms`: event-time windows would be expired against wall-clock time
 (DESIGN §6).
 

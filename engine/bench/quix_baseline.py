@@ -9,8 +9,8 @@ model in `.apply()`, then `.to_topic()` of the decision. State is Quix's RocksDB
 its changelog topic; offsets and state are committed by Quix's checkpoints (every 5 s).
 
 The same work as the Faust baselines: one window of (count, sum, max) per card, the model's
-14-feature vector with count_1h, sum_1h, mean_1h, amount and hour_of_day real and the other
-9 features 0, one output record per decided event. Unlike Faust's `.current()` (broker
+12-feature vector with count_1h, sum_1h, mean_1h, amount and hour_of_day real and the other
+7 features 0, one output record per decided event. Unlike Faust's `.current()` (broker
 timestamp) the window here follows event time, Quix's own semantics: per card, an event that
 falls in a window the card's newest event time has already closed (grace 0, Quix's default)
 is skipped with a warning and gets no output (the harness then waits for the group's

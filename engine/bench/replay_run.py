@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import workload
 from .measure import peak_rss_mb
 
 __all__ = ["ReplayFailed", "measure_replay", "replay_argv"]
@@ -33,7 +34,8 @@ class ReplayFailed(RuntimeError):
 def replay_argv(broker: str, prefix: str, partitions: int, stops: dict[int, int],
                 output: Path) -> list[str]:
     offsets = ",".join(f"{p}:{o}" for p, o in sorted(stops.items()))
-    return [sys.executable, "-m", "engine", "--log-level", "WARNING", "replay", "fraud",
+    return [sys.executable, "-m", "engine", "--log-level", "WARNING", "replay",
+            workload.BENCH_TOPOLOGY,
             "--broker", broker, "--topic-prefix", prefix, "--partitions", str(partitions),
             "--from-beginning", "--to-offsets", offsets, "--output", str(output)]
 

@@ -366,7 +366,8 @@ async def _run(o: BenchOptions) -> dict[str, Any]:
     t0 = time.monotonic()
     ds = workload.build(o.events, o.partitions, o.seed)
     _say(f"data set: {len(ds.events):,} events, {len(ds.profiles):,} profiles, "
-         f"{o.partitions} partitions, broker {o.broker}")
+         f"{o.partitions} partitions, broker {o.broker}; Streamwise runs "
+         f"{workload.BENCH_TOPOLOGY}")
     run_prefix = f"bench{secrets.token_hex(3)}."
     report: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="streamwise-bench-") as tmp:

@@ -75,11 +75,15 @@ def _consumed_at_ms(doc: dict) -> float | None:
 
 def streamwise_system(key: str = "streamwise", label: str = "streamwise worker",
                       short: str = "s", worker_flags: Sequence[str] = ()) -> System:
-    """A `streamwise worker fraud` row; `worker_flags` are appended to its command line."""
+    """A `streamwise worker fraud` row (or the variant `workload.use` named); `worker_flags`
+    are appended to its command line."""
     flags = list(worker_flags)
 
     def argv(prefix: str, broker: str, data: Path, partitions: int, port: int) -> list[str]:
-        return [sys.executable, "-m", "engine", "--log-level", "WARNING", "worker", "fraud",
+        from . import workload  # not at import: the CLI's parser needs SYSTEMS only
+
+        return [sys.executable, "-m", "engine", "--log-level", "WARNING", "worker",
+                workload.BENCH_TOPOLOGY,
                 "--broker", broker, "--topic-prefix", prefix, "--partitions", str(partitions),
                 "--web-host", "127.0.0.1", "--web-port", str(port), "--data-dir", str(data),
                 "--fetch-max-wait-ms", str(FETCH_MAX_WAIT_MS), *flags]

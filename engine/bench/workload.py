@@ -23,8 +23,19 @@ __all__ = ["DataSet", "build", "encode", "open_loop", "open_loop_events", "produ
 
 Encoded = list[tuple[int, bytes, bytes]]  # partition, key, value; in production order
 # The baselines (Faust, Quix Streams) are written for the card-fraud workload: the bench runs
-# the reference topology, found like any other.
+# the reference topology, found like any other (`use`: a variant of it, as the Streamwise rows).
 BENCH_TOPOLOGY = "fraud"
+
+
+def use(spec: str) -> None:
+    """Bench the fraud topology `spec` names (e.g. ``topologies.fraud:WITH_MERCHANT_RISK``) in
+    the Streamwise rows; ValueError unless it is named ``fraud`` (the baselines' topics)."""
+    global BENCH_TOPOLOGY
+    topo = load_topology(spec)
+    if topo.name != "fraud" or topo.workload is None:
+        raise ValueError(f"bench --topology: {spec} is topology {topo.name!r}; the bench runs "
+                         "a fraud topology (the baselines are written for its workload)")
+    BENCH_TOPOLOGY = spec
 
 
 def topology() -> Topology:
