@@ -68,8 +68,8 @@ decision = {
         },
         "context": {
             "type": "object",
-            "description": "the event's fields the topology's decision_context names (fraud: "
-            "merchant_id); only when it names some",
+            "description": "the event's fields the topology's decision_context names (e.g. "
+            "merchant_id with topologies.fraud:WITH_MERCHANT_RISK); only when it names some",
         },
         "stage_ms": {"type": "object", "additionalProperties": {"type": "number"}},
         "event_ts_ms": {"type": "integer"},
