@@ -28,8 +28,7 @@ from tests.unit.onnx_factory import linear_model_bytes, write_model
 TOPO = topologies.get("fraud")
 NAMES = TOPO.features.names
 FS = TOPO.features.versioned_name
-# sigmoid(0.12 - 3) and sigmoid(0.12 - 1): the two tiny models' score of a row of 1.0s (weights
-# summing to 0.12, whatever the feature count)
+# sigmoid(12 * 0.01 - 3) and sigmoid(12 * 0.01 - 1): the two tiny models' score of a row of 1.0s
 PRIMARY_SCORE = 0.0531511
 BACKUP_SCORE = 0.2931778
 MAX_AGE_MS = 600_000
@@ -89,8 +88,7 @@ class Rig:
                  thresholds: tuple[float, float] = (0.5, 0.9)) -> None:
         for name in models:
             write_model(tmp_path, name, "1", NAMES,
-                        linear_model_bytes(len(NAMES), [0.12 / len(NAMES)] * len(NAMES),
-                                           bias=-3.0 if name == "primary" else -1.0),
+                        linear_model_bytes(12, bias=-3.0 if name == "primary" else -1.0),
                         thresholds=thresholds)
         self.registry = ModelRegistry(tmp_path, NAMES, FS)
         self.registry.refresh()
@@ -161,9 +159,7 @@ def test_primary_scores_every_complete_row_with_its_manifest_thresholds(rig):
     out = r.decide([_vector(), _vector(amount=50.0)])
     assert [(v.path, v.model, v.reasons) for v in out] == [("model", "primary:1", ())] * 2
     assert out[0].score == pytest.approx(PRIMARY_SCORE, abs=1e-6)
-    w = 0.12 / len(NAMES)  # each weight: a row of ones but amount=50
-    assert out[1].score == pytest.approx(1 / (1 + np.exp(-((len(NAMES) - 1 + 50) * w - 3))),
-                                         abs=1e-6)
+    assert out[1].score == pytest.approx(1 / (1 + np.exp(-(0.11 + 0.5 - 3))), abs=1e-6)
     assert [v.decision for v in out] == ["approve", "approve"]
     assert r.chain.stats.rows_scored == Counter({"primary:1": 2})
     assert r.chain.stats.fallbacks == Counter()
@@ -532,7 +528,7 @@ def test_cheap_first_routes_low_risk_rows_to_the_cheap_model(rig):
 
 def test_cheap_first_sends_a_row_exactly_at_the_cut_to_the_primary(rig):
     probe = rig()
-    cut = float(probe.registry.get("backup").score_many(np.ones((1, len(NAMES)), np.float32))[0])
+    cut = float(probe.registry.get("backup").score_many(np.ones((1, 12), np.float32))[0])
     r = rig(settings=ScoringSettings(timeout_ms=10_000, cheap_first=CheapFirst(
         primary_above=cut)))
     (v,) = r.decide([_vector()])

@@ -21,13 +21,12 @@ VERSIONS = [("primary", "1"), ("backup", "1")]
 # One quiet payment: second of the hour at a usual merchant, home country, usual amount.
 NORMAL = {"count_10m": 1, "sum_10m": 32.0, "max_10m": 32.0, "count_1h": 2, "sum_1h": 61.5,
           "mean_1h": 30.75, "distinct_merchants_1h": 2, "secs_since_last": 1_900.0,
-          "amount_over_avg": 1.05, "is_foreign": 0, "amount": 32.0, "hour_of_day": 14,
-          "merchant_amount_z": 0.1, "merchant_risk": 0.0}
+          "amount_over_avg": 1.05, "is_foreign": 0, "amount": 32.0, "hour_of_day": 14}
 # A burst on a compromised card: many payments in minutes, abroad, far above the usual amount.
 RISKY = {"count_10m": 6, "sum_10m": 2_400.0, "max_10m": 900.0, "count_1h": 6,
          "sum_1h": 2_400.0, "mean_1h": 400.0, "distinct_merchants_1h": 6,
          "secs_since_last": 35.0, "amount_over_avg": 18.0, "is_foreign": 1, "amount": 900.0,
-         "hour_of_day": 3, "merchant_amount_z": 2.5, "merchant_risk": 0.05}
+         "hour_of_day": 3}
 # Corners of the feature space: first ever payment, a tiny card test, a huge one.
 EDGES = [
     {**NORMAL, "count_10m": 1, "count_1h": 1, "distinct_merchants_1h": 1,
@@ -114,4 +113,18 @@ def test_the_engine_registry_accepts_the_committed_models(name, version):
     scores = model.score_many(np.asarray([_row(NORMAL), _row(RISKY)], dtype=np.float32))
     assert model.ref == f"{name}:{version}"
     assert scores.shape == (2,)
+    assert scores[0] < scores[1]
+
+
+@pytest.mark.parametrize("name, version", VERSIONS)
+def test_the_merchant_risk_models_read_the_two_merchant_features(name, version):
+    """`topologies.fraud:WITH_MERCHANT_RISK`'s own models: its 14 features, and a quiet payment
+    at a merchant where frauds were reported scores above the same one at a merchant without."""
+    m = topologies.get("topologies.fraud:WITH_MERCHANT_RISK")
+    model = load_model(m.models_dir / name / version, m.features.names,
+                       m.features.versioned_name)
+    quiet = {**NORMAL, "merchant_amount_z": 0.0, "merchant_risk": 0.0}
+    flagged = {**NORMAL, "merchant_amount_z": 0.0, "merchant_risk": 0.2}
+    rows = [[float(v[n]) for n in m.features.names] for v in (quiet, flagged)]
+    scores = model.score_many(np.asarray(rows, dtype=np.float32))
     assert scores[0] < scores[1]

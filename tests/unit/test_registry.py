@@ -16,17 +16,14 @@ NAMES = TOPO.features.names
 FS = TOPO.features.versioned_name
 
 
-N = len(NAMES)
-
-
 def _registry(root: Path) -> ModelRegistry:
     return ModelRegistry(root, NAMES, FS)
 
 
 def test_valid_model_loads_and_scores_in_input_order(tmp_path):
-    folder = write_model(tmp_path, "primary", "1", NAMES, linear_model_bytes(N, [0.1] * N))
+    folder = write_model(tmp_path, "primary", "1", NAMES, linear_model_bytes(12, [0.1] * 12))
     model = load_model(folder, NAMES, FS)
-    rows = np.array([[0] * N, [10] * N], dtype=np.float32)
+    rows = np.array([[0] * 12, [10] * 12], dtype=np.float32)
     scores = model.score_many(rows)
     assert scores.shape == (2,)
     assert scores[0] < scores[1]
@@ -54,7 +51,7 @@ def test_bad_models_are_rejected_with_a_clear_reason(tmp_path, breakage, message
         folder = write_model(tmp_path, "primary", "2", NAMES, blob=linear_model_bytes(5))
     elif breakage == "other_input_name":
         folder = write_model(tmp_path, "primary", "2", NAMES,
-                             blob=linear_model_bytes(N, input_name="x"))
+                             blob=linear_model_bytes(12, input_name="x"))
     elif breakage == "other_features":
         folder = write_model(tmp_path, "primary", "2", tuple(reversed(NAMES)))
     elif breakage == "other_feature_set":
@@ -74,7 +71,7 @@ def test_hot_reload_takes_newer_valid_versions_and_never_a_bad_one(tmp_path):
     first = reg.get("primary")
     assert first.version == "1"
 
-    write_model(tmp_path, "primary", "2", NAMES, blob=linear_model_bytes(N, bias=-1.0))
+    write_model(tmp_path, "primary", "2", NAMES, blob=linear_model_bytes(12, bias=-1.0))
     assert reg.refresh() == []
     assert reg.get("primary").version == "2"
 
@@ -90,7 +87,7 @@ def test_hot_reload_takes_newer_valid_versions_and_never_a_bad_one(tmp_path):
     active.write_bytes(b"garbage")
     reg.refresh()
     assert reg.get("primary").version == "2"
-    assert reg.get("primary").score_many(np.zeros((1, N), dtype=np.float32)).shape == (1,)
+    assert reg.get("primary").score_many(np.zeros((1, 12), dtype=np.float32)).shape == (1,)
 
 
 def test_missing_registry_or_model_means_no_model(tmp_path):

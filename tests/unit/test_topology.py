@@ -170,8 +170,7 @@ def test_a_second_topology_does_not_change_the_first_ones_features() -> None:
         table = TileTable("t", tile_ms, "amount", HOUR)
         # out-of-orderness of an hour: every event below is on time
         return dataclasses.replace(TOPOLOGY, name="alias", schema=Ev, key_field="key",
-                                   tables=(table,), features=fs, time=TimeSettings(HOUR, 0),
-                                   agents=())
+                                   tables=(table,), features=fs, time=TimeSettings(HOUR, 0))
 
     t0 = 472_222 * HOUR  # hour aligned
     events = [(t0 - 3 * MINUTE, 1.0), (t0 + 8 * MINUTE, 100.0), (t0 + 5 * MINUTE, 0.0)]
